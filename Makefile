@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+# Both create .venv with Python 3.12 and install the pinned set in constraints.txt.
+SHELL := /bin/bash
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls $(HOME)/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup sysdeps demo test test-fast bench constraints
+
+setup: sysdeps $(STAMP)
+
+# Headless rendering for MuJoCo (EGL/OSMesa); installed only when missing and we can.
+sysdeps:
+	@if ! ldconfig -p | grep -q libEGL_mesa.so.0 || ! ldconfig -p | grep -q libOSMesa; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1 libosmesa6 >/dev/null; \
+	  else echo "warning: install libegl1 libegl-mesa0 libosmesa6 for headless rendering"; fi; fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it or run make PYTHON312=/path/to/python3.12"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON312) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,sim,libero]"
+	$(BIN)/python -m lerobot_roboalign.libero_setup
+	touch $@
+
+demo: setup
+	$(BIN)/roboalign demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+# Re-pin after changing dependencies (run in a working .venv).
+constraints:
+	$(BIN)/pip freeze --exclude-editable | grep -v '^lerobot_policy_roboalign' > constraints.txt

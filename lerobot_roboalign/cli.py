@@ -1,0 +1,53 @@
+"""The ``roboalign`` command: one entry point, one sub-command per pipeline stage.
+
+Each sub-command lives in its own module and exposes ``main(argv)``; they are imported
+lazily so that ``roboalign --help`` stays fast and a stage's heavy imports (TRL, MuJoCo)
+are paid only when that stage runs. Arguments after the sub-command are parsed by the
+stage's draccus config, so every field is set as ``--section.field=value``.
+"""
+
+import importlib
+import sys
+
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("make-tiny-backbone",): ("lerobot_roboalign.tiny_backbone", "Write a tiny random VLM checkpoint (Qwen2.5-VL, Qwen3-VL, SmolVLM) for offline tests."),
+    ("tokenizer", "fit"): ("lerobot_roboalign.fast_cli", "Fit a FAST action tokenizer on LeRobotDatasets."),
+    ("tokenizer", "report"): ("lerobot_roboalign.fast_cli", "Tokens per chunk and reconstruction error over a range of scales, with a plot."),
+    ("align", "reason"): ("lerobot_roboalign.align.reason", "Generate zero-shot reasoning texts for alignment samples."),
+    ("align", "sft"): ("lerobot_roboalign.align.sft", "Supervised fine-tuning on <think>..</think><answer>FAST tokens</answer>."),
+    ("align", "grpo"): ("lerobot_roboalign.align.grpo", "GRPO with the action-token prefix reward (TRL GRPOTrainer)."),
+    ("align", "generate"): ("lerobot_roboalign.align.generate", "Print the reasoning and decoded action chunk of an aligned MLLM."),
+    ("calibration", "check"): ("lerobot_roboalign.calibration", "Validate (and optionally install) a LeRobot calibration file."),
+    ("calvin", "eval"): ("lerobot_roboalign.calvin.evaluate", "Run the CALVIN ABC->D protocol (1000 chains of 5 instructions)."),
+    ("demo",): ("lerobot_roboalign.demo", "The whole RoboAlign pipeline offline on a simulated SO-101."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: roboalign <command> [--field=value ...]", "", "commands:"]
+    for words, (_, help_text) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<22} {help_text}")
+    return "\n".join(lines)
+
+
+def _resolve(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    for length in (2, 1):
+        words = tuple(argv[:length])
+        if words in COMMANDS:
+            return words, argv[length:]
+    raise SystemExit(f"roboalign: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    words, rest = _resolve(argv)
+    module = importlib.import_module(COMMANDS[words][0])
+    entry = getattr(module, "main_" + words[-1].replace("-", "_"), None) or module.main
+    entry(rest)
+
+
+if __name__ == "__main__":
+    main()

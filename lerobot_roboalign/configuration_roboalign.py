@@ -1,0 +1,122 @@
+"""Configuration of the RoboAlign VLA: an (aligned) MLLM backbone + a GR00T-style flow-matching head."""
+
+from dataclasses import dataclass, field
+
+from lerobot.configs import NormalizationMode, PreTrainedConfig
+from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
+
+BACKBONE_MODES = ("frozen", "lora", "full")
+
+
+@PreTrainedConfig.register_subclass("roboalign")
+@dataclass
+class RoboAlignConfig(PreTrainedConfig):
+    """Every field can be set from LeRobot's CLI as ``--policy.<field>=value``.
+
+    Defaults follow the paper (Qwen2.5-VL-7B, features of layer 18, chunk 16, 4 denoising
+    steps) and GR00T N1.5's head; tests and the demo shrink them with a tiny local backbone.
+    """
+
+    # Input / output structure.
+    n_obs_steps: int = 1
+    chunk_size: int = 16
+    n_action_steps: int = 16
+
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.MEAN_STD,
+            "ACTION": NormalizationMode.MEAN_STD,
+        }
+    )
+
+    # Backbone: any image-text-to-text model, by hub id or local path.
+    vlm_model_name: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    vlm_layer: int = 18  # hidden states of this layer feed the head; layers above it are not run
+    backbone_mode: str = "frozen"  # frozen | lora | full
+    backbone_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    image_resolution: tuple[int, int] = (224, 224)  # (H, W); a multiple of patch x merge size
+    prompt_template: str = "{task}"  # the user turn; the backbone's chat template wraps it
+
+    # Flow-matching DiT action head (GR00T N1.5 style).
+    head_hidden_size: int = 512
+    head_num_layers: int = 8
+    head_num_heads: int = 8
+    head_dropout: float = 0.0
+    num_inference_steps: int = 4
+    num_timestep_buckets: int = 1000
+    noise_beta_alpha: float = 1.5
+    noise_beta_beta: float = 1.0
+    noise_s: float = 0.999
+
+    # Training presets (GR00T N1.5 fine-tuning defaults).
+    optimizer_lr: float = 1e-4
+    optimizer_betas: tuple[float, float] = (0.95, 0.999)
+    optimizer_eps: float = 1e-8
+    optimizer_weight_decay: float = 1e-5
+    optimizer_grad_clip_norm: float = 1.0
+    scheduler_warmup_steps: int = 500
+    scheduler_decay_steps: int = 30_000
+    scheduler_decay_lr: float = 1e-6
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_action_steps > self.chunk_size:
+            raise ValueError(
+                f"n_action_steps ({self.n_action_steps}) cannot exceed chunk_size ({self.chunk_size}): "
+                "set --policy.n_action_steps to at most --policy.chunk_size."
+            )
+        if self.backbone_mode not in BACKBONE_MODES:
+            raise ValueError(
+                f"backbone_mode={self.backbone_mode!r} is not one of {BACKBONE_MODES}: "
+                "set --policy.backbone_mode=frozen (default), lora or full."
+            )
+        if self.vlm_layer < 1:
+            raise ValueError(f"vlm_layer must be >= 1 (got {self.vlm_layer}).")
+        if self.head_hidden_size % self.head_num_heads:
+            raise ValueError(
+                f"head_hidden_size ({self.head_hidden_size}) must be divisible by head_num_heads "
+                f"({self.head_num_heads})."
+            )
+
+    def validate_features(self) -> None:
+        if not self.image_features:
+            raise ValueError(
+                "RoboAlign needs at least one camera (an 'observation.images.*' feature); "
+                "the dataset or env provides none."
+            )
+        if self.action_feature is None:
+            raise ValueError("RoboAlign needs an 'action' output feature.")
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(
+            lr=self.optimizer_lr,
+            betas=self.optimizer_betas,
+            eps=self.optimizer_eps,
+            weight_decay=self.optimizer_weight_decay,
+            grad_clip_norm=self.optimizer_grad_clip_norm,
+        )
+
+    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
+        return CosineDecayWithWarmupSchedulerConfig(
+            peak_lr=self.optimizer_lr,
+            decay_lr=self.scheduler_decay_lr,
+            num_warmup_steps=self.scheduler_warmup_steps,
+            num_decay_steps=self.scheduler_decay_steps,
+        )
+
+    @property
+    def observation_delta_indices(self) -> None:
+        return None
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
