@@ -1,0 +1,281 @@
+"""What the SFT and GRPO stages share: config sections, model loading, checkpoints, metrics.
+
+Both stages hand their loops to TRL/transformers trainers; this module only adds the RoboAlign-specific
+parts around them: the extended action vocabulary, the frozen vision encoder, a resume that skips a
+half-written checkpoint, an atomically written final model, and a CSV + PNG of the logged metrics.
+"""
+
+import csv
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, FAST_TOKENIZER_DIR, ActionVocabulary
+from lerobot_roboalign.fast import FastTokenizer
+
+logger = logging.getLogger(__name__)
+
+FINAL_SUBDIR = "model"
+METRICS_CSV = "metrics.csv"
+METRICS_PNG = "metrics.png"
+VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model")
+
+
+@dataclass
+class ModelConfig:
+    """The MLLM to align: a local checkpoint dir or hub id, and the FAST tokenizer of its action tokens."""
+
+    path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    # FAST tokenizer dir; default: the backbone's own ``fast_tokenizer/``, else fitted on the datasets (SFT).
+    fast_tokenizer: str | None = None
+    freeze_vision: bool = True
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
+
+
+@dataclass
+class TrainingConfig:
+    """Trainer settings; the defaults are the paper's SFT recipe (GRPO overrides lr and scheduler)."""
+
+    output_dir: Path = Path("outputs/align")
+    learning_rate: float = 2e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    seed: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # e.g. ["wandb"]
+    gradient_checkpointing: bool = False
+    resume: bool = True  # continue from the last complete checkpoint in output_dir
+
+    def trainer_kwargs(self) -> dict:
+        """Keyword arguments shared by TRL's SFTConfig and GRPOConfig."""
+        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return dict(
+            output_dir=str(self.output_dir),
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_ratio=self.warmup_ratio,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            logging_steps=self.logging_steps,
+            save_strategy="steps",
+            save_steps=self.save_steps,
+            save_total_limit=self.save_total_limit,
+            seed=self.seed,
+            data_seed=self.seed,
+            report_to=self.report_to,
+            gradient_checkpointing=self.gradient_checkpointing,
+            bf16=use_bf16,
+            remove_unused_columns=False,
+            disable_tqdm=False,
+            dataloader_num_workers=0,
+        )
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None):
+    """Model and processor of ``cfg.path``, or of a trainer ``checkpoint`` of it when resuming.
+
+    Resumed weights are loaded here with ``from_pretrained`` (which maps the saved key names back), because
+    transformers' own resume loads the state dict verbatim and misses the renamed keys of Qwen-VL models.
+    The config keeps naming ``cfg.path``, so GRPO's KL reference stays the starting model on resume.
+    """
+    source = checkpoint or cfg.path
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=resolve_dtype(cfg.dtype))
+    processor = AutoProcessor.from_pretrained(source)
+    model.config.name_or_path = cfg.path
+    return model, processor
+
+
+def load_fast_tokenizer(cfg: ModelConfig) -> FastTokenizer | None:
+    """The explicitly given FAST tokenizer, else the one stored in the backbone dir, else None."""
+    if cfg.fast_tokenizer:
+        return FastTokenizer.from_pretrained(cfg.fast_tokenizer)
+    inside = Path(cfg.path) / FAST_TOKENIZER_DIR
+    return FastTokenizer.from_pretrained(inside) if inside.is_dir() else None
+
+
+def freeze_vision_encoder(model: torch.nn.Module) -> int:
+    """Freeze the vision tower (paper: vision encoder frozen during SFT); returns the frozen parameter count."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(part in VISION_MODULE_NAMES for part in name.split(".")):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    if frozen == 0:
+        raise ValueError(
+            f"Found no vision encoder in {type(model).__name__} (looked for modules named {VISION_MODULE_NAMES}); "
+            "pass --model.freeze_vision=false to train all parameters."
+        )
+    return frozen
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was fully written; a half-written one (killed mid-save) is deleted.
+
+    transformers writes ``trainer_state.json`` last and :class:`VocabularyCallback` then adds
+    ``action_vocab.json``, so the presence of both marks a complete checkpoint.
+    """
+    if not output_dir.is_dir():
+        return None
+    checkpoints = sorted(
+        (p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for path in reversed(checkpoints):
+        if (path / "trainer_state.json").is_file() and (path / ACTION_VOCAB_FILE).is_file():
+            return str(path)
+        logger.warning("Removing incomplete checkpoint %s (the run was killed while saving it).", path)
+        shutil.rmtree(path)
+    return None
+
+
+def save_final(model, processor, vocabulary: ActionVocabulary, output_dir: Path) -> Path:
+    """Write the aligned MLLM to ``output_dir/model`` atomically: a temp dir renamed in one step.
+
+    The result is a standard HF checkpoint (AutoModelForImageTextToText + AutoProcessor) that also holds the
+    FAST tokenizer and action vocabulary, so the VLA and ``roboalign align generate`` load it by path.
+    """
+    final = output_dir / FINAL_SUBDIR
+    staging = Path(tempfile.mkdtemp(prefix=f".{FINAL_SUBDIR}.", dir=output_dir))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        vocabulary.save_pretrained(staging)  # action_vocab.json + fast_tokenizer/
+        if final.exists():
+            old = final.with_name(f".{FINAL_SUBDIR}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+class VocabularyCallback(TrainerCallback):
+    """Store the action vocabulary and FAST tokenizer in every checkpoint, so each one is a usable backbone."""
+
+    def __init__(self, vocabulary: ActionVocabulary):
+        self.vocabulary = vocabulary
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.vocabulary.save_pretrained(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+class MetricsCallback(TrainerCallback):
+    """Mirror the trainer's log history to ``metrics.csv`` at each log and plot it to ``metrics.png`` at the end.
+
+    The CSV is rewritten from ``state.log_history`` (restored from the checkpoint on resume), so a resumed
+    run's CSV holds exactly the steps it would have logged without the interruption.
+    """
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            write_metrics_csv(state.log_history, self.output_dir / METRICS_CSV)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.log_history:
+            write_metrics_csv(state.log_history, self.output_dir / METRICS_CSV)
+            plot_metrics(state.log_history, self.output_dir / METRICS_PNG)
+
+
+def write_metrics_csv(history: list[dict], path: Path) -> None:
+    columns = sorted({key for row in history for key in row}, key=lambda k: (k != "step", k))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def plot_metrics(history: list[dict], path: Path) -> None:
+    """One panel per numeric metric against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"step", "epoch", "total_flos", "train_runtime"}
+    keys = sorted({k for row in history for k, v in row.items() if isinstance(v, int | float) and k not in skip})
+    keys = [k for k in keys if sum(k in row for row in history) > 1] or keys
+    columns = min(3, len(keys)) or 1
+    rows = (len(keys) + columns - 1) // columns or 1
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for axis, key in zip(axes.flat, keys):
+        points = [(row["step"], row[key]) for row in history if key in row and "step" in row]
+        axis.plot(*zip(*points), marker=".")
+        axis.set_title(key, fontsize=9)
+        axis.set_xlabel("step")
+    for axis in list(axes.flat)[len(keys):]:
+        axis.axis("off")
+    figure.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> set[int]:
+    """Ids that end a completion (EOS of the tokenizer and of the generation config, padding)."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return {i for i in ids if i is not None}
+
+
+@torch.no_grad()
+def generate_completions(
+    model,
+    processor,
+    messages: list[list[dict]],
+    images: list[list],
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> list[list[int]]:
+    """Completion token ids for a batch of chat prompts with their images (left padding, as TRL generates)."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    conversations = [prepare_multimodal_messages(m, images=i) for m, i in zip(messages, images, strict=True)]
+    processor.tokenizer.padding_side = "left"
+    inputs = processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
+    ).to(model.device)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+    stop = stop_token_ids(processor.tokenizer, model.generation_config)
+    completions = []
+    for row in output[:, inputs["input_ids"].shape[1]:].tolist():
+        cut = next((i + 1 for i, token in enumerate(row) if token in stop), len(row))
+        completions.append(row[:cut])
+    return completions

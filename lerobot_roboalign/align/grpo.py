@@ -1,0 +1,172 @@
+"""``roboalign align grpo``: stage 2, GRPO on FAST action tokens with TRL's GRPOTrainer.
+
+Offline RL as in the paper: no environment, each prompt's completions are scored against the dataset's
+own FAST tokens with r = (r_format + r_action) / 2 (see ``rewards.py`` for the edge cases). Defaults are
+the paper's / EasyR1's: 5 samples per prompt, constant lr 1e-6, KL coefficient 0.01, temperature 1.0,
+top_p 0.99, all parameters trained. The model must already speak the action vocabulary (run SFT first).
+
+    roboalign align grpo --model.path=out/sft/model --dataset.repo_ids='[me/so101]' \
+        --dataset.num_samples=12800 --training.output_dir=out/grpo
+    accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml -m lerobot_roboalign.cli \
+        align grpo ... --grpo.use_vllm=true
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import draccus
+import numpy as np
+import torch
+from datasets import Dataset
+
+from lerobot_roboalign.action_vocab import ActionVocabulary
+from lerobot_roboalign.align.common import (
+    MetricsCallback,
+    ModelConfig,
+    TrainingConfig,
+    freeze_vision_encoder,
+    generate_completions,
+    last_complete_checkpoint,
+    load_model_and_processor,
+    VocabularyCallback,
+    save_final,
+    stop_token_ids,
+)
+from lerobot_roboalign.align.data import AlignDataConfig, align_messages, load_samples
+from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
+from lerobot_roboalign.fast import FastTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GRPOSection:
+    """GRPO-specific settings, passed through to TRL's GRPOConfig."""
+
+    num_generations: int = 5
+    beta: float = 0.01  # KL coefficient
+    temperature: float = 1.0
+    top_p: float = 0.99
+    max_completion_length: int = 512
+    reward: str = "prefix"  # prefix (paper: longest matching FAST prefix) | l1 (decoded-action error)
+    l1_scale: float = 0.2
+    loss_type: str = "dapo"  # token-level averaging, like EasyR1's default
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"  # colocate | server (`trl vllm-serve`)
+    vllm_gpu_memory_utilization: float = 0.3
+
+
+def grpo_training_defaults() -> TrainingConfig:
+    return TrainingConfig(
+        output_dir=Path("outputs/align_grpo"),
+        learning_rate=1e-6,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.0,
+        per_device_train_batch_size=5,
+    )
+
+
+@dataclass
+class AlignGRPOConfig:
+    dataset: AlignDataConfig = field(default_factory=AlignDataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(freeze_vision=False))
+    training: TrainingConfig = field(default_factory=grpo_training_defaults)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+
+
+def load_aligned(
+    cfg: ModelConfig, checkpoint: str | None = None
+) -> tuple[torch.nn.Module, object, ActionVocabulary, FastTokenizer]:
+    """An SFT'd MLLM with its action vocabulary and FAST tokenizer (a clear error when they are missing)."""
+    vocabulary = ActionVocabulary.from_pretrained(checkpoint or cfg.path)
+    model, processor = load_model_and_processor(cfg, checkpoint)
+    vocabulary.check_tokenizer(processor.tokenizer)
+    return model, processor, vocabulary, vocabulary.fast_tokenizer
+
+
+def build_dataset(samples: list[dict]) -> Dataset:
+    rows = [
+        {"prompt": align_messages(s["task"], s["state"]), "images": s["images"], "fast_tokens": s["fast_tokens"]}
+        for s in samples
+    ]
+    return Dataset.from_list(rows)
+
+
+def grpo_args(cfg: AlignGRPOConfig):
+    from trl import GRPOConfig
+
+    g = cfg.grpo
+    return GRPOConfig(
+        **cfg.training.trainer_kwargs(),
+        num_generations=g.num_generations,
+        beta=g.beta,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_completion_length=g.max_completion_length,
+        loss_type=g.loss_type,
+        reward_weights=[0.5, 0.5],  # r = (r_format + r_action) / 2
+        use_vllm=g.use_vllm,
+        vllm_mode=g.vllm_mode,
+        vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+    )
+
+
+def train(cfg: AlignGRPOConfig) -> Path:
+    """Run GRPO (resuming from the last complete checkpoint) and return the final model directory."""
+    from trl import GRPOTrainer
+
+    resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
+    model, processor, vocabulary, fast = load_aligned(cfg.model, resume)
+    samples = load_samples(cfg.dataset, fast)
+    if cfg.model.freeze_vision:
+        freeze_vision_encoder(model)
+    stop_ids = stop_token_ids(processor.tokenizer, model.generation_config)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=make_reward_funcs(cfg.grpo.reward, processor.tokenizer, vocabulary, fast, stop_ids, cfg.grpo.l1_scale),
+        args=grpo_args(cfg),
+        train_dataset=build_dataset(samples),
+        processing_class=processor,
+        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+
+
+def score_model(
+    model_path: str,
+    samples: list[dict],
+    num_generations: int = 5,
+    temperature: float = 1.0,
+    top_p: float = 0.99,
+    max_new_tokens: int = 64,
+    reward: str = "prefix",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean format / action / total reward of sampled completions of ``model_path`` on ``samples``."""
+    model, processor, vocabulary, fast = load_aligned(ModelConfig(path=model_path))
+    model.eval()
+    torch.manual_seed(seed)
+    repeated = [s for s in samples for _ in range(num_generations)]
+    completion_ids = generate_completions(
+        model,
+        processor,
+        [align_messages(s["task"], s["state"]) for s in repeated],
+        [s["images"] for s in repeated],
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    funcs = make_reward_funcs(reward, processor.tokenizer, vocabulary, fast, stop_token_ids(processor.tokenizer))
+    inputs = dict(completions=None, completion_ids=completion_ids, fast_tokens=[s["fast_tokens"] for s in repeated])
+    per_func = {func.__name__: float(np.mean(func(**inputs))) for func in funcs}
+    return {**per_func, "reward": float(total_rewards(funcs, **inputs).mean())}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg = draccus.parse(config_class=AlignGRPOConfig, args=argv or [])
+    final = train(cfg)
+    print(f"GRPO model written to {final}")
+    return final

@@ -1,0 +1,167 @@
+"""``roboalign align sft``: stage 1, supervised fine-tuning on reasoning + FAST action tokens (TRL SFTTrainer).
+
+Each sample is a prompt (camera images, task) and the completion
+``<think>reasoning</think><answer><ACTION_START>...<ACTION_END></answer>``; the loss is on the completion
+only. The vision encoder is frozen and the defaults are the paper's (lr 2e-5, cosine, warmup 0.03, 1 epoch).
+A backbone without the action vocabulary gets it here (``ActionVocabulary.extend``), and without a FAST
+tokenizer one is fitted on the sampled chunks. Optional VQA data in LLaVA's JSON conversation format is
+mixed in at ``--vqa.ratio`` VQA samples per action sample (the paper: 1.88M VQA to 400K action samples).
+
+    roboalign align sft --dataset.repo_ids='[me/so101]' --dataset.roots='[data/so101]' \
+        --model.path=Qwen/Qwen2.5-VL-7B-Instruct --reasoning=reasoning.jsonl --training.output_dir=out/sft
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import draccus
+import numpy as np
+from datasets import Dataset
+from PIL import Image
+
+from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
+from lerobot_roboalign.align.common import (
+    MetricsCallback,
+    ModelConfig,
+    TrainingConfig,
+    freeze_vision_encoder,
+    last_complete_checkpoint,
+    load_fast_tokenizer,
+    load_model_and_processor,
+    VocabularyCallback,
+    save_final,
+)
+from lerobot_roboalign.align.data import (
+    AlignDataConfig,
+    align_messages,
+    answer_text,
+    attach_fast_tokens,
+    load_samples,
+)
+from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
+from lerobot_roboalign.fast import FastTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VQAConfig:
+    """Extra VQA data: a LLaVA-style JSON list of {"image": path(s), "conversations": [{"from", "value"}]}."""
+
+    path: Path | None = None
+    image_root: Path | None = None  # image paths in the JSON are relative to this (default: the JSON's folder)
+    ratio: float = 0.0  # VQA samples per action sample
+
+
+@dataclass
+class AlignSFTConfig:
+    dataset: AlignDataConfig = field(default_factory=AlignDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    vqa: VQAConfig = field(default_factory=VQAConfig)
+    reasoning: Path | None = None  # JSONL from `roboalign align reason`; None = scripted motion descriptions
+    fast_vocab_size: int = 2048  # when a FAST tokenizer is fitted here (the paper's FAST+ vocabulary size)
+    max_length: int | None = 2048
+
+
+def attach_action_vocabulary(model, processor, fast: FastTokenizer, path: str) -> ActionVocabulary:
+    """The backbone's own action vocabulary, or a new one added to its tokenizer and embeddings."""
+    if (Path(path) / ACTION_VOCAB_FILE).is_file():
+        return ActionVocabulary.from_pretrained(path, tokenizer=processor.tokenizer)
+    logger.info("Extending %s with %d FAST action tokens.", path, fast.vocab_size)
+    return ActionVocabulary.extend(model, processor.tokenizer, fast)
+
+
+def samples_with_tokens(cfg: AlignSFTConfig, source: str) -> tuple[list[dict], FastTokenizer]:
+    """Samples with FAST tokens, from the given (or ``source``'s) tokenizer or one fitted on the sampled chunks."""
+    fast = load_fast_tokenizer(replace(cfg.model, path=source))
+    samples = load_samples(cfg.dataset, fast)
+    if fast is None:
+        logger.info("No FAST tokenizer given: fitting one (vocab %d) on %d chunks.", cfg.fast_vocab_size, len(samples))
+        fast = FastTokenizer.fit(np.stack([s["actions"] for s in samples]), vocab_size=cfg.fast_vocab_size)
+        attach_fast_tokens(samples, fast)
+    return samples, fast
+
+
+def reasoning_texts(samples: list[dict], path: Path | None) -> list[str]:
+    if path is None:
+        logger.warning("No --reasoning file: using scripted motion descriptions (run `roboalign align reason`).")
+        return ScriptedReasoning(describe_motion)(samples)
+    rows = read_reasoning(path)
+    missing = [s["id"] for s in samples if s["id"] not in rows]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(samples)} samples have no reasoning in {path} (first: {missing[0]}). Fix: run "
+            "`roboalign align reason` with the same --dataset.* options (it resumes and fills the gaps)."
+        )
+    return [rows[s["id"]]["reasoning"] for s in samples]
+
+
+def action_rows(samples: list[dict], reasoning: list[str], vocabulary: ActionVocabulary) -> list[dict]:
+    return [
+        {
+            "prompt": align_messages(s["task"], s["state"]),
+            "completion": [{"role": "assistant", "content": answer_text(text, vocabulary.format_span(s["fast_tokens"]))}],
+            "images": s["images"],
+        }
+        for s, text in zip(samples, reasoning, strict=True)
+    ]
+
+
+def vqa_rows(cfg: VQAConfig, count: int, seed: int) -> list[dict]:
+    """``count`` LLaVA conversations (drawn without replacement, cycling if the file is smaller)."""
+    if cfg.path is None or count == 0:
+        return []
+    records = json.loads(Path(cfg.path).read_text())
+    image_root = Path(cfg.image_root or Path(cfg.path).parent)
+    order = np.random.default_rng(seed).permutation(len(records))
+    return [llava_row(records[order[i % len(records)]], image_root) for i in range(count)]
+
+
+def llava_row(record: dict, image_root: Path) -> dict:
+    """A LLaVA record as prompt (all turns but the last answer) + completion (the last answer)."""
+    roles = {"human": "user", "gpt": "assistant"}
+    turns = [{"role": roles[t["from"]], "content": t["value"].replace("<image>", "").strip()} for t in record["conversations"]]
+    if turns[-1]["role"] != "assistant":
+        raise ValueError(f"VQA record {record.get('id')} does not end with a 'gpt' answer; fix or drop it.")
+    paths = record.get("image") or []
+    paths = [paths] if isinstance(paths, str) else paths
+    images = [Image.open(image_root / p).convert("RGB") for p in paths]
+    return {"prompt": turns[:-1], "completion": turns[-1:], "images": images}
+
+
+def build_dataset(cfg: AlignSFTConfig, samples: list[dict], vocabulary: ActionVocabulary) -> Dataset:
+    rows = action_rows(samples, reasoning_texts(samples, cfg.reasoning), vocabulary)
+    rows += vqa_rows(cfg.vqa, round(cfg.vqa.ratio * len(rows)), cfg.dataset.seed)
+    return Dataset.from_list(rows).shuffle(seed=cfg.dataset.seed)
+
+
+def train(cfg: AlignSFTConfig) -> Path:
+    """Run SFT (resuming from the last complete checkpoint) and return the final model directory."""
+    from trl import SFTConfig, SFTTrainer
+
+    resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
+    model, processor = load_model_and_processor(cfg.model, resume)
+    samples, fast = samples_with_tokens(cfg, resume or cfg.model.path)
+    vocabulary = attach_action_vocabulary(model, processor, fast, resume or cfg.model.path)
+    if cfg.model.freeze_vision:
+        freeze_vision_encoder(model)
+    args = SFTConfig(**cfg.training.trainer_kwargs(), completion_only_loss=True, max_length=cfg.max_length)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=build_dataset(cfg, samples, vocabulary),
+        processing_class=processor,
+        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    cfg = draccus.parse(config_class=AlignSFTConfig, args=argv or [])
+    final = train(cfg)
+    print(f"SFT model written to {final}")
+    return final

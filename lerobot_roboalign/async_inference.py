@@ -1,0 +1,38 @@
+"""LeRobot's async-inference policy server, with ``roboalign`` among the policies it accepts.
+
+LeRobot's ``PolicyServer`` refuses policy types outside its fixed ``SUPPORTED_POLICIES``
+list. This launcher imports the plugin (registering ``roboalign``), adds it to that list and
+runs LeRobot's own server, so nothing in LeRobot is forked. The robot side is LeRobot's
+unchanged client:
+
+    # GPU machine
+    python -m lerobot_roboalign.async_inference --host=0.0.0.0 --port=8080
+    # robot machine
+    python -m lerobot.async_inference.robot_client --server_address=GPU_HOST:8080 \\
+        --policy_type=roboalign --pretrained_name_or_path=outputs/.../pretrained_model \\
+        --robot.type=so101_follower --robot.port=/dev/ttyACM0 --robot.id=my_so101_follower \\
+        --robot.cameras="{front: {type: opencv, index_or_path: 0, width: 640, height: 480, fps: 30}}" \\
+        --task="Pick up the cube" --actions_per_chunk=16 --policy_device=cuda
+"""
+
+from lerobot.async_inference import constants, policy_server
+
+import lerobot_roboalign  # noqa: F401  (registers the roboalign policy config)
+
+POLICY_TYPE = "roboalign"
+
+
+def register_with_policy_server() -> None:
+    """Add ``roboalign`` to the server's accepted types (the list object the server checks against)."""
+    for accepted in (constants.SUPPORTED_POLICIES, policy_server.SUPPORTED_POLICIES):
+        if POLICY_TYPE not in accepted:
+            accepted.append(POLICY_TYPE)
+
+
+def main() -> None:
+    register_with_policy_server()
+    policy_server.serve()
+
+
+if __name__ == "__main__":
+    main()

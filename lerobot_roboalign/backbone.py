@@ -1,0 +1,120 @@
+"""The VLM backbone: any Hugging Face image-text-to-text model, cut at one layer.
+
+The action head reads the hidden states of ``vlm_layer`` (the paper and GR00T N1.5 use a
+middle layer: later layers specialise in next-token prediction). Layers above it and the
+LM head are dropped at load time, so they cost neither memory nor compute. The prompt is
+built with the backbone's own processor and chat template, so an aligned RoboAlign MLLM
+sees the VLA's observations in exactly the format it was aligned on.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """``auto`` means bfloat16 where it is fast (CUDA) and float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ValueError(f"backbone_dtype={name!r} is not a torch dtype: use auto, float32, bfloat16 or float16.")
+
+
+def _is_hub_id(name_or_path: str) -> bool:
+    parts = name_or_path.split("/")
+    return len(parts) == 2 and all(parts) and not name_or_path.startswith((".", "~"))
+
+
+def load_vlm(name_or_path: str, dtype: torch.dtype) -> tuple[nn.Module, object]:
+    """Load model and processor by hub id or path, with errors that say how to fix them."""
+    path = Path(name_or_path).expanduser()
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if not path.exists() and (offline or not _is_hub_id(name_or_path)):
+        raise FileNotFoundError(
+            f"Backbone {name_or_path!r} does not exist locally"
+            + (" and the Hub is offline (HF_HUB_OFFLINE=1)" if offline else "")
+            + ". Fix: pass --policy.vlm_model_name=<a local checkpoint directory or a Hub id>; for a tiny offline "
+            "backbone run `roboalign make-tiny-backbone OUT_DIR --arch qwen2_5_vl`."
+        )
+    source = str(path) if path.exists() else name_or_path
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"Could not load the backbone {source!r} as an image-text-to-text model ({error}). Fix: point "
+            "--policy.vlm_model_name at a complete transformers checkpoint (config.json, weights, tokenizer, "
+            "processor), e.g. Qwen/Qwen2.5-VL-7B-Instruct or the output of `roboalign align grpo`."
+        ) from error
+    return model, processor
+
+
+def _language_model(vlm: nn.Module) -> nn.Module:
+    for name in ("language_model", "text_model"):
+        if hasattr(vlm, name):
+            return getattr(vlm, name)
+    raise TypeError(f"Cannot find the language model inside {type(vlm).__name__}.")
+
+
+class VLMBackbone(nn.Module):
+    """Encodes (camera images, instruction) into features of one LLM layer plus their padding mask."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        layer: int,
+        dtype: torch.dtype,
+        image_resolution: tuple[int, int],
+        prompt_template: str,
+    ):
+        super().__init__()
+        model, self.processor = load_vlm(name_or_path, dtype)
+        self.vlm = model.model  # without the LM head: the VLA never predicts text
+        language_model = _language_model(self.vlm)
+        num_layers = len(language_model.layers)
+        if layer > num_layers:
+            raise ValueError(
+                f"vlm_layer={layer} but {name_or_path!r} has only {num_layers} language layers: "
+                f"set --policy.vlm_layer to at most {num_layers}."
+            )
+        language_model.layers = language_model.layers[:layer]
+        self.hidden_size = model.config.get_text_config().hidden_size
+        self.image_resolution = tuple(image_resolution)
+        self.prompt_template = prompt_template
+        self.dtype = dtype
+
+    def build_prompts(self, tasks: list[str], num_images: int) -> list[str]:
+        """One chat-formatted user turn per sample: every camera image, then the instruction."""
+        prompts = []
+        for task in tasks:
+            content = [{"type": "image"}] * num_images
+            content.append({"type": "text", "text": self.prompt_template.format(task=task.strip())})
+            messages = [{"role": "user", "content": content}]
+            prompts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        return prompts
+
+    def forward(self, images: list[Tensor], tasks: list[str]) -> tuple[Tensor, Tensor]:
+        """images: one (B, 3, H, W) float tensor in [0, 1] per camera. Returns features and mask."""
+        device = images[0].device
+        resized = [F.interpolate(img.float(), size=self.image_resolution, mode="bilinear", antialias=True) for img in images]
+        per_sample = [[camera[i].clamp(0, 1).cpu() for camera in resized] for i in range(len(tasks))]
+        inputs = self.processor(
+            text=self.build_prompts(tasks, len(images)),
+            images=per_sample,
+            return_tensors="pt",
+            padding=True,
+            do_rescale=False,
+        )
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        hidden = self.vlm(**inputs, use_cache=False).last_hidden_state
+        return hidden, inputs["attention_mask"].bool()

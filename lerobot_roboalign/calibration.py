@@ -1,0 +1,251 @@
+"""``roboalign calibration check``: validate a LeRobot calibration file before any motor moves.
+
+A calibration file maps each motor name to ``{id, drive_mode, homing_offset, range_min,
+range_max}`` (LeRobot's :class:`~lerobot.motors.MotorCalibration`). A wrong file does not
+fail loudly in LeRobot: the arm is written wrong offsets or limits and then moves. This
+command checks a file against the arm's motor table, optionally installs it where LeRobot
+looks for it (``$HF_LEROBOT_CALIBRATION/{robots,teleoperators}/<name>/<id>.json``), and can
+bind the calibrated joint ranges to a RoboAlign checkpoint's safety step.
+
+    roboalign calibration check calibration/so101_follower.json --robot.type=so101_follower
+    roboalign calibration check FILE --robot.type=so101_follower --install=true --robot.id=my_arm
+    roboalign calibration check FILE --robot.type=so101_follower --checkpoint=outputs/.../pretrained_model
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import draccus
+
+from lerobot.motors import MotorCalibration, MotorNormMode
+from lerobot.motors.feetech import FeetechMotorsBus
+from lerobot.robots import RobotConfig, koch_follower, make_robot_from_config, so_follower  # noqa: F401
+from lerobot.teleoperators import (  # noqa: F401
+    TeleoperatorConfig,
+    koch_leader,
+    make_teleoperator_from_config,
+    so_leader,
+)
+
+from .safety import SAFETY_STEP_NAME
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_TYPES = (
+    "so100_follower",
+    "so101_follower",
+    "koch_follower",
+    "so100_leader",
+    "so101_leader",
+    "koch_leader",
+)
+CALIBRATION_KEYS = {f.name for f in fields(MotorCalibration)}
+# Dynamixel X-series Homing_Offset register range (e-manual); Feetech's comes from its sign bit.
+DYNAMIXEL_MAX_HOMING_OFFSET = 1_044_479
+POSTPROCESSOR_FILE = "policy_postprocessor.json"
+
+
+class CalibrationError(ValueError):
+    """A calibration file that must not reach the motors; the message lists every problem and its fix."""
+
+
+@dataclass
+class DeviceSpec:
+    # so100_follower, so101_follower, koch_follower, so100_leader, so101_leader or koch_leader.
+    type: str = ""
+    # Name of this arm; LeRobot stores its calibration as <id>.json.
+    id: str | None = None
+    # Motor normalisation used at rollout (degrees or -100..100); None: the arm's LeRobot default.
+    use_degrees: bool | None = None
+
+
+@dataclass
+class CalibrationCheckConfig:
+    # The calibration file (also accepted as the first positional argument).
+    file: Path | None = None
+    robot: DeviceSpec = field(default_factory=DeviceSpec)
+    # Copy the checked file where LeRobot looks for it (needs --robot.id).
+    install: bool = False
+    # A RoboAlign pretrained_model directory whose safety step gets this arm's calibrated ranges.
+    checkpoint: Path | None = None
+    # With --checkpoint: also set the safety step's per-step rate limit (joint units).
+    max_delta: float | None = None
+
+
+def make_device(spec: DeviceSpec, calibration_dir: Path | None = None):
+    """An unconnected LeRobot robot or teleoperator of ``spec.type`` (gives its motor table and paths)."""
+    if spec.type not in SUPPORTED_TYPES:
+        raise CalibrationError(
+            f"Unsupported --robot.type={spec.type!r}: use one of {', '.join(SUPPORTED_TYPES)}."
+        )
+    is_robot = spec.type in RobotConfig.get_known_choices()
+    config_cls = (RobotConfig if is_robot else TeleoperatorConfig).get_choice_class(spec.type)
+    kwargs = {"port": "/dev/null", "id": spec.id or "unnamed", "calibration_dir": calibration_dir}
+    if spec.use_degrees is not None and "use_degrees" in {f.name for f in fields(config_cls)}:
+        kwargs["use_degrees"] = spec.use_degrees
+    config = config_cls(**kwargs)
+    return make_robot_from_config(config) if is_robot else make_teleoperator_from_config(config)
+
+
+def _max_homing_offset(bus, model: str) -> int:
+    """Feetech stores the offset sign-magnitude (the table gives the sign bit); Dynamixel in 4 bytes."""
+    if isinstance(bus, FeetechMotorsBus):
+        return (1 << bus.model_encoding_table[model]["Homing_Offset"]) - 1
+    return DYNAMIXEL_MAX_HOMING_OFFSET
+
+
+def _motor_problems(name: str, entry: dict, bus) -> list[str]:
+    motor = bus.motors[name]
+    problems = []
+    missing, extra = CALIBRATION_KEYS - set(entry), set(entry) - CALIBRATION_KEYS
+    if missing or extra:
+        return [
+            f"motor '{name}': keys must be exactly {sorted(CALIBRATION_KEYS)} "
+            f"(missing {sorted(missing)}, unexpected {sorted(extra)}); re-run lerobot-calibrate."
+        ]
+    not_int = [k for k in CALIBRATION_KEYS if not isinstance(entry[k], int) or isinstance(entry[k], bool)]
+    if not_int:
+        return [f"motor '{name}': {sorted(not_int)} must be integers (raw motor units); fix the values."]
+    if entry["id"] != motor.id:
+        problems.append(
+            f"motor '{name}': id {entry['id']} does not match the arm's id {motor.id}; "
+            f"set \"id\": {motor.id} or check you picked the right --robot.type."
+        )
+    resolution = bus.model_resolution_table[motor.model]
+    low, high = entry["range_min"], entry["range_max"]
+    if low == high:
+        problems.append(
+            f"motor '{name}': empty range (range_min == range_max == {low}); "
+            "re-run lerobot-calibrate and move this joint through its whole range."
+        )
+    elif low > high:
+        problems.append(
+            f"motor '{name}': inverted range (range_min {low} > range_max {high}); swap them, "
+            "or re-run lerobot-calibrate (direction is set by drive_mode, not by the range order)."
+        )
+    if not (0 <= low < resolution and 0 <= high < resolution):
+        problems.append(
+            f"motor '{name}': range [{low}, {high}] leaves the encoder's 0..{resolution - 1}; "
+            "re-run lerobot-calibrate."
+        )
+    limit = _max_homing_offset(bus, motor.model)
+    if abs(entry["homing_offset"]) > limit:
+        problems.append(
+            f"motor '{name}': homing_offset {entry['homing_offset']} is out of range ±{limit} for a "
+            f"{motor.model}; re-run lerobot-calibrate with the arm in the middle of its range."
+        )
+    if entry["drive_mode"] not in (0, 1):
+        problems.append(f"motor '{name}': drive_mode must be 0 or 1 (got {entry['drive_mode']}).")
+    return problems
+
+
+def check_calibration(path: Path, spec: DeviceSpec) -> dict[str, MotorCalibration]:
+    """Parse and validate ``path`` for an arm of ``spec.type``; raise :class:`CalibrationError` listing all problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"Calibration file {path} does not exist; pass the path to a .json file.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CalibrationError(f"{path} is not valid JSON ({err}); fix the file or re-run lerobot-calibrate.")
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise CalibrationError(f"{path} must map motor names to {{id, drive_mode, ...}} objects.")
+    with tempfile.TemporaryDirectory() as tmp:
+        bus = make_device(spec, Path(tmp)).bus
+    expected, found = list(bus.motors), set(data)
+    problems = []
+    if missing := [m for m in expected if m not in found]:
+        problems.append(f"missing motors {missing}: add them, or check --robot.type={spec.type} is right.")
+    if extra := sorted(found - set(expected)):
+        problems.append(f"unexpected motors {extra}: a {spec.type} has {expected}; remove them.")
+    for name in expected:
+        if name in data:
+            problems.extend(_motor_problems(name, data[name], bus))
+    if problems:
+        raise CalibrationError(
+            f"Calibration file {path} is not valid for a {spec.type}:\n  - " + "\n  - ".join(problems)
+        )
+    return {name: MotorCalibration(**data[name]) for name in expected}
+
+
+def joint_limits(calibration: dict[str, MotorCalibration], spec: DeviceSpec) -> tuple[list[float], list[float]]:
+    """Calibrated range of each joint in the units LeRobot reads/writes at rollout (action order)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bus = make_device(spec, Path(tmp)).bus
+    low, high = [], []
+    for name, motor in bus.motors.items():
+        cal = calibration[name]
+        if motor.norm_mode is MotorNormMode.DEGREES:
+            half = (cal.range_max - cal.range_min) / 2 * 360 / (bus.model_resolution_table[motor.model] - 1)
+            low.append(-half)
+            high.append(half)
+        elif motor.norm_mode is MotorNormMode.RANGE_0_100:
+            low.append(0.0)
+            high.append(100.0)
+        else:
+            low.append(-100.0)
+            high.append(100.0)
+    return low, high
+
+
+def install_calibration(path: Path, spec: DeviceSpec) -> Path:
+    """Copy a checked file to ``<calibration dir>/<id>.json`` where LeRobot loads it on connect."""
+    if not spec.id:
+        raise CalibrationError("--install=true needs the arm's name: add --robot.id=NAME (the id you run with).")
+    target = make_device(spec).calibration_fpath
+    shutil.copyfile(path, target)
+    return target
+
+
+def bind_to_checkpoint(
+    checkpoint: Path, limits: tuple[list[float], list[float]], max_delta: float | None
+) -> Path:
+    """Write the calibrated limits into the checkpoint's safety step (adding the step after unnormalisation if absent)."""
+    config_path = Path(checkpoint) / POSTPROCESSOR_FILE
+    if not config_path.is_file():
+        raise CalibrationError(
+            f"{config_path} not found: --checkpoint must be a pretrained_model directory saved by lerobot-train."
+        )
+    pipeline = json.loads(config_path.read_text())
+    steps = pipeline["steps"]
+    step = next((s for s in steps if s.get("registry_name") == SAFETY_STEP_NAME), None)
+    if step is None:
+        names = [s.get("registry_name") for s in steps]
+        at = names.index("unnormalizer_processor") + 1 if "unnormalizer_processor" in names else 0
+        step = {"registry_name": SAFETY_STEP_NAME, "config": {"enabled": True}}
+        steps.insert(at, step)
+    step["config"]["joint_min"], step["config"]["joint_max"] = limits
+    if max_delta is not None:
+        step["config"]["max_delta"] = max_delta
+    config_path.write_text(json.dumps(pipeline, indent=2))
+    return config_path
+
+
+def _split_positional(argv: list[str]) -> list[str]:
+    positional = [a for a in argv if not a.startswith("-")]
+    if len(positional) > 1:
+        raise SystemExit(f"roboalign calibration check: one FILE expected, got {positional}.")
+    rest = [a for a in argv if a.startswith("-")]
+    return rest + [f"--file={positional[0]}"] if positional else rest
+
+
+def main_check(argv: list[str] | None = None) -> None:
+    cfg = draccus.parse(config_class=CalibrationCheckConfig, args=_split_positional(list(argv or [])))
+    if cfg.file is None:
+        raise SystemExit("roboalign calibration check: give the calibration FILE (or --file=PATH).")
+    try:
+        calibration = check_calibration(cfg.file, cfg.robot)
+        print(f"OK: {cfg.file} is a valid {cfg.robot.type} calibration ({len(calibration)} motors).")
+        if cfg.install:
+            print(f"Installed: {install_calibration(cfg.file, cfg.robot)}")
+        if cfg.checkpoint is not None:
+            bound = bind_to_checkpoint(cfg.checkpoint, joint_limits(calibration, cfg.robot), cfg.max_delta)
+            print(f"Bound calibrated joint limits to the safety step in {bound}")
+    except CalibrationError as err:
+        raise SystemExit(f"roboalign calibration check: {err}") from None

@@ -1,0 +1,95 @@
+"""Check, before training starts, that a dataset (after a rename map) feeds every input the policy expects.
+
+Benchmarks name the same things differently (LIBERO's ``observation.images.image`` /
+``image2``, CALVIN's ``rgb_static`` / ``rgb_gripper``); a checkpoint or a paper config fixes the
+names and the action dimension. A mismatch would otherwise surface as a ``KeyError`` deep in
+the first forward pass, or, worse, as a head that silently trains on the wrong action size.
+"""
+
+from typing import Any
+
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.utils.constants import ACTION, OBS_STATE
+from lerobot.utils.feature_utils import dataset_to_policy_features
+
+
+def as_policy_features(features: dict[str, Any]) -> dict[str, PolicyFeature]:
+    """Accept LeRobotDataset ``meta.features`` (dtype/shape dicts) or ready ``PolicyFeature``s."""
+    if all(isinstance(ft, PolicyFeature) for ft in features.values()):
+        return dict(features)
+    return dataset_to_policy_features(features)
+
+
+def rename_features(features: dict[str, PolicyFeature], rename_map: dict[str, str]) -> dict[str, PolicyFeature]:
+    """Apply ``rename_map`` (dataset key -> policy key), as LeRobot's rename processor does to batches."""
+    unknown = sorted(set(rename_map) - set(features))
+    if unknown:
+        raise ValueError(
+            f"--rename_map renames {unknown}, which the dataset does not have (its features: "
+            f"{sorted(features)}). Fix: use the dataset's key names on the left of the rename map."
+        )
+    return {rename_map.get(key, key): ft for key, ft in features.items()}
+
+
+def _rename_hint(missing: str, available: list[str]) -> str:
+    if not available:
+        return "record or choose a dataset that has this input"
+    return f"add it to the rename map, e.g. --rename_map='{{\"{available[0]}\": \"{missing}\"}}'"
+
+
+def _check_cameras(expected: list[str], provided: dict[str, PolicyFeature]) -> None:
+    cameras = sorted(k for k, ft in provided.items() if ft.type is FeatureType.VISUAL)
+    unused = [c for c in cameras if c not in expected]
+    for camera in expected:
+        if camera not in provided:
+            raise ValueError(
+                f"The policy expects camera '{camera}' but the dataset provides {cameras} after renaming. "
+                f"Fix: {_rename_hint(camera, unused)}."
+            )
+
+
+def _check_dim(key: str, expected: PolicyFeature | None, provided: dict[str, PolicyFeature], fix: str) -> None:
+    if expected is None:
+        return
+    if key not in provided:
+        raise ValueError(f"The policy expects '{key}' but the dataset has no such feature. Fix: {fix}.")
+    want, got = expected.shape[-1], provided[key].shape[-1]
+    if want != got:
+        raise ValueError(
+            f"'{key}' has dimension {got} in the dataset but the policy expects {want}. Fix: {fix}."
+        )
+
+
+def check_dataset_features(policy_config, dataset_features: dict[str, Any], rename_map: dict[str, str]) -> None:
+    """Raise ``ValueError`` naming the key and the fix if the dataset cannot feed ``policy_config``.
+
+    ``policy_config`` is a ``PreTrainedConfig``: its ``image_features``, ``robot_state_feature``
+    and ``action_feature`` are what it expects (set by a checkpoint or a config file). A fresh
+    config with no features yet only needs a camera and an action from the dataset.
+    """
+    provided = rename_features(as_policy_features(dataset_features), rename_map or {})
+    if not any(ft.type is FeatureType.VISUAL for ft in provided.values()):
+        raise ValueError(
+            f"The dataset has no camera (no 'observation.images.*' feature; it has {sorted(provided)}). "
+            "Fix: choose a dataset with at least one camera."
+        )
+    _check_cameras(list(policy_config.image_features), provided)
+    _check_dim(
+        OBS_STATE,
+        policy_config.robot_state_feature,
+        provided,
+        "map the dataset's proprioceptive state to 'observation.state' with --rename_map, or train a "
+        "new policy on this dataset instead of loading one made for another robot",
+    )
+    if ACTION not in provided:
+        raise ValueError(
+            f"The dataset has no '{ACTION}' feature (it has {sorted(provided)}). "
+            "Fix: choose a dataset recorded with actions."
+        )
+    _check_dim(
+        ACTION,
+        policy_config.action_feature,
+        provided,
+        "the action head is sized for another robot: train a new head on this dataset (no "
+        "--policy.path), or use a dataset with the same action space",
+    )

@@ -1,0 +1,156 @@
+"""SO-101 tasks with a camera and a natural-language instruction, for language-conditioned policies.
+
+``lerobot_env_so101`` provides the physics, the tasks and scripted experts, but its
+observations carry no instruction and its ``info`` names success ``succeed`` where
+``lerobot-eval`` reads ``is_success``. ``SO101LangEnv`` wraps one of its task envs and adds
+what a VLA and ``lerobot-eval`` need: a cheap camera frame (``fast_render``), the
+instruction as ``task_description``, and one success criterion per task, shared by
+recording, the expert reference and ``lerobot-eval``.
+"""
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from lerobot_env_so101 import SO101PickCubeGymEnv, SO101PickPlaceGymEnv
+from lerobot_env_so101.policy import DEFAULT_ACTION_SCALE
+from lerobot_env_so101.scripted import PickPlaceController, is_reach_close_success, scripted_reach_close
+
+from .fast_render import DEFAULT_MAX_FACES, SceneCamera
+
+CAMERA = "front"
+
+
+@dataclass(frozen=True)
+class SO101Task:
+    """One task: the package env that simulates it, its instruction and its step budget."""
+
+    env_cls: type
+    instruction: str
+    max_steps: int
+
+
+# max_steps: about twice the scripted expert's longest successful episode (see the report
+# of benchmarks/bench_render.py's sibling measurements in the README).
+TASKS: dict[str, SO101Task] = {
+    "reach_and_close": SO101Task(SO101PickCubeGymEnv, "reach the cube and close the gripper", 40),
+    "pick_and_place": SO101Task(SO101PickPlaceGymEnv, "pick up the cube and place it on the target", 120),
+}
+
+
+def check_task(task: str) -> SO101Task:
+    """The task's spec, or an error listing the valid names."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown SO-101 task {task!r}; choose one of {sorted(TASKS)} (e.g. --env.task=reach_and_close).")
+    return TASKS[task]
+
+
+class SO101LangEnv(gym.Env):
+    """One SO-101 task: observation ``{"pixels": {"front": HxWx3}, "agent_pos": (14,)}``.
+
+    The action is the package's native ``[dx, dy, dz, grasp]`` at 2.5 cm per unit (the
+    scale its scripted experts are written for), clipped to the action space.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        task: str = "reach_and_close",
+        image_height: int = 96,
+        image_width: int = 96,
+        random_block_position: bool = True,
+        render_max_faces: int = DEFAULT_MAX_FACES,
+        images: bool = True,
+        render_mode: str = "rgb_array",
+    ):
+        spec = check_task(task)
+        self.task = task
+        self.task_description = spec.instruction
+        self.render_mode = render_mode
+        self.sim = spec.env_cls(
+            image_obs=False, random_block_position=random_block_position, action_scale=DEFAULT_ACTION_SCALE
+        )
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.sim.control_dt))}
+        self._image_hw = (image_height, image_width)
+        self._render_max_faces = render_max_faces
+        self._images = images
+        self._camera: SceneCamera | None = None
+        self._frame: np.ndarray | None = None
+        obs_space = {"agent_pos": self.sim.observation_space["agent_pos"]}
+        if images:
+            frame_space = spaces.Box(0, 255, (image_height, image_width, 3), dtype=np.uint8)
+            obs_space["pixels"] = spaces.Dict({CAMERA: frame_space})
+        self.observation_space = spaces.Dict(obs_space)
+        self.action_space = self.sim.action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        obs, _ = self.sim.reset(seed=seed)
+        return self._observe(obs), {"is_success": False}
+
+    def step(self, action: np.ndarray):
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        if action.shape != self.action_space.shape or not np.all(np.isfinite(action)):
+            raise ValueError(
+                f"SO-101 action must be {self.action_space.shape[0]} finite numbers [dx, dy, dz, grasp], got "
+                f"{action}; check the policy's output (NaN usually means an untrained or diverged model)."
+            )
+        action = np.clip(action, self.action_space.low, self.action_space.high)
+        obs, _, sim_terminated, truncated, _ = self.sim.step(action)
+        success = self.is_success()
+        return self._observe(obs), float(success), bool(success or sim_terminated), truncated, {"is_success": success}
+
+    def is_success(self) -> bool:
+        """The task's criterion: gripper closed at the cube, or cube carried, set on the target, released."""
+        if self.task == "reach_and_close":
+            return is_reach_close_success(np.concatenate([self.sim.get_robot_state(), self.block_pos]))
+        return self.sim._is_success()
+
+    @property
+    def block_pos(self) -> np.ndarray:
+        return self.sim.data.sensor("block_pos").data.copy()
+
+    def render(self) -> np.ndarray:
+        """The frame of the current observation (drawn once per step, reused for videos)."""
+        if self._frame is None:
+            self._frame = self._draw()
+        return self._frame
+
+    def close(self) -> None:
+        if self._camera is not None:
+            self._camera.close()
+            self._camera = None
+        self.sim.close()
+
+    def _draw(self) -> np.ndarray:
+        if self._camera is None:
+            self._camera = SceneCamera(*self._image_hw, camera=CAMERA, max_faces=self._render_max_faces)
+        return self._camera.render(self.sim.data)
+
+    def _observe(self, sim_obs: dict) -> dict:
+        self._frame = None
+        obs = {"agent_pos": sim_obs["agent_pos"]}
+        if self._images:
+            obs["pixels"] = {CAMERA: self.render()}
+        return obs
+
+
+class ScriptedExpert:
+    """The package's scripted controller for an env's task, fed the simulator's true state."""
+
+    def __init__(self, env: SO101LangEnv):
+        self.env = env
+        self._pick_place = PickPlaceController(DEFAULT_ACTION_SCALE) if env.task == "pick_and_place" else None
+
+    def reset(self) -> None:
+        if self._pick_place is not None:
+            self._pick_place.reset()
+
+    def act(self) -> np.ndarray:
+        sim = self.env.sim
+        if self._pick_place is None:
+            flat_obs = np.concatenate([sim.get_robot_state(), self.env.block_pos])
+            return scripted_reach_close(flat_obs, DEFAULT_ACTION_SCALE)
+        return self._pick_place.act(sim.ik_point_pos, self.env.block_pos, sim.goal_pos)

@@ -1,0 +1,205 @@
+"""RoboAlignPolicy: a frozen (aligned) MLLM backbone feeding a flow-matching DiT action head.
+
+Checkpoints: with a frozen backbone only the head is written to ``model.safetensors`` (a
+7B backbone would otherwise be copied into every checkpoint); the backbone is reloaded
+from ``vlm_model_name``, whose identity is recorded in ``backbone.json`` and checked on
+load. With LoRA the adapter weights are saved too; with full fine-tuning everything is.
+"""
+
+import json
+import logging
+from collections import deque
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION, OBS_STATE
+
+from .action_head import ActionHeadSpec, FlowMatchingActionHead
+from .backbone import VLMBackbone, resolve_dtype
+from .configuration_roboalign import RoboAlignConfig
+from .processor_roboalign import InputSpec, validate_batch
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_INFO_FILE = "backbone.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class RoboAlignPolicy(PreTrainedPolicy):
+    config_class = RoboAlignConfig
+    name = "roboalign"
+
+    def __init__(self, config: RoboAlignConfig, **kwargs):
+        super().__init__(config)
+        config.validate_features()
+        self.backbone = VLMBackbone(
+            config.vlm_model_name,
+            layer=config.vlm_layer,
+            dtype=resolve_dtype(config.backbone_dtype, config.device),
+            image_resolution=config.image_resolution,
+            prompt_template=config.prompt_template,
+        )
+        state_feature = config.robot_state_feature
+        self.head = FlowMatchingActionHead(
+            ActionHeadSpec(
+                feature_dim=self.backbone.hidden_size,
+                state_dim=state_feature.shape[0] if state_feature else 0,
+                action_dim=config.action_feature.shape[0],
+                chunk_size=config.chunk_size,
+                hidden_size=config.head_hidden_size,
+                num_layers=config.head_num_layers,
+                num_heads=config.head_num_heads,
+                dropout=config.head_dropout,
+                num_inference_steps=config.num_inference_steps,
+                num_timestep_buckets=config.num_timestep_buckets,
+                beta_alpha=config.noise_beta_alpha,
+                beta_beta=config.noise_beta_beta,
+                noise_s=config.noise_s,
+            )
+        )
+        self._input_spec = InputSpec.from_config(config)
+        self._configure_backbone_training()
+        self.reset()
+
+    # ---- backbone modes -------------------------------------------------------------
+    def _configure_backbone_training(self) -> None:
+        """frozen: no gradients; lora: only peft adapters in the language model; full: everything."""
+        mode = self.config.backbone_mode
+        if mode == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            modules = "|".join(self.config.lora_target_modules)
+            lora = LoraConfig(
+                r=self.config.lora_rank,
+                lora_alpha=self.config.lora_alpha,
+                lora_dropout=self.config.lora_dropout,
+                target_modules=rf".*(language_model|text_model).*\.({modules})$",
+            )
+            inject_adapter_in_model(lora, self.backbone.vlm)
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad = mode == "full" or (mode == "lora" and "lora_" in name)
+
+    def train(self, mode: bool = True) -> "RoboAlignPolicy":
+        super().train(mode)
+        if self.config.backbone_mode == "frozen":
+            self.backbone.eval()  # no dropout drift in features the head was trained on
+        return self
+
+    def get_optim_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def reset(self) -> None:
+        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    # ---- model --------------------------------------------------------------------
+    def _features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        images = [batch[key] for key in self.config.image_features]
+        tasks = batch["task"]
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        with torch.set_grad_enabled(self.training and self.config.backbone_mode != "frozen"):
+            features, mask = self.backbone(images, tasks)
+        return features.float(), mask
+
+    def _state(self, batch: dict[str, Tensor]) -> Tensor | None:
+        return batch[OBS_STATE].float() if self.config.robot_state_feature else None
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        validate_batch(self._input_spec, batch, require_action=True)
+        features, mask = self._features(batch)
+        loss = self.head.loss(features, mask, self._state(batch), batch[ACTION].float(), batch.get("action_is_pad"))
+        return loss, {"flow_matching_loss": loss.item()}
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        """A whole chunk (B, chunk_size, action_dim), in normalised action space."""
+        validate_batch(self._input_spec, batch, require_action=False)
+        features, mask = self._features(batch)
+        return self.head.sample(features, mask, self._state(batch))
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        """One action per control step; the model runs once every ``n_action_steps`` steps."""
+        if not self._action_queue:
+            chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
+            self._action_queue.extend(chunk.transpose(0, 1))
+        return self._action_queue.popleft()
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def _backbone_info(self) -> dict:
+        return {
+            "vlm_model_name": self.config.vlm_model_name,
+            "architecture": type(self.backbone.vlm).__name__,
+            "hidden_size": self.backbone.hidden_size,
+            "vlm_layer": self.config.vlm_layer,
+            "backbone_mode": self.config.backbone_mode,
+        }
+
+    def _is_checkpointed(self, key: str) -> bool:
+        """Frozen backbone weights live at ``vlm_model_name``, not in every checkpoint."""
+        mode = self.config.backbone_mode
+        return mode == "full" or not key.startswith("backbone.") or (mode == "lora" and "lora_" in key)
+
+    def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        state_dict = {k: v.contiguous() for k, v in state_dict.items() if self._is_checkpointed(k)}
+        super()._save_pretrained(save_directory, state_dict=state_dict)
+        (Path(save_directory) / BACKBONE_INFO_FILE).write_text(json.dumps(self._backbone_info(), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_name_or_path: str | Path, **kwargs) -> "RoboAlignPolicy":
+        directory = Path(pretrained_name_or_path)
+        if directory.is_dir():
+            for required in ("config.json", WEIGHTS_FILE):
+                if not (directory / required).is_file():
+                    raise FileNotFoundError(
+                        f"Checkpoint directory {directory} is missing {required}: it is incomplete (an interrupted "
+                        "save?) or not a policy checkpoint. Fix: point --policy.path at a complete directory such as "
+                        "outputs/train/<run>/checkpoints/last/pretrained_model."
+                    )
+        return super().from_pretrained(pretrained_name_or_path, **kwargs)
+
+    @classmethod
+    def _load_as_safetensor(cls, model: "RoboAlignPolicy", model_file: str, map_location: str, strict: bool):
+        _check_backbone_matches(model, Path(model_file).parent / BACKBONE_INFO_FILE)
+        try:
+            state_dict = load_file(model_file)
+        except (SafetensorError, OSError) as error:
+            raise OSError(
+                f"Cannot read the policy weights {model_file} ({error}): the file is corrupt or truncated. "
+                "Fix: re-copy the checkpoint, or use an earlier one from checkpoints/."
+            ) from error
+        try:
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"The weights in {model_file} do not fit this policy ({error}). Was it trained with another "
+                "backbone or action/state dimension? Fix: use the same --policy.vlm_model_name and dataset features."
+            ) from error
+        missing = [k for k in missing if model._is_checkpointed(k)]
+        if missing or unexpected:
+            raise ValueError(
+                f"{model_file} does not match a RoboAlign policy with backbone_mode="
+                f"{model.config.backbone_mode!r}: missing {missing[:3]}, unexpected {unexpected[:3]}. Fix: load it "
+                "with the config it was saved with (its config.json) or retrain."
+            )
+        return model
+
+
+def _check_backbone_matches(model: RoboAlignPolicy, info_file: Path) -> None:
+    """Refuse a head trained on another backbone: its features would be meaningless."""
+    if not info_file.is_file():
+        return
+    saved = json.loads(info_file.read_text())
+    current = model._backbone_info()
+    for key in ("architecture", "hidden_size", "vlm_layer"):
+        if saved.get(key) != current[key]:
+            raise ValueError(
+                f"This checkpoint's head was trained on backbone {saved.get('vlm_model_name')!r} "
+                f"({key}={saved.get(key)}), but --policy.vlm_model_name={current['vlm_model_name']!r} gives "
+                f"{key}={current[key]}. Fix: pass --policy.vlm_model_name pointing to the backbone it was trained with."
+            )

@@ -1,0 +1,139 @@
+"""Pre/post-processing for RoboAlign: input checks, LeRobot's normalisation, device moves.
+
+The instruction and the camera images stay raw here: the backbone's own processor and chat
+template turn them into tokens inside the model, so an aligned MLLM sees the same prompt
+format it was aligned with.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lerobot.configs import PipelineFeatureType, PolicyFeature
+from lerobot.lerobot_types import TransitionKey
+from lerobot.processor import (
+    PolicyAction,
+    PolicyProcessorPipeline,
+    ProcessorStep,
+    ProcessorStepRegistry,
+    make_default_policy_processor_steps,
+    make_policy_processor_pipelines,
+)
+from lerobot.utils.constants import ACTION, OBS_STATE
+
+from .configuration_roboalign import RoboAlignConfig
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a batch must contain: the policy's cameras and the state/action dimensions."""
+
+    cameras: tuple[str, ...]
+    state_dim: int | None
+    action_dim: int | None
+
+    @classmethod
+    def from_config(cls, config: RoboAlignConfig) -> "InputSpec":
+        state, action = config.robot_state_feature, config.action_feature
+        return cls(
+            cameras=tuple(config.image_features),
+            state_dim=state.shape[-1] if state else None,
+            action_dim=action.shape[-1] if action else None,
+        )
+
+
+def _check_dim(batch: dict[str, Any], key: str, expected: int | None, fix: str) -> None:
+    if expected is None:
+        return
+    if key not in batch:
+        raise KeyError(f"'{key}' is missing from the batch (present: {sorted(batch)}). Fix: {fix}")
+    actual = batch[key].shape[-1]
+    if actual != expected:
+        raise ValueError(f"'{key}' has dimension {actual} but the policy expects {expected}. Fix: {fix}")
+
+
+def validate_batch(spec: InputSpec, batch: dict[str, Any], require_action: bool) -> None:
+    """Fail early, naming the key and the fix, instead of deep inside the backbone or normaliser."""
+    for camera in spec.cameras:
+        if camera not in batch:
+            cameras = [k for k in batch if k.startswith("observation.images.")]
+            raise KeyError(
+                f"Camera '{camera}' is configured in policy.input_features but missing from the batch "
+                f"(cameras present: {cameras}). Fix: record/connect that camera, rename yours to it with "
+                "--rename_map, or train a policy without it."
+            )
+    _check_dim(
+        batch,
+        OBS_STATE,
+        spec.state_dim,
+        "use a robot/dataset with the same joints as the training data (policy.input_features).",
+    )
+    if require_action:
+        _check_dim(
+            batch,
+            ACTION,
+            spec.action_dim,
+            "train on a dataset whose action matches policy.output_features, or start a new policy.",
+        )
+    tasks = batch.get("task")
+    tasks = [tasks] if isinstance(tasks, str) else tasks
+    if not tasks or any(not isinstance(t, str) or not t.strip() for t in tasks):
+        raise ValueError(
+            "Empty task instruction: RoboAlign is language-conditioned. Fix: record with "
+            "--dataset.single_task='...', or use an env/robot setup that provides a task string."
+        )
+
+
+@ProcessorStepRegistry.register(name="roboalign_validate_batch")
+@dataclass
+class RoboAlignValidateBatchStep(ProcessorStep):
+    """Preprocessor step that runs :func:`validate_batch` before normalisation touches the data."""
+
+    cameras: list[str] = field(default_factory=list)
+    state_dim: int | None = None
+    action_dim: int | None = None
+
+    @classmethod
+    def from_policy_config(cls, config: RoboAlignConfig) -> "RoboAlignValidateBatchStep":
+        spec = InputSpec.from_config(config)
+        return cls(cameras=list(spec.cameras), state_dim=spec.state_dim, action_dim=spec.action_dim)
+
+    def __call__(self, transition: dict) -> dict:
+        observation = transition.get(TransitionKey.OBSERVATION) or {}
+        complementary = transition.get(TransitionKey.COMPLEMENTARY_DATA) or {}
+        flat = {**observation, "task": complementary.get("task")}
+        action = transition.get(TransitionKey.ACTION)
+        if action is not None:
+            flat[ACTION] = action
+        spec = InputSpec(tuple(self.cameras), self.state_dim, self.action_dim)
+        validate_batch(spec, flat, require_action=action is not None)
+        return transition
+
+    def get_config(self) -> dict[str, Any]:
+        return {"cameras": self.cameras, "state_dim": self.state_dim, "action_dim": self.action_dim}
+
+    def transform_features(
+        self, features: dict[PipelineFeatureType, dict[str, PolicyFeature]]
+    ) -> dict[PipelineFeatureType, dict[str, PolicyFeature]]:
+        return features
+
+
+def make_roboalign_pre_post_processors(
+    config: RoboAlignConfig,
+    dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> tuple[
+    PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
+    PolicyProcessorPipeline[PolicyAction, PolicyAction],
+]:
+    """Validate -> rename -> batch -> device -> normalise; and unnormalise -> CPU."""
+    steps = make_default_policy_processor_steps(config, dataset_stats)
+    input_steps = [
+        steps.rename_observations,
+        steps.add_batch_dim,
+        RoboAlignValidateBatchStep.from_policy_config(config),
+        steps.to_device,
+        steps.normalize,
+    ]
+    output_steps = [steps.unnormalize, steps.to_cpu]
+    return make_policy_processor_pipelines(input_steps=input_steps, output_steps=output_steps)

@@ -1,0 +1,67 @@
+"""Run LeRobot's own console commands (lerobot-train, lerobot-eval, ...) as subprocesses.
+
+The demo and the end-to-end tests drive the exact commands a user types, so they share
+this one launcher: it forces offline mode, streams nothing unless asked, and on failure
+raises with the command line and the tail of its output instead of a bare exit code.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# The smallest head that still learns the synthetic and simulated tasks in a few hundred steps.
+TINY_POLICY_ARGS = (
+    "--policy.vlm_layer=2",
+    "--policy.head_hidden_size=64",
+    "--policy.head_num_layers=2",
+    "--policy.head_num_heads=4",
+    "--policy.image_resolution=[112,112]",
+    "--policy.device=cpu",
+    "--policy.push_to_hub=false",
+)
+
+
+class LeRobotCommandError(RuntimeError):
+    """A LeRobot command exited non-zero; the message carries its command line and output tail."""
+
+
+def lerobot_command(name: str) -> str:
+    """Path of a console script installed next to the running interpreter."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def run_lerobot(name: str, args: list[str], cwd: Path | None = None, timeout: float | None = None) -> str:
+    """Run ``name args...`` offline; return its combined output or raise LeRobotCommandError."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [lerobot_command(name), *args]
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        tail = "\n".join(output.splitlines()[-40:])
+        raise LeRobotCommandError(f"{' '.join(command)} exited with {result.returncode}:\n{tail}")
+    return output
+
+
+def train_args(
+    dataset_root: Path, repo_id: str, backbone: Path | str, output_dir: Path, steps: int, batch_size: int = 4
+) -> list[str]:
+    """lerobot-train arguments for a small roboalign run on a local dataset."""
+    return [
+        f"--dataset.repo_id={repo_id}",
+        f"--dataset.root={dataset_root}",
+        "--policy.type=roboalign",
+        f"--policy.vlm_model_name={backbone}",
+        *TINY_POLICY_ARGS,
+        f"--steps={steps}",
+        f"--batch_size={batch_size}",
+        f"--save_freq={steps}",
+        f"--log_freq={max(1, steps // 10)}",
+        "--num_workers=0",
+        f"--output_dir={output_dir}",
+        "--wandb.enable=false",
+        "--seed=0",
+    ]

