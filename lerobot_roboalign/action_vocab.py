@@ -53,13 +53,17 @@ class ActionVocabulary:
         Idempotent: tokens already present keep their ids and rows.
         """
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        names = [ACTION_START, ACTION_END] + [action_token(i) for i in range(fast_tokenizer.bpe.get_vocab_size())]
+        names = [ACTION_START, ACTION_END] + [
+            action_token(i) for i in range(fast_tokenizer.bpe.get_vocab_size())
+        ]
         old_len = len(tokenizer)
         tokenizer.add_tokens([AddedToken(name, special=False, normalized=False) for name in names])
         ids = np.asarray(tokenizer.convert_tokens_to_ids(names), dtype=np.int64)
         new_ids = ids[ids >= old_len]
         if len(new_ids):
-            _grow_embeddings(model, rows=max(len(tokenizer), int(ids.max()) + 1), new_ids=new_ids, old_len=old_len)
+            _grow_embeddings(
+                model, rows=max(len(tokenizer), int(ids.max()) + 1), new_ids=new_ids, old_len=old_len
+            )
         return cls(fast_tokenizer, start_id=int(ids[0]), end_id=int(ids[1]), action_ids=ids[2:])
 
     # ------------------------------------------------------------------ id mapping
@@ -67,7 +71,7 @@ class ActionVocabulary:
         fast_ids = np.asarray(fast_ids, dtype=np.int64)
         if fast_ids.size and (fast_ids.min() < 0 or fast_ids.max() >= self.num_action_tokens):
             raise ValueError(
-                f"FAST ids must lie in [0, {self.num_action_tokens}); got {fast_ids.min()}..{fast_ids.max()}: "
+                f"FAST ids must be in [0, {self.num_action_tokens}); got {fast_ids.min()}..{fast_ids.max()}: "
                 "encode with the FAST tokenizer saved next to this model (fast_tokenizer/)."
             )
         return self.action_ids[fast_ids].tolist()
@@ -76,7 +80,8 @@ class ActionVocabulary:
         fast = self._lookup(llm_ids)
         if (fast < 0).any():
             raise ValueError(
-                f"LLM ids {np.asarray(llm_ids)[fast < 0][:5].tolist()} are not action tokens: pass only the ids "
+                f"LLM ids {np.asarray(llm_ids)[fast < 0][:5].tolist()} are not action tokens: "
+                "pass only the ids "
                 f"between {ACTION_START} and {ACTION_END} (see parse_span)."
             )
         return fast.tolist()
@@ -89,10 +94,14 @@ class ActionVocabulary:
     # ------------------------------------------------------------------ spans
     def format_span(self, fast_ids) -> str:
         """FAST ids -> ``<ACTION_START><act_i>...<ACTION_END>`` text, tokenised back to exactly these ids."""
-        return ACTION_START + "".join(ACTION_TOKEN_FORMAT.format(i) for i in np.asarray(fast_ids).tolist()) + ACTION_END
+        return (
+            ACTION_START
+            + "".join(ACTION_TOKEN_FORMAT.format(i) for i in np.asarray(fast_ids).tolist())
+            + ACTION_END
+        )
 
     def parse_span(self, llm_token_ids) -> list[int] | None:
-        """FAST ids of the first complete action span, or ``None`` if there is none or it holds other tokens."""
+        """FAST ids of the first complete action span; ``None`` if there is none or it holds other tokens."""
         ids = np.asarray(llm_token_ids, dtype=np.int64).ravel()
         starts = np.flatnonzero(ids == self.start_id)
         if not len(starts):
@@ -117,7 +126,7 @@ class ActionVocabulary:
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | Path) -> Path:
-        """Write ``action_vocab.json`` and ``fast_tokenizer/``; the model and tokenizer are saved by their owner."""
+        """Write ``action_vocab.json`` and ``fast_tokenizer/``; the caller saves model and tokenizer."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         self.fast_tokenizer.save_pretrained(path / FAST_TOKENIZER_DIR)

@@ -95,8 +95,15 @@ class FastTokenizer:
                 f"more than vocab_size={vocab_size}: lower --scale or raise --vocab_size."
             )
         tokenizer = cls(
-            _untrained_bpe(), scale=scale, min_token=-bound, max_token=bound, chunk_size=horizon,
-            action_dim=action_dim, vocab_size=vocab_size, q01=q01, q99=q99,
+            _untrained_bpe(),
+            scale=scale,
+            min_token=-bound,
+            max_token=bound,
+            chunk_size=horizon,
+            action_dim=action_dim,
+            vocab_size=vocab_size,
+            q01=q01,
+            q99=q99,
         )
         strings = _to_strings(tokenizer.coefficient_codes(chunks))
         trainer = trainers.BpeTrainer(
@@ -161,11 +168,19 @@ class FastTokenizer:
         """Decode and say, per sequence, why it is invalid (``None`` when valid)."""
         reasons = self._check_ids(token_lists)
         candidates = [i for i, why in enumerate(reasons) if why is None]
-        texts = dict(zip(candidates, self.bpe.decode_batch([list(map(int, token_lists[i])) for i in candidates])))
+        texts = dict(
+            zip(
+                candidates,
+                self.bpe.decode_batch([list(map(int, token_lists[i])) for i in candidates]),
+                strict=True,
+            )
+        )
         length = self.chunk_size * self.action_dim
         for i, text in texts.items():
             if len(text) != length:
-                reasons[i] = f"decodes to {len(text)} DCT coefficients, expected {length} (truncated or extra tokens)"
+                reasons[i] = (
+                    f"decodes to {len(text)} DCT coefficients, expected {length} (truncated or extra tokens)"
+                )
         good = [i for i in candidates if reasons[i] is None]
         codes = _from_strings([texts[i] for i in good], length)
         if self.max_token is not None:
@@ -208,12 +223,15 @@ class FastTokenizer:
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         self.bpe.save(str(path / TOKENIZER_FILE))
-        _write_json(path / TOKENIZER_CONFIG, {
-            "added_tokens_decoder": {},
-            "clean_up_tokenization_spaces": False,
-            "model_max_length": 1e30,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-        })
+        _write_json(
+            path / TOKENIZER_CONFIG,
+            {
+                "added_tokens_decoder": {},
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": 1e30,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            },
+        )
         _write_json(path / SPECIAL_TOKENS_MAP, {})
         config = {
             "action_dim": self.action_dim,
@@ -244,7 +262,8 @@ class FastTokenizer:
         if missing:
             raise FileNotFoundError(
                 f"{path} is not a FAST tokenizer directory (missing {', '.join(missing)}): create one with "
-                "`roboalign tokenizer fit --output_dir=...` or point to a physical-intelligence/fast download."
+                "`roboalign tokenizer fit --output_dir=...` or point to a physical-intelligence/fast "
+                "download."
             )
         config = json.loads((path / PROCESSOR_CONFIG).read_text())
         chunk_size = chunk_size or config.get("time_horizon")
@@ -267,7 +286,9 @@ class FastTokenizer:
         )
 
 
-def dataset_action_chunks(repo_id: str, root: str | Path | None, chunk_size: int, stride: int = 1) -> np.ndarray:
+def dataset_action_chunks(
+    repo_id: str, root: str | Path | None, chunk_size: int, stride: int = 1
+) -> np.ndarray:
     """All length-``chunk_size`` windows of ``action`` inside each episode of a LeRobotDataset."""
     from lerobot.datasets import LeRobotDataset
     from lerobot.utils.constants import ACTION
@@ -309,7 +330,9 @@ def fit_from_datasets(
     dims = [part.shape[-1] for part in parts]
     if len(set(dims)) > 1:
         listed = ", ".join(f"{repo_id}: {dim}" for repo_id, dim in zip(repo_ids, dims, strict=True))
-        raise ValueError(f"datasets have different action dims ({listed}): fit one tokenizer per action space.")
+        raise ValueError(
+            f"datasets have different action dims ({listed}): fit one tokenizer per action space."
+        )
     chunks = np.concatenate(parts)
     if max_chunks is not None and len(chunks) > max_chunks:
         chunks = chunks[np.random.default_rng(seed).choice(len(chunks), max_chunks, replace=False)]
@@ -344,7 +367,9 @@ def _to_strings(codes: np.ndarray) -> list[str]:
 
 def _from_strings(strings: list[str], length: int) -> np.ndarray:
     """Inverse of :func:`_to_strings` for strings of equal ``length``."""
-    return np.frombuffer("".join(strings).encode("utf-32-le"), dtype="<u4").reshape(-1, length).astype(np.int64)
+    return (
+        np.frombuffer("".join(strings).encode("utf-32-le"), dtype="<u4").reshape(-1, length).astype(np.int64)
+    )
 
 
 def _write_json(path: Path, content: dict) -> None:

@@ -33,7 +33,9 @@ class DatasetSource:
 
     def roots(self) -> list[Path | None]:
         if not self.repo_ids:
-            raise ValueError("no dataset given: pass --dataset.repo_ids='[user/name]' (and --dataset.root=DIR).")
+            raise ValueError(
+                "no dataset given: pass --dataset.repo_ids='[user/name]' (and --dataset.root=DIR)."
+            )
         if self.root is None:
             return [None] * len(self.repo_ids)
         if len(self.repo_ids) == 1:
@@ -74,8 +76,14 @@ def main_fit(argv: list[str] | None = None) -> Path:
     if cfg.output_dir is None:
         raise ValueError("pass --output_dir=DIR: where to write the FAST tokenizer.")
     tokenizer = fit_from_datasets(
-        cfg.dataset.repo_ids, cfg.dataset.roots(), cfg.chunk_size, scale=cfg.scale, vocab_size=cfg.vocab_size,
-        stride=cfg.stride, max_chunks=cfg.max_chunks, seed=cfg.seed,
+        cfg.dataset.repo_ids,
+        cfg.dataset.roots(),
+        cfg.chunk_size,
+        scale=cfg.scale,
+        vocab_size=cfg.vocab_size,
+        stride=cfg.stride,
+        max_chunks=cfg.max_chunks,
+        seed=cfg.seed,
     )
     path = tokenizer.save_pretrained(cfg.output_dir)
     logging.info("FAST tokenizer (%d tokens) written to %s", tokenizer.bpe.get_vocab_size(), path)
@@ -103,16 +111,20 @@ def main_report(argv: list[str] | None = None) -> Path:
 
 def split_chunks(cfg: ReportConfig) -> tuple[np.ndarray, np.ndarray]:
     """Chunks of all datasets, split in order (so held-out windows do not overlap training ones)."""
-    chunks = np.concatenate([
-        dataset_action_chunks(repo_id, root, cfg.chunk_size, cfg.stride)
-        for repo_id, root in zip(cfg.dataset.repo_ids, cfg.dataset.roots(), strict=True)
-    ])
+    chunks = np.concatenate(
+        [
+            dataset_action_chunks(repo_id, root, cfg.chunk_size, cfg.stride)
+            for repo_id, root in zip(cfg.dataset.repo_ids, cfg.dataset.roots(), strict=True)
+        ]
+    )
     if cfg.max_chunks is not None and len(chunks) > cfg.max_chunks:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(chunks), cfg.max_chunks, replace=False))
         chunks = chunks[keep]
     cut = int(round(len(chunks) * (1 - cfg.holdout_fraction)))
     if not 0 < cut < len(chunks):
-        raise ValueError(f"{len(chunks)} chunks cannot be split with --holdout_fraction={cfg.holdout_fraction}.")
+        raise ValueError(
+            f"{len(chunks)} chunks cannot be split with --holdout_fraction={cfg.holdout_fraction}."
+        )
     return chunks[:cut], chunks[cut:]
 
 
@@ -137,19 +149,37 @@ def write_tables(rows: list[dict], output: Path) -> None:
     dims = len(rows[0]["error_mean"])
     with open(output / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["scale", "tokens_mean", "tokens_max", "compression", "invalid", "dim", "error_mean",
-                         "error_max"])
+        writer.writerow(
+            ["scale", "tokens_mean", "tokens_max", "compression", "invalid", "dim", "error_mean", "error_max"]
+        )
         for row in rows:
             for dim in range(dims):
-                writer.writerow([row["scale"], row["tokens_mean"], row["tokens_max"], row["compression"],
-                                 row["invalid"], dim, row["error_mean"][dim], row["error_max"][dim]])
-    header = "| scale | tokens/chunk (mean, max) | compression | " + " | ".join(
-        f"dim {d} err mean / max" for d in range(dims)) + " |"
+                writer.writerow(
+                    [
+                        row["scale"],
+                        row["tokens_mean"],
+                        row["tokens_max"],
+                        row["compression"],
+                        row["invalid"],
+                        dim,
+                        row["error_mean"][dim],
+                        row["error_max"][dim],
+                    ]
+                )
+    header = (
+        "| scale | tokens/chunk (mean, max) | compression | "
+        + " | ".join(f"dim {d} err mean / max" for d in range(dims))
+        + " |"
+    )
     lines = [header, "|" + "---|" * (3 + dims)]
     for row in rows:
-        errors = " | ".join(f"{m:.4f} / {x:.4f}" for m, x in zip(row["error_mean"], row["error_max"], strict=True))
-        lines.append(f"| {row['scale']:g} | {row['tokens_mean']:.1f}, {row['tokens_max']} | "
-                     f"{row['compression']:.1f}x | {errors} |")
+        errors = " | ".join(
+            f"{m:.4f} / {x:.4f}" for m, x in zip(row["error_mean"], row["error_max"], strict=True)
+        )
+        lines.append(
+            f"| {row['scale']:g} | {row['tokens_mean']:.1f}, {row['tokens_max']} | "
+            f"{row['compression']:.1f}x | {errors} |"
+        )
     (output / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -168,7 +198,7 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
 
 
 def plot_trajectories(originals: np.ndarray, reconstructions: dict[float, np.ndarray], path: Path) -> None:
-    """One panel per chunk, every action dimension: original (solid), smallest (dotted) and largest scale (dashed)."""
+    """One panel per chunk, all action dims: original (solid), smallest (dotted), largest scale (dashed)."""
     styles = {min(reconstructions): ":", max(reconstructions): "--"}
     fig, axes = plt.subplots(1, len(originals), figsize=(4 * len(originals), 3.2), squeeze=False)
     for index, ax in enumerate(axes[0]):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import draccus
 import numpy as np
+from lerobot_env_so101.policy import OBS_FIELD_NAMES
 from tqdm import tqdm
 
 from lerobot_roboalign.envs.configuration_so101_lang import IMAGE_KEY, make_so101_lang_env
@@ -33,14 +34,7 @@ RECORD_SEED_BASE = 10**7
 MAX_ATTEMPTS_PER_CHUNK = 1000
 MAX_CHUNKS_PER_TASK = 100
 SUMMARY_FILE = "recording_summary.json"
-STATE_NAMES = [
-    *(f"qpos_{joint}" for joint in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")),
-    *(f"qvel_{joint}" for joint in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")),
-    "gripper_pose",
-    "ee_x",
-    "ee_y",
-    "ee_z",
-]
+STATE_NAMES = list(OBS_FIELD_NAMES[:14])  # agent_pos: joint positions, velocities, gripper, end effector
 ACTION_NAMES = ["dx", "dy", "dz", "grasp"]
 
 
@@ -82,7 +76,9 @@ def record_scripted_demos(
     if (root / SUMMARY_FILE).exists():
         return json.loads((root / SUMMARY_FILE).read_text())
     if root.exists():
-        raise FileExistsError(f"{root} exists but is not a finished recording; delete it or choose another root.")
+        raise FileExistsError(
+            f"{root} exists but is not a finished recording; delete it or choose another root."
+        )
     work = root.with_name(root.name + ".recording")
     chunk_plan = [(task, k) for task in tasks for k in range(-(-episodes_per_task // chunk_episodes))]
     progress = tqdm(total=episodes_per_task * len(tasks), desc="Recording scripted SO-101 demos", unit="ep")
@@ -103,12 +99,16 @@ def _check_record_args(tasks, episodes_per_task: int, chunk_episodes: int, fps: 
     for task in tasks:
         check_task(task)
     if episodes_per_task < 1 or chunk_episodes < 1:
-        raise ValueError(f"episodes_per_task={episodes_per_task} and chunk_episodes={chunk_episodes} must be >= 1.")
+        raise ValueError(
+            f"episodes_per_task={episodes_per_task} and chunk_episodes={chunk_episodes} must be >= 1."
+        )
     if -(-episodes_per_task // chunk_episodes) > MAX_CHUNKS_PER_TASK:
         raise ValueError(f"At most {MAX_CHUNKS_PER_TASK} chunks per task: raise chunk_episodes.")
     env_fps = SO101LangEnv.metadata["render_fps"]
     if fps != env_fps:
-        raise ValueError(f"fps={fps} does not match the simulator's control rate ({env_fps} Hz); use fps={env_fps}.")
+        raise ValueError(
+            f"fps={fps} does not match the simulator's control rate ({env_fps} Hz); use fps={env_fps}."
+        )
 
 
 def attempt_seed(seed: int, task: str, chunk: int, attempt: int) -> int:
@@ -144,8 +144,12 @@ def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, pr
     shutil.rmtree(staging, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     dataset = LeRobotDataset.create(
-        repo_id=f"local/{final.name}", fps=fps, features=dataset_features(image_hw, use_videos),
-        root=staging, robot_type="so101_sim", use_videos=use_videos,
+        repo_id=f"local/{final.name}",
+        fps=fps,
+        features=dataset_features(image_hw, use_videos),
+        root=staging,
+        robot_type="so101_sim",
+        use_videos=use_videos,
     )
     env = make_so101_lang_env(task, None, {"image_height": image_hw[0], "image_width": image_hw[1]})
     expert = ScriptedExpert(env.unwrapped)
@@ -153,7 +157,9 @@ def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, pr
     try:
         while len(lengths) < n_kept:
             if attempts >= MAX_ATTEMPTS_PER_CHUNK:
-                raise RuntimeError(f"The scripted expert failed {attempts} times on {task!r}; the simulator is broken.")
+                raise RuntimeError(
+                    f"The scripted expert failed {attempts} times on {task!r}; the simulator is broken."
+                )
             length = _record_episode(env, expert, dataset, attempt_seed(seed, task, chunk, attempts))
             attempts += 1
             if length:
@@ -219,8 +225,10 @@ def _merge_chunks(work: Path, chunk_plan, root: Path, repo_id: str, summary: dic
     shutil.rmtree(staging, ignore_errors=True)
     chunk_dirs = [_chunk_dir(work, task, k) for task, k in chunk_plan]
     aggregate_datasets(
-        repo_ids=[f"local/{path.name}" for path in chunk_dirs], roots=chunk_dirs,
-        aggr_repo_id=repo_id, aggr_root=staging,
+        repo_ids=[f"local/{path.name}" for path in chunk_dirs],
+        roots=chunk_dirs,
+        aggr_repo_id=repo_id,
+        aggr_root=staging,
     )
     (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     os.replace(staging, root)
@@ -257,7 +265,10 @@ def evaluate_scripted_expert(
         env.close()
         seeds = list(range(start_seed, start_seed + n_episodes))
         results[task] = {
-            "n_episodes": n_episodes, "successes": successes, "seeds": seeds, "lengths": lengths,
+            "n_episodes": n_episodes,
+            "successes": successes,
+            "seeds": seeds,
+            "lengths": lengths,
             "pc_success": 100.0 * sum(successes) / n_episodes,
         }
     return results
@@ -267,7 +278,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = draccus.parse(config_class=RecordDemosConfig, args=argv)
     logging.basicConfig(level=logging.INFO)
     summary = record_scripted_demos(
-        cfg.root, cfg.repo_id, cfg.tasks, cfg.episodes_per_task, cfg.seed,
-        (cfg.image_height, cfg.image_width), cfg.fps, cfg.chunk_episodes, cfg.use_videos,
+        cfg.root,
+        cfg.repo_id,
+        cfg.tasks,
+        cfg.episodes_per_task,
+        cfg.seed,
+        (cfg.image_height, cfg.image_width),
+        cfg.fps,
+        cfg.chunk_episodes,
+        cfg.use_videos,
     )
     print(json.dumps({"config": asdict(cfg) | {"root": str(cfg.root)}, **summary}, indent=2))

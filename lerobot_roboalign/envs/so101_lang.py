@@ -9,6 +9,7 @@ recording, the expert reference and ``lerobot-eval``.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -31,18 +32,20 @@ class SO101Task:
     max_steps: int
 
 
-# max_steps: about twice the scripted expert's longest successful episode (see the report
-# of benchmarks/bench_render.py's sibling measurements in the README).
+# max_steps: about twice the scripted expert's longest episode (reach 8-11 steps, pick-and-place
+# 44-55 steps at 10 Hz), so a slower learned policy still has room and a failing one ends soon.
 TASKS: dict[str, SO101Task] = {
-    "reach_and_close": SO101Task(SO101PickCubeGymEnv, "reach the cube and close the gripper", 40),
-    "pick_and_place": SO101Task(SO101PickPlaceGymEnv, "pick up the cube and place it on the target", 120),
+    "reach_and_close": SO101Task(SO101PickCubeGymEnv, "reach the cube and close the gripper", 30),
+    "pick_and_place": SO101Task(SO101PickPlaceGymEnv, "pick up the cube and place it on the target", 100),
 }
 
 
 def check_task(task: str) -> SO101Task:
     """The task's spec, or an error listing the valid names."""
     if task not in TASKS:
-        raise ValueError(f"Unknown SO-101 task {task!r}; choose one of {sorted(TASKS)} (e.g. --env.task=reach_and_close).")
+        raise ValueError(
+            f"Unknown SO-101 task {task!r}; choose one of {sorted(TASKS)} (e.g. --env.task=reach_and_close)."
+        )
     return TASKS[task]
 
 
@@ -53,7 +56,7 @@ class SO101LangEnv(gym.Env):
     scale its scripted experts are written for), clipped to the action space.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(
         self,
@@ -72,7 +75,7 @@ class SO101LangEnv(gym.Env):
         self.sim = spec.env_cls(
             image_obs=False, random_block_position=random_block_position, action_scale=DEFAULT_ACTION_SCALE
         )
-        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.sim.control_dt))}
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.sim.control_dt)}
         self._image_hw = (image_height, image_width)
         self._render_max_faces = render_max_faces
         self._images = images
@@ -100,7 +103,13 @@ class SO101LangEnv(gym.Env):
         action = np.clip(action, self.action_space.low, self.action_space.high)
         obs, _, sim_terminated, truncated, _ = self.sim.step(action)
         success = self.is_success()
-        return self._observe(obs), float(success), bool(success or sim_terminated), truncated, {"is_success": success}
+        return (
+            self._observe(obs),
+            float(success),
+            bool(success or sim_terminated),
+            truncated,
+            {"is_success": success},
+        )
 
     def is_success(self) -> bool:
         """The task's criterion: gripper closed at the cube, or cube carried, set on the target, released."""

@@ -63,3 +63,12 @@ def test_reasoning_is_labelled_and_resumes_after_a_kill(align_data_config, tmp_p
     assert {row["source"] for row in lines} == {"scripted:motion"}
     assert read_reasoning(output) == rows
     assert all(row["reasoning"].startswith("To ") and "gripper" in row["reasoning"] for row in lines)
+
+
+def test_mllm_reasoning_source_asks_the_backbone(align_data_config, tiny_qwen25_backbone, tmp_path):
+    from lerobot_roboalign.align.reason import MLLMReasoning
+
+    samples = load_samples(align_data_config)[:2]
+    rows = write_reasoning(samples, MLLMReasoning(str(tiny_qwen25_backbone), max_new_tokens=6), tmp_path / "r.jsonl", 2)
+    assert {row["source"] for row in rows.values()} == {"mllm:qwen2_5_vl"}
+    assert all(isinstance(row["reasoning"], str) and row["reasoning"] for row in rows.values())

