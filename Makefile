@@ -14,11 +14,13 @@ export PYOPENGL_PLATFORM ?= egl
 
 setup: sysdeps $(STAMP)
 
-# Headless rendering for MuJoCo (EGL/OSMesa); installed only when missing and we can.
+# Headless rendering for MuJoCo (EGL/OSMesa) and FFmpeg for LeRobot's video decoder (torchcodec);
+# installed only when missing and we are root.
+SYS_PACKAGES := libegl1 libegl-mesa0 libgl1 libosmesa6 ffmpeg
 sysdeps:
-	@if ! ldconfig -p | grep -q libEGL_mesa.so.0 || ! ldconfig -p | grep -q libOSMesa; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1 libosmesa6 >/dev/null; \
-	  else echo "warning: install libegl1 libegl-mesa0 libosmesa6 for headless rendering"; fi; fi
+	@if ! ldconfig -p | grep -q libEGL_mesa.so.0 || ! ldconfig -p | grep -q libOSMesa || ! command -v ffmpeg >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYS_PACKAGES) >/dev/null; \
+	  else echo "warning: install $(SYS_PACKAGES) (headless rendering, video decoding)"; fi; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found: install it or run make PYTHON312=/path/to/python3.12"; exit 1; }

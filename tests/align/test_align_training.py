@@ -117,3 +117,14 @@ def test_grpo_killed_and_resumed_reaches_the_same_step(sft_model, align_data_con
     assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # no half-written staging dir
     model, _, vocabulary, _ = load_aligned(ModelConfig(path=str(output / "model")))
     assert model.get_input_embeddings().num_embeddings > max(vocabulary.action_ids)
+
+
+def test_aligned_checkpoint_trains_a_vla_through_lerobot_train(sft_model, align_dataset, tmp_path):
+    from lerobot_roboalign.runner import run_lerobot, train_args
+
+    root, repo_id = align_dataset
+    output = tmp_path / "vla"
+    run_lerobot("lerobot-train", train_args(root, repo_id, sft_model, output, steps=2))
+    checkpoint = output / "checkpoints" / "000002" / "pretrained_model"
+    assert (checkpoint / "model.safetensors").is_file()
+    assert json.loads((checkpoint / "config.json").read_text())["vlm_model_name"] == str(sft_model)

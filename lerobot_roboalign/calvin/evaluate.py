@@ -1,0 +1,155 @@
+"""``roboalign calvin eval``: the official CALVIN ABC->D evaluation of a LeRobot policy checkpoint.
+
+    roboalign calvin eval --policy_path=outputs/calvin/checkpoints/last/pretrained_model \\
+        --dataset_path=~/calvin/dataset/task_ABC_D --rename_map_file=examples/calvin/rename_map.json
+
+1000 chains of 5 instructions (``protocol.sample_chains``), at most 360 steps per instruction,
+early stop on failure. Each finished chain is appended to ``chains.jsonl`` in the output folder,
+so an interrupted evaluation resumes where it stopped; the summary is written as
+``results.json``, ``results.md`` and ``results.png``.
+"""
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import draccus
+import numpy as np
+import torch
+
+from .env import CalvinChainEnv, CalvinEnv
+from .protocol import ChainResult, State, evaluate_chains, sample_chains, summarize, write_results
+
+# Average completed length reported by the paper (Table: CALVIN ABC->D).
+PAPER_AVERAGE_LENGTH = {
+    "Qwen2.5-VL-7B base": 2.16,
+    "language-only SFT": 2.32,
+    "action-only SFT": 1.26,
+    "RoboAlign without RL": 1.89,
+    "RoboAlign": 2.57,
+}
+JOURNAL = "chains.jsonl"
+
+
+@dataclass
+class CalvinEvalConfig:
+    # A LeRobot checkpoint folder (a `pretrained_model` directory written by lerobot-train).
+    policy_path: str = ""
+    # CALVIN's task_ABC_D download; evaluation runs in scene D from its validation/ config.
+    dataset_path: str = "calvin/dataset/task_ABC_D"
+    num_chains: int = 1000
+    max_steps_per_subtask: int = 360
+    output_dir: str = "outputs/calvin_eval"
+    # Env key -> policy key, e.g. {"observation.images.rgb_static": "observation.images.image"}.
+    rename_map: dict[str, str] = field(default_factory=dict)
+    # A JSON file holding the rename map (merged under --rename_map).
+    rename_map_file: str | None = None
+    device: str | None = None
+
+    def resolved_rename_map(self) -> dict[str, str]:
+        from_file = json.loads(Path(self.rename_map_file).read_text()) if self.rename_map_file else {}
+        return {**from_file, **self.rename_map}
+
+
+class LeRobotChainPolicy:
+    """A LeRobot policy + its processors as a ``protocol.ChainPolicy`` (one observation at a time)."""
+
+    def __init__(self, policy, preprocessor, postprocessor):
+        self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def __call__(self, observation: dict[str, Any], instruction: str) -> np.ndarray:
+        from lerobot.envs.utils import preprocess_observation
+
+        batch = preprocess_observation(observation)
+        batch["task"] = [instruction]
+        batch = self.preprocessor(batch)
+        with torch.inference_mode():
+            action = self.postprocessor(self.policy.select_action(batch))
+        return action.reshape(-1).float().cpu().numpy()
+
+
+def load_policy(cfg: CalvinEvalConfig, env_cfg: CalvinEnv) -> LeRobotChainPolicy:
+    """Load the checkpoint as lerobot-eval does, after checking the env can feed it."""
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.envs.utils import env_to_policy_features
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+
+    from ..dataset_mapping import check_dataset_features
+
+    if not Path(cfg.policy_path).is_dir():
+        raise FileNotFoundError(f"--policy_path={cfg.policy_path!r} is not a checkpoint folder: pass the "
+                                "`pretrained_model` directory written by lerobot-train.")
+    policy_cfg = PreTrainedConfig.from_pretrained(cfg.policy_path)
+    policy_cfg.pretrained_path = Path(cfg.policy_path)
+    if cfg.device:
+        policy_cfg.device = cfg.device
+    rename_map = cfg.resolved_rename_map()
+    check_dataset_features(policy_cfg, env_to_policy_features(env_cfg), rename_map)
+    policy = make_policy(cfg=policy_cfg, env_cfg=env_cfg, rename_map=rename_map)
+    policy.eval()
+    preprocessor, postprocessor = make_pre_post_processors(
+        policy_cfg=policy_cfg,
+        pretrained_path=cfg.policy_path,
+        preprocessor_overrides={"device_processor": {"device": str(policy.config.device)},
+                                "rename_observations_processor": {"rename_map": rename_map}},
+    )
+    return LeRobotChainPolicy(policy, preprocessor, postprocessor)
+
+
+def load_journal(path: Path) -> list[ChainResult]:
+    if not path.is_file():
+        return []
+    return [ChainResult(d["initial_state"], tuple(d["tasks"]), d["completed"], d["steps"])
+            for d in map(json.loads, path.read_text().splitlines()) if d]
+
+
+def remaining_chains(chains: list[tuple[State, tuple[str, ...]]], done: list[ChainResult]):
+    """Chains not yet in the journal; the journal must be a prefix of this evaluation's chains."""
+    for result, (state, tasks) in zip(done, chains, strict=False):
+        if (result.initial_state, result.tasks) != (state, tasks):
+            raise ValueError("The output folder holds results of a different chain list: choose a new "
+                             "--output_dir or delete its chains.jsonl.")
+    return chains[len(done):]
+
+
+def run_evaluation(env, policy, cfg: CalvinEvalConfig) -> dict[str, Any]:
+    """Evaluate the chains not yet journaled, then summarise all of them."""
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    journal = output_dir / JOURNAL
+    chains = sample_chains(cfg.num_chains)
+    done = load_journal(journal)
+    todo = remaining_chains(chains, done)
+    if done:
+        logging.info("Resuming: %d of %d chains already evaluated.", len(done), len(chains))
+
+    def append(result: ChainResult) -> None:
+        with journal.open("a") as f:
+            f.write(json.dumps(asdict(result)) + "\n")
+
+    results = done + evaluate_chains(env, policy, todo, cfg.max_steps_per_subtask, on_result=append)
+    summary = summarize(results)
+    write_results(summary, results, output_dir, reference=PAPER_AVERAGE_LENGTH)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = draccus.parse(config_class=CalvinEvalConfig, args=sys.argv[1:] if argv is None else argv)
+    if not cfg.policy_path:
+        raise SystemExit("roboalign calvin eval: pass --policy_path=<lerobot-train checkpoint/pretrained_model>.")
+    env_cfg = CalvinEnv(dataset_path=cfg.dataset_path, num_chains=cfg.num_chains,
+                        max_steps_per_subtask=cfg.max_steps_per_subtask)
+    env = CalvinChainEnv(cfg.dataset_path)
+    summary = run_evaluation(env, load_policy(cfg, env_cfg), cfg)
+    print((Path(cfg.output_dir) / "results.md").read_text())
+    return summary
+
+
+if __name__ == "__main__":
+    main()
