@@ -212,7 +212,7 @@ def main() -> None:
     lines = ["| policy | params | step p50 ms | step p99 ms | chunk p50 ms | chunk p99 ms | train samples/s |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['step_p50_ms']:.1f} | {r['step_p99_ms']:.1f} | "
+        lines.append(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['step_p50_ms']:.2f} | {r['step_p99_ms']:.1f} | "
                      f"{r['chunk_p50_ms']:.1f} | {r['chunk_p99_ms']:.1f} | {r['train_samples_per_s']:.1f} |")
     lines.append("| roboalign / smolvla | | " + " | ".join(f"{ratios[k]:.2f}x" for k in ratios) + " |")
     (RESULTS / "policy.md").write_text("\n".join(lines) + "\n")

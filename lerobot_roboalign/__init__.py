@@ -4,6 +4,7 @@ Importing the package registers the ``roboalign`` policy config and this package
 with LeRobot's draccus choice registries.
 """
 
+from . import calvin  # noqa: F401  (registers --env.type=calvin)
 from . import envs  # noqa: F401  (registers --env.type=so101_lang)
 from .configuration_roboalign import RoboAlignConfig
 

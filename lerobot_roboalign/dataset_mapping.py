@@ -20,7 +20,9 @@ def as_policy_features(features: dict[str, Any]) -> dict[str, PolicyFeature]:
     return dataset_to_policy_features(features)
 
 
-def rename_features(features: dict[str, PolicyFeature], rename_map: dict[str, str]) -> dict[str, PolicyFeature]:
+def rename_features(
+    features: dict[str, PolicyFeature], rename_map: dict[str, str]
+) -> dict[str, PolicyFeature]:
     """Apply ``rename_map`` (dataset key -> policy key), as LeRobot's rename processor does to batches."""
     unknown = sorted(set(rename_map) - set(features))
     if unknown:
@@ -34,7 +36,7 @@ def rename_features(features: dict[str, PolicyFeature], rename_map: dict[str, st
 def _rename_hint(missing: str, available: list[str]) -> str:
     if not available:
         return "record or choose a dataset that has this input"
-    return f"add it to the rename map, e.g. --rename_map='{{\"{available[0]}\": \"{missing}\"}}'"
+    return f'add it to the rename map, e.g. --rename_map=\'{{"{available[0]}": "{missing}"}}\''
 
 
 def _check_cameras(expected: list[str], provided: dict[str, PolicyFeature]) -> None:
@@ -48,7 +50,9 @@ def _check_cameras(expected: list[str], provided: dict[str, PolicyFeature]) -> N
             )
 
 
-def _check_dim(key: str, expected: PolicyFeature | None, provided: dict[str, PolicyFeature], fix: str) -> None:
+def _check_dim(
+    key: str, expected: PolicyFeature | None, provided: dict[str, PolicyFeature], fix: str
+) -> None:
     if expected is None:
         return
     if key not in provided:
@@ -60,7 +64,9 @@ def _check_dim(key: str, expected: PolicyFeature | None, provided: dict[str, Pol
         )
 
 
-def check_dataset_features(policy_config, dataset_features: dict[str, Any], rename_map: dict[str, str]) -> None:
+def check_dataset_features(
+    policy_config, dataset_features: dict[str, Any], rename_map: dict[str, str]
+) -> None:
     """Raise ``ValueError`` naming the key and the fix if the dataset cannot feed ``policy_config``.
 
     ``policy_config`` is a ``PreTrainedConfig``: its ``image_features``, ``robot_state_feature``

@@ -39,12 +39,12 @@ class DemoSizes:
     image_size: int = 96
     chunk_size: int = 16
     n_action_steps: int = 8
-    sft_steps: int = 150
-    grpo_steps: int = 30
+    sft_steps: int = 600
+    grpo_steps: int = 64
     grpo_generations: int = 4
     grpo_samples: int = 64
     score_samples: int = 16
-    vla_steps: int = 500
+    vla_steps: int = 3000
     vla_batch_size: int = 8
     eval_episodes_per_task: int = 20
 
@@ -178,7 +178,7 @@ def stage_sft(cfg: DemoConfig, backbone: str, fast: str, reasoning: str) -> dict
         f"--model.path={backbone}",
         f"--model.fast_tokenizer={fast}",
         f"--reasoning={reasoning}",
-        "--training.learning_rate=1e-3",  # a random tiny backbone has everything to learn
+        "--training.learning_rate=5e-3",  # a random tiny backbone has everything to learn
         *training_args(output, cfg.sizes.sft_steps, 8, cfg.seed),
     ])  # fmt: skip
     return {"path": str(output / "model"), "metrics": str(output / "metrics.csv")}
@@ -220,7 +220,7 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
 def stage_train_vla(cfg: DemoConfig, name: str, backbone: str) -> dict:
     output = cfg.output_dir / f"vla_{name}"
     sizes = cfg.sizes
-    run_lerobot("lerobot-train", [
+    log = run_lerobot("lerobot-train", [
         f"--dataset.repo_id={REPO_ID}",
         f"--dataset.root={cfg.output_dir / 'dataset'}",
         "--policy.type=roboalign",
@@ -239,6 +239,7 @@ def stage_train_vla(cfg: DemoConfig, name: str, backbone: str) -> dict:
         f"--output_dir={output}",
         "--wandb.enable=false",
     ])  # fmt: skip
+    (output / "lerobot-train.log").write_text(log)
     return {"checkpoint": str(output / "checkpoints" / "last" / "pretrained_model")}
 
 
@@ -255,7 +256,7 @@ def count_successes(eval_info: dict) -> dict[str, dict]:
 
 def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str) -> dict:
     output = cfg.output_dir / f"eval_{name}"
-    run_lerobot("lerobot-eval", [
+    log = run_lerobot("lerobot-eval", [
         f"--policy.path={checkpoint}",
         "--env.type=so101_lang",
         f"--env.task={','.join(TASKS)}",
@@ -267,6 +268,7 @@ def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str) -> dict:
         f"--seed={cfg.eval_seed}",
         f"--output_dir={output}",
     ])  # fmt: skip
+    (output / "lerobot-eval.log").write_text(log)
     return count_successes(json.loads((output / "eval_info.json").read_text()))
 
 

@@ -143,7 +143,12 @@ def verify_offline(config_dir: Path) -> str:
     )
     env = {**os.environ, "LIBERO_CONFIG_PATH": str(config_dir), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env
+        [sys.executable, "-c", code],
+        check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     resolved = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     if result.returncode != 0 or "Downloading" in result.stdout or not Path(resolved).is_dir():

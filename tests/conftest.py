@@ -54,19 +54,25 @@ def synthetic_dataset(synthetic_dataset_factory) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="session")
-def roboalign_checkpoint_factory(tmp_path_factory, tiny_backbone_factory, synthetic_dataset) -> Callable[..., Path]:
-    """``factory(arch, steps)`` -> ``pretrained_model`` dir of a roboalign policy trained by ``lerobot-train``."""
+def roboalign_checkpoint_factory(
+    tmp_path_factory, tiny_backbone_factory, synthetic_dataset_factory
+) -> Callable[..., Path]:
+    """``factory(arch, steps, **dataset_kwargs)`` -> ``pretrained_model`` dir trained by ``lerobot-train``.
+
+    ``dataset_kwargs`` go to ``write_synthetic_dataset`` (e.g. LIBERO's camera names and sizes).
+    """
     from lerobot_roboalign.runner import run_lerobot, train_args
 
-    cache: dict[tuple[str, int], Path] = {}
+    cache: dict[str, Path] = {}
 
-    def factory(arch: str = "qwen2_5_vl", steps: int = 2) -> Path:
-        if (arch, steps) not in cache:
+    def factory(arch: str = "qwen2_5_vl", steps: int = 2, **dataset_kwargs) -> Path:
+        key = repr((arch, steps, sorted(dataset_kwargs.items())))
+        if key not in cache:
             output_dir = tmp_path_factory.mktemp("train") / f"{arch}_{steps}"
-            root, repo_id = synthetic_dataset
+            root, repo_id = synthetic_dataset_factory(**dataset_kwargs)
             run_lerobot("lerobot-train", train_args(root, repo_id, tiny_backbone_factory(arch), output_dir, steps))
-            cache[(arch, steps)] = output_dir / "checkpoints" / "last" / "pretrained_model"
-        return cache[(arch, steps)]
+            cache[key] = output_dir / "checkpoints" / "last" / "pretrained_model"
+        return cache[key]
 
     return factory
 

@@ -25,7 +25,9 @@ def collect(run_dirs: list[Path]) -> dict[str, dict]:
     for run in run_dirs:
         info_file = run / "eval_info.json" if run.is_dir() else run
         if not info_file.is_file():
-            raise FileNotFoundError(f"{info_file} not found: pass the --output_dir of a finished lerobot-eval run.")
+            raise FileNotFoundError(
+                f"{info_file} not found: pass the --output_dir of a finished lerobot-eval run."
+            )
         for suite, stats in json.loads(info_file.read_text())["per_group"].items():
             if suite in suites:
                 raise ValueError(f"Suite {suite} appears in two runs; pass each suite's run once.")
@@ -45,9 +47,12 @@ def summarize(suites: dict[str, dict]) -> dict:
 def markdown(summary: dict) -> str:
     columns = [*SUITES.values(), "Avg"]
     lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    cell = lambda row, c: f"{row[c]:.1f}" if c in row else "-"  # noqa: E731
+    cell = lambda row, c: f"{row[c]:.1f}" if c in row else "-"
     lines.append("| this run | " + " | ".join(cell(summary["row"], c) for c in columns) + " |")
-    lines += [f"| {name} (paper) | " + " | ".join(cell(row, c) for c in columns) + " |" for name, row in PAPER.items()]
+    lines += [
+        f"| {name} (paper) | " + " | ".join(cell(row, c) for c in columns) + " |"
+        for name, row in PAPER.items()
+    ]
     if summary["non_standard_episode_counts"]:
         lines.append(f"\nNot the standard 500 episodes per suite: {summary['non_standard_episode_counts']}")
     return "\n".join(lines) + "\n"
@@ -75,8 +80,12 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="lerobot-eval output dirs (or eval_info.json files)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="lerobot-eval output dirs (or eval_info.json files)"
+    )
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/eval"))
     args = parser.parse_args()
     summary = summarize(collect(args.runs))

@@ -7,7 +7,6 @@ must show the MLLM exactly the same text, and the VLA never sees them.
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch

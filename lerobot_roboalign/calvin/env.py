@@ -9,12 +9,11 @@ re-implemented, so success is judged exactly as in the official evaluation.
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
@@ -61,7 +60,9 @@ class CalvinChainEnv:
             )
         import calvin_agent
 
-        tasks_config = Path(calvin_agent.__file__).parents[1] / "conf/callbacks/rollout/tasks/new_playtable_tasks.yaml"
+        tasks_config = (
+            Path(calvin_agent.__file__).parents[1] / "conf/callbacks/rollout/tasks/new_playtable_tasks.yaml"
+        )
         self.env = get_env(validation, show_gui=False)
         self.oracle = instantiate(OmegaConf.load(tasks_config))
         self.start_info: dict | None = None
@@ -103,7 +104,7 @@ class CalvinChainGymEnv(gym.Env):
     numbers; this env gives LeRobot's success rate (= success at 5/5) and videos.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 30}
 
     def __init__(self, dataset_path: str, num_chains: int, max_steps_per_subtask: int):
         self.sim = CalvinChainEnv(dataset_path)
@@ -111,13 +112,17 @@ class CalvinChainGymEnv(gym.Env):
         self.max_steps_per_subtask = max_steps_per_subtask
         self._max_episode_steps = CHAIN_LENGTH * max_steps_per_subtask
         self.chain_index = -1
-        self.observation_space = spaces.Dict({
-            "pixels": spaces.Dict({
-                STATIC_CAMERA: spaces.Box(0, 255, (200, 200, 3), np.uint8),
-                GRIPPER_CAMERA: spaces.Box(0, 255, (84, 84, 3), np.uint8),
-            }),
-            "agent_pos": spaces.Box(-np.inf, np.inf, (15,), np.float32),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "pixels": spaces.Dict(
+                    {
+                        STATIC_CAMERA: spaces.Box(0, 255, (200, 200, 3), np.uint8),
+                        GRIPPER_CAMERA: spaces.Box(0, 255, (84, 84, 3), np.uint8),
+                    }
+                ),
+                "agent_pos": spaces.Box(-np.inf, np.inf, (15,), np.float32),
+            }
+        )
         self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
 
     @property
@@ -159,27 +164,38 @@ class CalvinEnv(EnvConfig):
     dataset_path: str = "calvin/dataset/task_ABC_D"  # the CALVIN download; its validation/ holds scene D
     num_chains: int = 1000
     max_steps_per_subtask: int = MAX_STEPS_PER_SUBTASK
-    features: dict[str, PolicyFeature] = field(default_factory=lambda: {
-        ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(7,)),
-        STATIC_CAMERA: PolicyFeature(type=FeatureType.VISUAL, shape=(200, 200, 3)),
-        GRIPPER_CAMERA: PolicyFeature(type=FeatureType.VISUAL, shape=(84, 84, 3)),
-        ROBOT_STATE: PolicyFeature(type=FeatureType.STATE, shape=(15,)),
-    })
-    features_map: dict[str, str] = field(default_factory=lambda: {
-        ACTION: ACTION,
-        STATIC_CAMERA: f"{OBS_IMAGES}.{STATIC_CAMERA}",
-        GRIPPER_CAMERA: f"{OBS_IMAGES}.{GRIPPER_CAMERA}",
-        ROBOT_STATE: OBS_STATE,
-    })
+    features: dict[str, PolicyFeature] = field(
+        default_factory=lambda: {
+            ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(7,)),
+            STATIC_CAMERA: PolicyFeature(type=FeatureType.VISUAL, shape=(200, 200, 3)),
+            GRIPPER_CAMERA: PolicyFeature(type=FeatureType.VISUAL, shape=(84, 84, 3)),
+            ROBOT_STATE: PolicyFeature(type=FeatureType.STATE, shape=(15,)),
+        }
+    )
+    features_map: dict[str, str] = field(
+        default_factory=lambda: {
+            ACTION: ACTION,
+            STATIC_CAMERA: f"{OBS_IMAGES}.{STATIC_CAMERA}",
+            GRIPPER_CAMERA: f"{OBS_IMAGES}.{GRIPPER_CAMERA}",
+            ROBOT_STATE: OBS_STATE,
+        }
+    )
 
     @property
     def gym_kwargs(self) -> dict:
-        return {"dataset_path": self.dataset_path, "num_chains": self.num_chains,
-                "max_steps_per_subtask": self.max_steps_per_subtask}
+        return {
+            "dataset_path": self.dataset_path,
+            "num_chains": self.num_chains,
+            "max_steps_per_subtask": self.max_steps_per_subtask,
+        }
 
-    def create_envs(self, n_envs: int, use_async_envs: bool = False) -> dict[str, dict[int, gym.vector.VectorEnv]]:
+    def create_envs(
+        self, n_envs: int, use_async_envs: bool = False
+    ) -> dict[str, dict[int, gym.vector.VectorEnv]]:
         require_calvin()
         if n_envs != 1:
-            raise ValueError(f"CALVIN runs one simulator per process: set --eval.batch_size=1 (got {n_envs}).")
+            raise ValueError(
+                f"CALVIN runs one simulator per process: set --eval.batch_size=1 (got {n_envs})."
+            )
         vec = gym.vector.SyncVectorEnv([lambda: CalvinChainGymEnv(**self.gym_kwargs)])
         return {self.type: {0: vec}}

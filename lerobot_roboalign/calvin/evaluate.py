@@ -32,6 +32,7 @@ PAPER_AVERAGE_LENGTH = {
     "RoboAlign": 2.57,
 }
 JOURNAL = "chains.jsonl"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,8 +84,10 @@ def load_policy(cfg: CalvinEvalConfig, env_cfg: CalvinEnv) -> LeRobotChainPolicy
     from ..dataset_mapping import check_dataset_features
 
     if not Path(cfg.policy_path).is_dir():
-        raise FileNotFoundError(f"--policy_path={cfg.policy_path!r} is not a checkpoint folder: pass the "
-                                "`pretrained_model` directory written by lerobot-train.")
+        raise FileNotFoundError(
+            f"--policy_path={cfg.policy_path!r} is not a checkpoint folder: pass the "
+            "`pretrained_model` directory written by lerobot-train."
+        )
     policy_cfg = PreTrainedConfig.from_pretrained(cfg.policy_path)
     policy_cfg.pretrained_path = Path(cfg.policy_path)
     if cfg.device:
@@ -96,8 +99,10 @@ def load_policy(cfg: CalvinEvalConfig, env_cfg: CalvinEnv) -> LeRobotChainPolicy
     preprocessor, postprocessor = make_pre_post_processors(
         policy_cfg=policy_cfg,
         pretrained_path=cfg.policy_path,
-        preprocessor_overrides={"device_processor": {"device": str(policy.config.device)},
-                                "rename_observations_processor": {"rename_map": rename_map}},
+        preprocessor_overrides={
+            "device_processor": {"device": str(policy.config.device)},
+            "rename_observations_processor": {"rename_map": rename_map},
+        },
     )
     return LeRobotChainPolicy(policy, preprocessor, postprocessor)
 
@@ -105,17 +110,24 @@ def load_policy(cfg: CalvinEvalConfig, env_cfg: CalvinEnv) -> LeRobotChainPolicy
 def load_journal(path: Path) -> list[ChainResult]:
     if not path.is_file():
         return []
-    return [ChainResult(d["initial_state"], tuple(d["tasks"]), d["completed"], d["steps"])
-            for d in map(json.loads, path.read_text().splitlines()) if d]
+    return [
+        ChainResult(d["initial_state"], tuple(d["tasks"]), d["completed"], d["steps"])
+        for d in map(json.loads, path.read_text().splitlines())
+        if d
+    ]
 
 
 def remaining_chains(chains: list[tuple[State, tuple[str, ...]]], done: list[ChainResult]):
     """Chains not yet in the journal; the journal must be a prefix of this evaluation's chains."""
-    for result, (state, tasks) in zip(done, chains, strict=False):
-        if (result.initial_state, result.tasks) != (state, tasks):
-            raise ValueError("The output folder holds results of a different chain list: choose a new "
-                             "--output_dir or delete its chains.jsonl.")
-    return chains[len(done):]
+    mismatched = len(done) > len(chains) or any(
+        (result.initial_state, result.tasks) != chain for result, chain in zip(done, chains, strict=False)
+    )
+    if mismatched:
+        raise ValueError(
+            "The output folder holds results of a different chain list: choose a new "
+            "--output_dir or delete its chains.jsonl."
+        )
+    return chains[len(done) :]
 
 
 def run_evaluation(env, policy, cfg: CalvinEvalConfig) -> dict[str, Any]:
@@ -127,7 +139,7 @@ def run_evaluation(env, policy, cfg: CalvinEvalConfig) -> dict[str, Any]:
     done = load_journal(journal)
     todo = remaining_chains(chains, done)
     if done:
-        logging.info("Resuming: %d of %d chains already evaluated.", len(done), len(chains))
+        logger.info("Resuming: %d of %d chains already evaluated.", len(done), len(chains))
 
     def append(result: ChainResult) -> None:
         with journal.open("a") as f:
@@ -142,9 +154,14 @@ def run_evaluation(env, policy, cfg: CalvinEvalConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = draccus.parse(config_class=CalvinEvalConfig, args=sys.argv[1:] if argv is None else argv)
     if not cfg.policy_path:
-        raise SystemExit("roboalign calvin eval: pass --policy_path=<lerobot-train checkpoint/pretrained_model>.")
-    env_cfg = CalvinEnv(dataset_path=cfg.dataset_path, num_chains=cfg.num_chains,
-                        max_steps_per_subtask=cfg.max_steps_per_subtask)
+        raise SystemExit(
+            "roboalign calvin eval: pass --policy_path=<lerobot-train checkpoint/pretrained_model>."
+        )
+    env_cfg = CalvinEnv(
+        dataset_path=cfg.dataset_path,
+        num_chains=cfg.num_chains,
+        max_steps_per_subtask=cfg.max_steps_per_subtask,
+    )
     env = CalvinChainEnv(cfg.dataset_path)
     summary = run_evaluation(env, load_policy(cfg, env_cfg), cfg)
     print((Path(cfg.output_dir) / "results.md").read_text())

@@ -41,16 +41,29 @@ Rule = tuple[dict[str, Any], dict[str, Any]]
 # The instruction given for each task in the evaluation (CALVIN's validation annotations), in the
 # order of the official task list: chain sampling draws from this order, so it must not change.
 INSTRUCTIONS: dict[str, str] = {
-    **{f"rotate_{c}_block_{side}": f"rotate the {c} block to the {side}" for c in COLORS for side in ("right", "left")},
-    **{f"push_{c}_block_{side}": f"push the {c} block to the {side}" for c in COLORS for side in ("right", "left")},
+    **{
+        f"rotate_{c}_block_{side}": f"rotate the {c} block to the {side}"
+        for c in COLORS
+        for side in ("right", "left")
+    },
+    **{
+        f"push_{c}_block_{side}": f"push the {c} block to the {side}"
+        for c in COLORS
+        for side in ("right", "left")
+    },
     "move_slider_left": "slide the door to the left",
     "move_slider_right": "slide the door to the right",
     "open_drawer": "open the drawer",
     "close_drawer": "close the drawer",
-    **{f"lift_{c}_block_{place}": text.format(c)
-       for c in COLORS
-       for place, text in (("table", "pick up the {} block"), ("slider", "pick up the {} block in the sliding cabinet"),
-                           ("drawer", "grasp the {} block in the drawer"))},
+    **{
+        f"lift_{c}_block_{place}": text.format(c)
+        for c in COLORS
+        for place, text in (
+            ("table", "pick up the {} block"),
+            ("slider", "pick up the {} block in the sliding cabinet"),
+            ("drawer", "grasp the {} block in the drawer"),
+        )
+    },
     "place_in_slider": "put the block in the sliding cabinet",
     "place_in_drawer": "put the block in the drawer",
     "stack_block": "stack the blocks",
@@ -73,15 +86,23 @@ def _category(task: str) -> str:
         return "place"
     if task.startswith("turn_"):
         return "light"
-    return {"move_slider_left": "slider", "move_slider_right": "slider", "open_drawer": "drawer",
-            "close_drawer": "drawer"}.get(task, task)
+    return {
+        "move_slider_left": "slider",
+        "move_slider_right": "slider",
+        "open_drawer": "drawer",
+        "close_drawer": "drawer",
+    }.get(task, task)
 
 
 def _block_rules(block: str) -> dict[str, list[Rule]]:
     color = block.split("_")[0]
     on_table: Rule = ({block: "table", "grasped": 0}, {block: "table"})
     others = tuple(b for b in BLOCKS if b != block)
-    rules = {f"{verb}_{color}_block_{side}": [on_table] for verb in ("rotate", "push") for side in ("right", "left")}
+    rules = {
+        f"{verb}_{color}_block_{side}": [on_table]
+        for verb in ("rotate", "push")
+        for side in ("right", "left")
+    }
     rules[f"lift_{color}_block_table"] = [({block: "table", "grasped": 0}, {block: "grasped", "grasped": 1})]
     # A block in the cabinet is reachable only when the door is slid to the other side.
     rules[f"lift_{color}_block_slider"] = [
@@ -92,16 +113,23 @@ def _block_rules(block: str) -> dict[str, list[Rule]]:
         ({block: "drawer", "drawer": "open", "grasped": 0}, {block: "grasped", "grasped": 1})
     ]
     rules["push_into_drawer"] = [
-        ({block: "table", **{o: CABINET for o in others}, "drawer": "open", "grasped": 0},
-         {block: "drawer", "grasped": 0})
+        (
+            {block: "table", **{o: CABINET for o in others}, "drawer": "open", "grasped": 0},
+            {block: "drawer", "grasped": 0},
+        )
     ]
     rules["place_in_slider"] = [
         ({block: "grasped", "slider": door, "grasped": 1}, {block: f"slider_{door}", "grasped": 0})
         for door in ("right", "left")
     ]
-    rules["place_in_drawer"] = [({block: "grasped", "drawer": "open", "grasped": 1}, {block: "drawer", "grasped": 0})]
+    rules["place_in_drawer"] = [
+        ({block: "grasped", "drawer": "open", "grasped": 1}, {block: "drawer", "grasped": 0})
+    ]
     rules["stack_block"] = [
-        ({block: "grasped", other: "table", "grasped": 1}, {block: "stacked_top", other: "stacked_bottom", "grasped": 0})
+        (
+            {block: "grasped", other: "table", "grasped": 1},
+            {block: "stacked_top", other: "stacked_bottom", "grasped": 0},
+        )
         for other in others
     ]
     rules["unstack_block"] = [
@@ -153,8 +181,16 @@ def initial_states() -> list[State]:
     for led, bulb, slider, drawer in itertools.product((0, 1), (0, 1), ("right", "left"), ("closed", "open")):
         for places in itertools.product(("table", *CABINET), repeat=len(BLOCKS)):
             if places.count("table") in (1, 2) and all(places.count(side) < 2 for side in CABINET):
-                states.append({"led": led, "lightbulb": bulb, "slider": slider, "drawer": drawer,
-                               **dict(zip(BLOCKS, places, strict=True)), "grasped": 0})
+                states.append(
+                    {
+                        "led": led,
+                        "lightbulb": bulb,
+                        "slider": slider,
+                        "drawer": drawer,
+                        **dict(zip(BLOCKS, places, strict=True)),
+                        "grasped": 0,
+                    }
+                )
     return states
 
 
@@ -166,7 +202,9 @@ def sample_chains(num_chains: int = 1000, seed: int = 0) -> list[tuple[State, tu
     states = initial_states()
     per_state = [len(part) for part in np.array_split(np.arange(num_chains), len(states))]
     chains = []
-    for index, (state, count) in enumerate(tqdm(list(zip(states, per_state, strict=True)), desc="Sampling chains")):
+    for index, (state, count) in enumerate(
+        tqdm(list(zip(states, per_state, strict=True)), desc="Sampling chains")
+    ):
         rng = np.random.RandomState(index)
         found = 0
         while found < count:
@@ -205,7 +243,9 @@ class ChainResult:
     steps: list[int] = field(default_factory=list)  # steps spent on each attempted task
 
 
-def run_subtask(env: ChainEnv, policy: ChainPolicy, observation: Any, task: str, max_steps: int) -> tuple[bool, Any, int]:
+def run_subtask(
+    env: ChainEnv, policy: ChainPolicy, observation: Any, task: str, max_steps: int
+) -> tuple[bool, Any, int]:
     policy.reset()
     env.begin_subtask()
     for step in range(1, max_steps + 1):
@@ -215,8 +255,13 @@ def run_subtask(env: ChainEnv, policy: ChainPolicy, observation: Any, task: str,
     return False, observation, max_steps
 
 
-def run_chain(env: ChainEnv, policy: ChainPolicy, initial_state: State, tasks: tuple[str, ...],
-              max_steps: int = MAX_STEPS_PER_SUBTASK) -> ChainResult:
+def run_chain(
+    env: ChainEnv,
+    policy: ChainPolicy,
+    initial_state: State,
+    tasks: tuple[str, ...],
+    max_steps: int = MAX_STEPS_PER_SUBTASK,
+) -> ChainResult:
     """Run one chain; stop at the first task not completed within ``max_steps``."""
     result = ChainResult(initial_state, tasks, completed=0)
     observation = env.reset_to(initial_state)
@@ -229,9 +274,13 @@ def run_chain(env: ChainEnv, policy: ChainPolicy, initial_state: State, tasks: t
     return result
 
 
-def evaluate_chains(env: ChainEnv, policy: ChainPolicy, chains: list[tuple[State, tuple[str, ...]]],
-                    max_steps: int = MAX_STEPS_PER_SUBTASK,
-                    on_result: Callable[[ChainResult], None] | None = None) -> list[ChainResult]:
+def evaluate_chains(
+    env: ChainEnv,
+    policy: ChainPolicy,
+    chains: list[tuple[State, tuple[str, ...]]],
+    max_steps: int = MAX_STEPS_PER_SUBTASK,
+    on_result: Callable[[ChainResult], None] | None = None,
+) -> list[ChainResult]:
     results = []
     progress = tqdm(chains, desc="CALVIN chains", unit="chain")
     for initial_state, tasks in progress:
@@ -258,10 +307,18 @@ def summarize(results: list[ChainResult]) -> dict[str, Any]:
             successes[task] += int(i < r.completed)
     return {
         "num_chains": len(results),
-        "success_rate": {str(k): float(np.mean([c >= k for c in completed])) for k in range(1, CHAIN_LENGTH + 1)},
+        "success_rate": {
+            str(k): float(np.mean([c >= k for c in completed])) for k in range(1, CHAIN_LENGTH + 1)
+        },
         "average_length": average_length(results),
-        "per_task": {t: {"attempts": attempts[t], "successes": successes[t], "success_rate": successes[t] / attempts[t]}
-                     for t in sorted(attempts)},
+        "per_task": {
+            t: {
+                "attempts": attempts[t],
+                "successes": successes[t],
+                "success_rate": successes[t] / attempts[t],
+            }
+            for t in sorted(attempts)
+        },
     }
 
 
@@ -275,8 +332,12 @@ def markdown_table(summary: dict[str, Any], reference: dict[str, float] | None =
     return "\n".join(lines) + "\n"
 
 
-def write_results(summary: dict[str, Any], results: list[ChainResult], output_dir: Path,
-                  reference: dict[str, float] | None = None) -> None:
+def write_results(
+    summary: dict[str, Any],
+    results: list[ChainResult],
+    output_dir: Path,
+    reference: dict[str, float] | None = None,
+) -> None:
     """``results.json`` (summary + every chain), ``results.md`` (table) and ``results.png``."""
     import matplotlib
 
@@ -284,15 +345,21 @@ def write_results(summary: dict[str, Any], results: list[ChainResult], output_di
     import matplotlib.pyplot as plt
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    chains = [{"initial_state": r.initial_state, "tasks": list(r.tasks), "completed": r.completed, "steps": r.steps}
-              for r in results]
+    chains = [
+        {"initial_state": r.initial_state, "tasks": list(r.tasks), "completed": r.completed, "steps": r.steps}
+        for r in results
+    ]
     (output_dir / "results.json").write_text(json.dumps({**summary, "chains": chains}, indent=2))
     (output_dir / "results.md").write_text(markdown_table(summary, reference))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ks = list(summary["success_rate"])
     ax.bar(ks, [100 * v for v in summary["success_rate"].values()], color="tab:blue")
-    ax.set(xlabel="tasks completed in a row", ylabel="success rate (%)", ylim=(0, 100),
-           title=f"CALVIN ABC->D, avg. len {summary['average_length']:.2f} ({summary['num_chains']} chains)")
+    ax.set(
+        xlabel="tasks completed in a row",
+        ylabel="success rate (%)",
+        ylim=(0, 100),
+        title=f"CALVIN ABC->D, avg. len {summary['average_length']:.2f} ({summary['num_chains']} chains)",
+    )
     fig.tight_layout()
     fig.savefig(output_dir / "results.png", dpi=120)
     plt.close(fig)

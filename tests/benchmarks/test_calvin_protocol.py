@@ -102,15 +102,28 @@ def test_chains_are_valid_deterministic_and_spread_over_initial_states(chains):
 
 def test_rules_track_the_scene():
     rules = task_rules()
-    state = {"led": 0, "lightbulb": 0, "slider": "right", "drawer": "closed", "red_block": "table",
-             "blue_block": "slider_left", "pink_block": "table", "grasped": 0}
+    state = {
+        "led": 0,
+        "lightbulb": 0,
+        "slider": "right",
+        "drawer": "closed",
+        "red_block": "table",
+        "blue_block": "slider_left",
+        "pink_block": "table",
+        "grasped": 0,
+    }
     assert next_states(state, rules["open_drawer"]) == [{**state, "drawer": "open"}]
     assert next_states(state, rules["close_drawer"]) == []
     (lifted,) = next_states(state, rules["lift_blue_block_slider"])  # door on the right: left side reachable
     assert lifted["blue_block"] == "grasped" and lifted["grasped"] == 1
-    assert len(next_states(lifted, rules["stack_block"])) == 2  # onto red or pink: ambiguous, never in a chain
-    assert not is_valid_chain(state, ("lift_red_block_table", "lift_pink_block_table", "open_drawer",
-                                      "turn_on_led", "move_slider_left"), rules)  # two lifts from the table
+    assert (
+        len(next_states(lifted, rules["stack_block"])) == 2
+    )  # onto red or pink: ambiguous, never in a chain
+    assert not is_valid_chain(
+        state,
+        ("lift_red_block_table", "lift_pink_block_table", "open_drawer", "turn_on_led", "move_slider_left"),
+        rules,
+    )  # two lifts from the table
 
 
 def test_results_are_written(chains, tmp_path):

@@ -1,8 +1,8 @@
 """A wrong feature mapping is a clear error before training starts, naming the key and the fix."""
 
 import pytest
-
 from lerobot.configs import FeatureType, PolicyFeature
+
 from lerobot_roboalign import RoboAlignConfig
 from lerobot_roboalign.dataset_mapping import check_dataset_features
 
@@ -65,7 +65,9 @@ def test_state_dimension_mismatch():
 
 def test_rename_map_key_absent_from_dataset():
     with pytest.raises(ValueError, match=r"renames \['observation.images.top'\]"):
-        check_dataset_features(libero_policy(), CALVIN_DATASET, {"observation.images.top": "observation.images.image"})
+        check_dataset_features(
+            libero_policy(), CALVIN_DATASET, {"observation.images.top": "observation.images.image"}
+        )
 
 
 def test_fresh_policy_needs_a_camera_and_an_action():

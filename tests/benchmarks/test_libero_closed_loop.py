@@ -10,8 +10,6 @@ rendering affordable on CI (about 0.3 s per step and camera pair there).
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -19,25 +17,10 @@ import numpy as np
 import pytest
 
 from lerobot_roboalign.libero_setup import LiberoSetupConfig, setup_libero
+from lerobot_roboalign.runner import run_lerobot
 
 EPISODE_STEPS = 220  # the standard protocol's limit for libero_spatial
 LIBERO_TASK = "pick up the black bowl between the plate and the ramekin and place it on the plate"
-TINY_POLICY_ARGS = [
-    "--policy.type=roboalign",
-    "--policy.vlm_layer=2",
-    "--policy.head_hidden_size=64",
-    "--policy.head_num_layers=2",
-    "--policy.head_num_heads=4",
-    "--policy.image_resolution=[56,56]",
-    "--policy.device=cpu",
-    "--policy.push_to_hub=false",
-]
-
-
-def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
 
 
 def video_frames(path: Path) -> np.ndarray:
@@ -46,46 +29,53 @@ def video_frames(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def libero_env_vars(tmp_path_factory) -> dict[str, str]:
-    """LIBERO configured offline in a private config folder (no prompt, no download)."""
+def libero_offline(tmp_path_factory):
+    """LIBERO configured offline in a private config folder (no prompt, no download), headless."""
     config_dir = tmp_path_factory.mktemp("libero_config")
     setup_libero(LiberoSetupConfig(install_missing=False, config_dir=str(config_dir)))
-    return {
-        **os.environ,
-        "LIBERO_CONFIG_PATH": str(config_dir),
-        "HF_HUB_OFFLINE": "1",
-        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-        "PYOPENGL_PLATFORM": os.environ.get("MUJOCO_GL", "egl"),
-    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIBERO_CONFIG_PATH", str(config_dir))
+        patch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
+        patch.setenv("PYOPENGL_PLATFORM", os.environ.get("MUJOCO_GL", "egl"))
+        yield
 
 
 @pytest.fixture(scope="module")
-def libero_checkpoint(tmp_path_factory, tiny_qwen25_backbone, synthetic_dataset_factory, libero_env_vars) -> Path:
-    root, repo_id = synthetic_dataset_factory(
-        cameras=("image", "image2"), image_hw=(64, 64), state_dim=8, action_dim=7,
-        tasks=(LIBERO_TASK,), num_episodes=2, episode_length=20, fps=20,
+def libero_checkpoint(roboalign_checkpoint_factory) -> Path:
+    """One lerobot-train step on a dataset with LIBERO's features (two cameras, 8-D state, 7-D action)."""
+    return roboalign_checkpoint_factory(
+        steps=1,
+        cameras=("image", "image2"),
+        image_hw=(64, 64),
+        state_dim=8,
+        action_dim=7,
+        tasks=(LIBERO_TASK,),
+        num_episodes=2,
+        episode_length=20,
+        fps=20,
     )
-    output_dir = tmp_path_factory.mktemp("libero_train") / "run"
-    bin_dir = Path(sys.executable).parent
-    run_cli(
-        [str(bin_dir / "lerobot-train"), *TINY_POLICY_ARGS, f"--policy.vlm_model_name={tiny_qwen25_backbone}",
-         f"--dataset.repo_id={repo_id}", f"--dataset.root={root}", "--batch_size=2", "--steps=1",
-         "--save_freq=1", "--num_workers=0", "--wandb.enable=false", f"--output_dir={output_dir}"],
-        libero_env_vars,
-    )
-    return output_dir / "checkpoints" / "last" / "pretrained_model"
 
 
 @pytest.mark.slow
-def test_lerobot_eval_runs_a_full_libero_episode(libero_checkpoint, libero_env_vars, tmp_path):
+def test_lerobot_eval_runs_a_full_libero_episode(libero_offline, libero_checkpoint, tmp_path):
     output_dir = tmp_path / "eval"
-    run_cli(
-        [str(Path(sys.executable).parent / "lerobot-eval"), f"--policy.path={libero_checkpoint}",
-         "--policy.device=cpu", "--env.type=libero", "--env.task=libero_spatial", "--env.task_ids=[0]",
-         f"--env.episode_length={EPISODE_STEPS}", "--env.observation_height=128",
-         "--env.observation_width=128", "--env.hard_reset=false", "--env.max_parallel_tasks=1",
-         "--eval.n_episodes=1", "--eval.batch_size=1", f"--output_dir={output_dir}"],
-        libero_env_vars,
+    run_lerobot(
+        "lerobot-eval",
+        [
+            f"--policy.path={libero_checkpoint}",
+            "--policy.device=cpu",
+            "--env.type=libero",
+            "--env.task=libero_spatial",
+            "--env.task_ids=[0]",
+            f"--env.episode_length={EPISODE_STEPS}",
+            "--env.observation_height=128",
+            "--env.observation_width=128",
+            "--env.hard_reset=false",
+            "--env.max_parallel_tasks=1",
+            "--eval.n_episodes=1",
+            "--eval.batch_size=1",
+            f"--output_dir={output_dir}",
+        ],
     )
     info = json.loads((output_dir / "eval_info.json").read_text())
     task = info["per_task"][0]

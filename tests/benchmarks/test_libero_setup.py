@@ -9,7 +9,9 @@ from lerobot_roboalign.libero_setup import ASSET_SUBDIRS, LiberoSetupConfig, mis
 
 def test_setup_writes_a_config_libero_resolves_offline(tmp_path):
     assert missing_asset_parts() == [], "run `python -m lerobot_roboalign.libero_setup` (make setup) first"
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"datasets": "/data/libero", "bddl_files": "/stale"}))
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump({"datasets": "/data/libero", "bddl_files": "/stale"})
+    )
     # verify=True imports LIBERO in a fresh interpreter with stdin closed and fails on any prompt/download.
     path = setup_libero(LiberoSetupConfig(install_missing=False, config_dir=str(tmp_path)))
     config = yaml.safe_load(path.read_text())

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
+from lerobot.configs.train import TrainPipelineConfig
 
 import lerobot_roboalign  # noqa: F401  (registers --policy.type=roboalign)
-from lerobot.configs.train import TrainPipelineConfig
 from lerobot_roboalign import RoboAlignConfig
 
 PAPER = Path(__file__).parents[2] / "examples" / "paper"

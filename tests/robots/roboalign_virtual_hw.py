@@ -75,7 +75,7 @@ class VirtualServo:
 
     def write(self, addr: int, data: bytes) -> None:
         self.memory[addr : addr + len(data)] = data
-        goal_addr, goal_size = self._span("Goal_Position")
+        goal_addr = self._span("Goal_Position")[0]
         if addr <= goal_addr < addr + len(data) and self.get("Torque_Enable"):
             self.set("Present_Position", self.get("Goal_Position"))
 

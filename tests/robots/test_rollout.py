@@ -166,7 +166,7 @@ def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp
                             policy_device="cpu", fps=30)  # fmt: skip
     try:
         with virtual_hw.virtual_ports({FOLLOWER_PORT: follower}):
-            client = _start_client(cfg, RobotClient)
+            client = _start_client(cfg, RobotClient, server)
             receiver = threading.Thread(target=client.receive_actions, daemon=True)
             receiver.start()
             loop = threading.Thread(target=client.control_loop, kwargs={"task": cfg.task}, daemon=True)
@@ -185,12 +185,13 @@ def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp
     assert "roboalign" in output
 
 
-def _start_client(cfg, client_class):
+def _start_client(cfg, client_class, server: subprocess.Popen):
     """The server takes a moment to bind; LeRobot's client does not retry its first call."""
-    for _ in range(60):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        time.sleep(1.0)
         client = client_class(cfg)
         if client.start():
             return client
         client.robot.disconnect()
-        time.sleep(0.5)
-    raise TimeoutError("the policy server did not come up on 127.0.0.1 within 30 s")
+    raise TimeoutError(f"the policy server did not come up on {cfg.server_address} within 60 s")
