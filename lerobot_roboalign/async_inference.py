@@ -17,7 +17,7 @@ unchanged client:
 
 from lerobot.async_inference import constants, policy_server
 
-import lerobot_roboalign  # noqa: F401  (registers the roboalign policy config)
+import lerobot_roboalign.safety  # noqa: F401  (registers the roboalign config and its processor steps)
 
 POLICY_TYPE = "roboalign"
 

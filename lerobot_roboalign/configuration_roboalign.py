@@ -53,6 +53,15 @@ class RoboAlignConfig(PreTrainedConfig):
     noise_beta_beta: float = 1.0
     noise_s: float = 0.999
 
+    # Safety on the way to the motors (real arms); see safety.py. Joint units: degrees on SO-100/101,
+    # % of range on Koch. Without explicit limits they come from the dataset's action min/max + margin.
+    safety_enabled: bool = True
+    safety_max_delta: float | None = 5.0  # largest change of a target per control step
+    safety_joint_min: list[float] | None = None
+    safety_joint_max: list[float] | None = None
+    safety_limit_margin: float = 0.05
+    chunk_blend_steps: int = 4  # cross-fade this many steps of consecutive chunks (0: no blending)
+
     # Training presets (GR00T N1.5 fine-tuning defaults).
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.95, 0.999)
@@ -69,6 +78,11 @@ class RoboAlignConfig(PreTrainedConfig):
             raise ValueError(
                 f"n_action_steps ({self.n_action_steps}) cannot exceed chunk_size ({self.chunk_size}): "
                 "set --policy.n_action_steps to at most --policy.chunk_size."
+            )
+        if not 0 <= self.chunk_blend_steps < self.n_action_steps:
+            raise ValueError(
+                f"chunk_blend_steps ({self.chunk_blend_steps}) must be >= 0 and below n_action_steps "
+                f"({self.n_action_steps}): set --policy.chunk_blend_steps lower (0 disables blending)."
             )
         if self.backbone_mode not in BACKBONE_MODES:
             raise ValueError(

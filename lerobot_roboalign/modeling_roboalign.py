@@ -8,7 +8,6 @@ load. With LoRA the adapter weights are saved too; with full fine-tuning everyth
 
 import json
 import logging
-from collections import deque
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from .action_head import ActionHeadSpec, FlowMatchingActionHead
 from .backbone import VLMBackbone, resolve_dtype
 from .configuration_roboalign import RoboAlignConfig
 from .processor_roboalign import InputSpec, validate_batch
+from .safety import ChunkBlender
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         return [p for p in self.parameters() if p.requires_grad]
 
     def reset(self) -> None:
-        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+        self._blender = ChunkBlender(self.config.chunk_blend_steps)
 
     # ---- model --------------------------------------------------------------------
     def _features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -123,11 +123,15 @@ class RoboAlignPolicy(PreTrainedPolicy):
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
-        """One action per control step; the model runs once every ``n_action_steps`` steps."""
-        if not self._action_queue:
-            chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
-            self._action_queue.extend(chunk.transpose(0, 1))
-        return self._action_queue.popleft()
+        """One action per control step from a queue of chunks.
+
+        The model runs every ``n_action_steps - chunk_blend_steps`` steps; the overlapping steps
+        of consecutive chunks are cross-faded, and a non-finite chunk is dropped (the arm finishes
+        the previous one, then holds) instead of reaching the motors.
+        """
+        if self._blender.needs_chunk():
+            self._blender.push(self.predict_action_chunk(batch)[:, : self.config.n_action_steps])
+        return self._blender.pop()
 
     # ---- checkpoints ----------------------------------------------------------------
     def _backbone_info(self) -> dict:

@@ -23,6 +23,7 @@ from lerobot.processor import (
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from .configuration_roboalign import RoboAlignConfig
+from .safety import RoboAlignActionSafetyStep
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def make_roboalign_pre_post_processors(
     PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
     PolicyProcessorPipeline[PolicyAction, PolicyAction],
 ]:
-    """Validate -> rename -> batch -> device -> normalise; and unnormalise -> CPU."""
+    """Validate -> rename -> batch -> device -> normalise; and unnormalise -> safety -> CPU."""
     steps = make_default_policy_processor_steps(config, dataset_stats)
     input_steps = [
         steps.rename_observations,
@@ -135,5 +136,13 @@ def make_roboalign_pre_post_processors(
         steps.to_device,
         steps.normalize,
     ]
-    output_steps = [steps.unnormalize, steps.to_cpu]
+    safety = RoboAlignActionSafetyStep(
+        enabled=config.safety_enabled,
+        max_delta=config.safety_max_delta,
+        joint_min=config.safety_joint_min,
+        joint_max=config.safety_joint_max,
+        limit_margin=config.safety_limit_margin,
+        dataset_stats=dataset_stats,
+    )
+    output_steps = [steps.unnormalize, safety, steps.to_cpu]
     return make_policy_processor_pipelines(input_steps=input_steps, output_steps=output_steps)

@@ -171,6 +171,8 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         """One control step: replace non-finite rows, clamp, rate-limit, remember."""
         dim = action.shape[-1]
         safe = action.detach().to(torch.float32).clone()
+        if self._last_safe is not None and self._last_safe.shape != safe.shape:
+            self._last_safe = None  # a new batch of envs (e.g. lerobot-eval's last, smaller batch)
         bad = ~torch.isfinite(safe).all(dim=-1)
         if bad.any():
             if self._last_safe is None:

@@ -142,19 +142,30 @@ def test_padded_action_steps_do_not_affect_the_loss(backbone):
     assert seeded_loss(policy, unmasked) > 10 * seeded_loss(policy, batch)
 
 
-def test_select_action_runs_the_model_once_per_chunk(backbone, monkeypatch):
-    policy = RoboAlignPolicy(make_config(backbone, n_action_steps=8)).eval()
+@pytest.mark.parametrize(("blend_steps", "expected_calls"), [(0, 2), (4, 4)])
+def test_select_action_runs_the_model_once_per_chunk(backbone, monkeypatch, blend_steps, expected_calls):
+    policy = RoboAlignPolicy(make_config(backbone, n_action_steps=8, chunk_blend_steps=blend_steps)).eval()
     calls = []
     original = policy.predict_action_chunk
     monkeypatch.setattr(policy, "predict_action_chunk", lambda b: calls.append(1) or original(b))
     obs = observation(make_batch())
-    chunk_actions = [policy.select_action(obs) for _ in range(16)]
-    assert len(calls) == 2
-    assert chunk_actions[0].shape == (2, ACTION_DIM)
+    actions = [policy.select_action(obs) for _ in range(16)]
+    assert len(calls) == expected_calls  # every n_action_steps - chunk_blend_steps steps
+    assert actions[0].shape == (2, ACTION_DIM)
     assert original(obs).shape == (2, 16, ACTION_DIM)
     policy.reset()
     policy.select_action(obs)
-    assert len(calls) == 3
+    assert len(calls) == expected_calls + 1
+
+
+def test_non_finite_chunk_never_leaves_the_policy(backbone, monkeypatch):
+    policy = RoboAlignPolicy(make_config(backbone, n_action_steps=4, chunk_blend_steps=0)).eval()
+    obs = observation(make_batch())
+    good = [policy.select_action(obs) for _ in range(4)]
+    monkeypatch.setattr(policy, "predict_action_chunk", lambda b: torch.full((2, 16, ACTION_DIM), float("nan")))
+    held = [policy.select_action(obs) for _ in range(3)]
+    assert all(torch.isfinite(a).all() for a in held)
+    assert all(torch.equal(a, good[-1]) for a in held), "a NaN chunk is dropped and the last action held"
 
 
 @pytest.mark.parametrize(
