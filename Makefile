@@ -1,7 +1,10 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test`.
 # Both create .venv with Python 3.12 and install the pinned set in constraints.txt.
 SHELL := /bin/bash
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || ls $(HOME)/.pyenv/versions/3.12*/bin/python 2>/dev/null | tail -1)
+# The first candidate that really runs Python 3.12 (a pyenv shim may exist without working).
+PYTHON312 ?= $(shell for p in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/python /usr/local/bin/python3.12; do \
+  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null \
+  && { command -v $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
