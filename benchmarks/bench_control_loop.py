@@ -48,6 +48,7 @@ def timed_rollout(checkpoint: Path, work: Path, seconds: float, with_policy: boo
     from conftest import FOLLOWER_PORT, virtualize
     from lerobot.robots.so_follower import SOFollower
     from lerobot.scripts.lerobot_rollout import main
+
     from lerobot_roboalign.calibration import main_check
     from lerobot_roboalign.modeling_roboalign import RoboAlignPolicy
 

@@ -23,10 +23,10 @@ def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """``auto`` means bfloat16 where it is fast (CUDA) and float32 elsewhere."""
     if name == "auto":
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    try:
-        return getattr(torch, name)
-    except AttributeError:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
         raise ValueError(f"backbone_dtype={name!r} is not a torch dtype: use auto, float32, bfloat16 or float16.")
+    return dtype
 
 
 def _is_hub_id(name_or_path: str) -> bool:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import draccus
-
 from lerobot.motors import MotorCalibration, MotorNormMode
 from lerobot.motors.feetech import FeetechMotorsBus
 from lerobot.robots import RobotConfig, koch_follower, make_robot_from_config, so_follower  # noqa: F401

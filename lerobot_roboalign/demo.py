@@ -201,9 +201,9 @@ def stage_grpo(cfg: DemoConfig, sft_model: str) -> dict:
 
 def stage_score(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
     """Format rate, action-token prefix accuracy and reward of each backbone, same held-out prompts."""
+    from .align.common import ModelConfig
     from .align.data import AlignDataConfig, load_samples
     from .align.grpo import load_aligned, score_model
-    from .align.common import ModelConfig
 
     _, _, _, fast = load_aligned(ModelConfig(path=next(iter(backbones.values()))))
     data = AlignDataConfig(

@@ -11,12 +11,11 @@ import logging
 from pathlib import Path
 
 import torch
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION, OBS_STATE
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
-
-from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.utils.constants import ACTION, OBS_STATE
 
 from .action_head import ActionHeadSpec, FlowMatchingActionHead
 from .backbone import VLMBackbone, resolve_dtype

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from lerobot.configs import PipelineFeatureType, PolicyFeature
 from lerobot.lerobot_types import PolicyAction
 from lerobot.processor import PolicyActionProcessorStep, ProcessorStepRegistry

@@ -18,6 +18,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, FAST_TOKENIZER_DIR, ActionVocabulary
+from lerobot_roboalign.backbone import resolve_dtype
 from lerobot_roboalign.fast import FastTokenizer
 
 logger = logging.getLogger(__name__)
@@ -86,12 +87,6 @@ class TrainingConfig:
         )
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
-
-
 def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None):
     """Model and processor of ``cfg.path``, or of a trainer ``checkpoint`` of it when resuming.
 
@@ -100,7 +95,8 @@ def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None):
     The config keeps naming ``cfg.path``, so GRPO's KL reference stays the starting model on resume.
     """
     source = checkpoint or cfg.path
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=resolve_dtype(cfg.dtype))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=resolve_dtype(cfg.dtype, device))
     processor = AutoProcessor.from_pretrained(source)
     model.config.name_or_path = cfg.path
     return model, processor

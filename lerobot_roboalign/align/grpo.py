@@ -25,11 +25,11 @@ from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
+    VocabularyCallback,
     freeze_vision_encoder,
     generate_completions,
     last_complete_checkpoint,
     load_model_and_processor,
-    VocabularyCallback,
     save_final,
     stop_token_ids,
 )

@@ -26,11 +26,11 @@ from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
+    VocabularyCallback,
     freeze_vision_encoder,
     last_complete_checkpoint,
     load_fast_tokenizer,
     load_model_and_processor,
-    VocabularyCallback,
     save_final,
 )
 from lerobot_roboalign.align.data import (

@@ -4,8 +4,8 @@ import pytest
 import torch
 from lerobot.configs import NormalizationMode
 from lerobot.datasets import LeRobotDataset
-from lerobot.utils.feature_utils import dataset_to_policy_features
 from lerobot.processor import PolicyProcessorPipeline
+from lerobot.utils.feature_utils import dataset_to_policy_features
 
 from lerobot_roboalign.configuration_roboalign import RoboAlignConfig
 from lerobot_roboalign.processor_roboalign import make_roboalign_pre_post_processors

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest.mock import patch
 
-import numpy as np
 import dynamixel_sdk.port_handler as dxl_port
+import numpy as np
 import scservo_sdk.port_handler as ft_port
 import serial
 from dynamixel_sdk.protocol2_packet_handler import Protocol2PacketHandler
-
 from lerobot.cameras import CameraConfig
 from lerobot.cameras.camera import Camera
 from lerobot.motors.dynamixel.tables import MODEL_CONTROL_TABLE as DXL_TABLES

@@ -2,7 +2,6 @@
 
 import pytest
 from conftest import ARMS, FOLLOWER_PORT, LEADER_PORT, ROOT, parse_with_lerobot, virtualize
-
 from lerobot.robots import RobotConfig
 from lerobot.rollout import RolloutConfig
 from lerobot.scripts.lerobot_record import RecordConfig

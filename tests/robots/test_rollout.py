@@ -158,11 +158,10 @@ def _free_port() -> int:
 
 
 def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp_path, virtual_hw):
+    import roboalign_virtual_hw
     from lerobot.async_inference.configs import RobotClientConfig
     from lerobot.async_inference.robot_client import RobotClient
     from lerobot.robots.so_follower import SO101FollowerConfig
-
-    import roboalign_virtual_hw
 
     checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
     port = _free_port()

@@ -4,9 +4,9 @@ import logging
 
 import pytest
 import torch
-
 from lerobot.processor import PolicyProcessorPipeline
 from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
+
 from lerobot_roboalign.safety import ChunkBlender, RoboAlignActionSafetyStep
 
 NAN = float("nan")
