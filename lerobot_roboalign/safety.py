@@ -134,8 +134,15 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     def __post_init__(self) -> None:
         if (self.joint_min is None) != (self.joint_max is None):
             raise ValueError("RoboAlign safety: give both joint_min and joint_max, or neither.")
-        if self.joint_min is None and self.dataset_stats and ACTION in self.dataset_stats:
-            self.joint_min, self.joint_max = limits_from_stats(self.dataset_stats[ACTION], self.limit_margin)
+        action_stats = (self.dataset_stats or {}).get(ACTION, {})
+        if self.joint_min is None and {"min", "max"} <= set(action_stats):
+            self.joint_min, self.joint_max = limits_from_stats(action_stats, self.limit_margin)
+        elif self.joint_min is None and self.enabled:
+            logger.warning(
+                "RoboAlign safety: no joint limits (no --policy.safety_joint_min/max and no action min/max in the "
+                "dataset stats); only non-finite actions and the rate limit are guarded. On a real arm, bind the "
+                "calibrated ranges with `roboalign calibration check FILE --robot.type=... --checkpoint=...`."
+            )
         self.dataset_stats = None
         if self.joint_min is not None and any(lo > hi for lo, hi in zip(self.joint_min, self.joint_max)):
             raise ValueError(

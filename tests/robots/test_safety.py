@@ -50,6 +50,15 @@ def test_step_limits_from_dataset_stats_and_reset():
     assert step.action(torch.tensor([[5.0, 0.5]])).tolist() == [[5.0, 0.5]]  # no rate limit after reset
 
 
+def test_stats_without_min_max_keep_rate_limit_and_warn(caplog):
+    stats = {"action": {"mean": torch.zeros(2), "std": torch.ones(2)}}
+    with caplog.at_level(logging.WARNING, logger="lerobot_roboalign.safety"):
+        step = RoboAlignActionSafetyStep(max_delta=1.0, dataset_stats=stats)
+    assert step.joint_min is None and any("no joint limits" in m for m in caplog.messages)
+    step.action(torch.zeros(1, 2))
+    assert step.action(torch.tensor([[5.0, -5.0]])).tolist() == [[1.0, -1.0]]
+
+
 def test_step_rejects_bad_limits_with_the_fix():
     with pytest.raises(ValueError, match="swap them"):
         RoboAlignActionSafetyStep(joint_min=[1.0], joint_max=[0.0])
