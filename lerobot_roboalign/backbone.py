@@ -7,7 +7,6 @@ built with the backbone's own processor and chat template, so an aligned RoboAli
 sees the VLA's observations in exactly the format it was aligned on.
 """
 
-import logging
 import os
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-logger = logging.getLogger(__name__)
 
 
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:

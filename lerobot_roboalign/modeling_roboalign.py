@@ -7,7 +7,6 @@ load. With LoRA the adapter weights are saved too; with full fine-tuning everyth
 """
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -23,7 +22,6 @@ from .configuration_roboalign import RoboAlignConfig
 from .processor_roboalign import InputSpec, validate_batch
 from .safety import ChunkBlender
 
-logger = logging.getLogger(__name__)
 
 BACKBONE_INFO_FILE = "backbone.json"
 WEIGHTS_FILE = "model.safetensors"
