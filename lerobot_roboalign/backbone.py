@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
-
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """``auto`` means bfloat16 where it is fast (CUDA) and float32 elsewhere."""
     if name == "auto":

@@ -22,7 +22,6 @@ from .configuration_roboalign import RoboAlignConfig
 from .processor_roboalign import InputSpec, validate_batch
 from .safety import ChunkBlender
 
-
 BACKBONE_INFO_FILE = "backbone.json"
 WEIGHTS_FILE = "model.safetensors"
 
