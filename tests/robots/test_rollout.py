@@ -157,7 +157,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp_path, virtual_hw):
+def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp_path, virtual_hw, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # LeRobot's server and client (on import) write logs/ into the working directory
     import roboalign_virtual_hw
     from lerobot.async_inference.configs import RobotClientConfig
     from lerobot.async_inference.robot_client import RobotClient
@@ -168,7 +169,7 @@ def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp
     server_log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "lerobot_roboalign.async_inference", "--host=127.0.0.1", f"--port={port}"],
-        stdout=server_log, stderr=subprocess.STDOUT, text=True,
+        stdout=server_log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )  # fmt: skip
     follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
     calibration_dir = tmp_path / "cal"
