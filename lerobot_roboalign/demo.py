@@ -199,13 +199,13 @@ def stage_grpo(cfg: DemoConfig, sft_model: str) -> dict:
     return {"path": str(output / "model"), "metrics": str(output / "metrics.csv")}
 
 
-def stage_score(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
+def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str) -> dict:
     """Format rate, action-token prefix accuracy and reward of each backbone, same held-out prompts."""
-    from .align.common import ModelConfig
     from .align.data import AlignDataConfig, load_samples
-    from .align.grpo import load_aligned, score_model
+    from .align.grpo import score_model
+    from .fast import FastTokenizer
 
-    _, _, _, fast = load_aligned(ModelConfig(path=next(iter(backbones.values()))))
+    fast = FastTokenizer.from_pretrained(fast_dir)  # the one both backbones were aligned with
     data = AlignDataConfig(
         repo_ids=[REPO_ID],
         roots=[str(cfg.output_dir / "dataset")],
@@ -368,7 +368,7 @@ def run(cfg: DemoConfig) -> Path:
     sft = stages.run("sft", lambda: stage_sft(cfg, backbone, fast, reasoning))
     grpo = stages.run("grpo", lambda: stage_grpo(cfg, sft["path"]))
     backbones = {"RoboAlign without RL (SFT)": sft["path"], "RoboAlign (SFT + GRPO)": grpo["path"]}
-    scores = stages.run("score", lambda: stage_score(cfg, backbones))
+    scores = stages.run("score", lambda: stage_score(cfg, backbones, fast))
     evals = {}
     for key, (name, path) in zip(("sft", "roboalign"), backbones.items(), strict=True):
         checkpoint = stages.run(f"vla_{key}", lambda k=key, p=path: stage_train_vla(cfg, k, p))["checkpoint"]
