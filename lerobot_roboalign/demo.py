@@ -22,7 +22,7 @@ from pathlib import Path
 import draccus
 
 from .cli import main as roboalign
-from .runner import TINY_POLICY_ARGS, run_lerobot
+from .runner import run_lerobot, train_args
 
 logger = logging.getLogger(__name__)
 
@@ -220,25 +220,15 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str) -> di
 def stage_train_vla(cfg: DemoConfig, name: str, backbone: str) -> dict:
     output = cfg.output_dir / f"vla_{name}"
     sizes = cfg.sizes
-    log = run_lerobot("lerobot-train", [
-        f"--dataset.repo_id={REPO_ID}",
-        f"--dataset.root={cfg.output_dir / 'dataset'}",
-        "--policy.type=roboalign",
-        f"--policy.vlm_model_name={backbone}",
-        *TINY_POLICY_ARGS,
+    extra = (
         f"--policy.chunk_size={sizes.chunk_size}",
         f"--policy.n_action_steps={sizes.n_action_steps}",
         f"--policy.scheduler_warmup_steps={max(1, sizes.vla_steps // 20)}",
         f"--policy.scheduler_decay_steps={sizes.vla_steps}",
-        f"--steps={sizes.vla_steps}",
-        f"--batch_size={sizes.vla_batch_size}",
-        f"--save_freq={sizes.vla_steps}",
-        f"--log_freq={max(1, sizes.vla_steps // 10)}",
-        "--num_workers=0",
-        f"--seed={cfg.seed}",
-        f"--output_dir={output}",
-        "--wandb.enable=false",
-    ])  # fmt: skip
+    )
+    dataset = cfg.output_dir / "dataset"
+    args = train_args(dataset, REPO_ID, backbone, output, sizes.vla_steps, sizes.vla_batch_size, cfg.seed, extra)
+    log = run_lerobot("lerobot-train", args)
     (output / "lerobot-train.log").write_text(log)
     return {"checkpoint": str(output / "checkpoints" / "last" / "pretrained_model")}
 

@@ -47,9 +47,16 @@ def run_lerobot(name: str, args: list[str], cwd: Path | None = None, timeout: fl
 
 
 def train_args(
-    dataset_root: Path, repo_id: str, backbone: Path | str, output_dir: Path, steps: int, batch_size: int = 4
+    dataset_root: Path,
+    repo_id: str,
+    backbone: Path | str,
+    output_dir: Path,
+    steps: int,
+    batch_size: int = 4,
+    seed: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """lerobot-train arguments for a small roboalign run on a local dataset."""
+    """lerobot-train arguments for a small roboalign run on a local dataset (``extra`` appended)."""
     return [
         f"--dataset.repo_id={repo_id}",
         f"--dataset.root={dataset_root}",
@@ -63,5 +70,6 @@ def train_args(
         "--num_workers=0",
         f"--output_dir={output_dir}",
         "--wandb.enable=false",
-        "--seed=0",
+        f"--seed={seed}",
+        *extra,
     ]
