@@ -12,7 +12,13 @@ unchanged client:
         --policy_type=roboalign --pretrained_name_or_path=outputs/.../pretrained_model \\
         --robot.type=so101_follower --robot.port=/dev/ttyACM0 --robot.id=my_so101_follower \\
         --robot.cameras="{front: {type: opencv, index_or_path: 0, width: 640, height: 480, fps: 30}}" \\
-        --task="Pick up the cube" --actions_per_chunk=16 --policy_device=cuda
+        --task="Pick up the cube" --actions_per_chunk=16 --policy_device=cuda \\
+        --robot.max_relative_target=10
+
+Safety: the server post-processes each chunk's actions in time order, and a chunk starts in
+the middle of the previous one. :class:`RoboAlignPolicyServer` therefore restarts the safety
+step's rate limit at every chunk from the joint position measured in the chunk's own
+observation, instead of from the last action of the previous chunk (a future target).
 """
 
 from lerobot.async_inference import constants, policy_server
@@ -20,6 +26,14 @@ from lerobot.async_inference import constants, policy_server
 import lerobot_roboalign.safety  # noqa: F401  (registers the roboalign config and its processor steps)
 
 POLICY_TYPE = "roboalign"
+
+
+class RoboAlignPolicyServer(policy_server.PolicyServer):
+    """LeRobot's policy server; each chunk is rate-limited from the arm's measured position, not the previous chunk's end."""
+
+    def _predict_action_chunk(self, observation_t):
+        self.postprocessor.reset()  # the preprocessor then hands this observation's joint positions to the safety step
+        return super()._predict_action_chunk(observation_t)
 
 
 def register_with_policy_server() -> None:
@@ -31,6 +45,7 @@ def register_with_policy_server() -> None:
 
 def main() -> None:
     register_with_policy_server()
+    policy_server.PolicyServer = RoboAlignPolicyServer  # serve() builds the server by this module-level name
     policy_server.serve()
 
 

@@ -1,5 +1,6 @@
 """Configuration of the RoboAlign VLA: an (aligned) MLLM backbone + a GR00T-style flow-matching head."""
 
+import uuid
 from dataclasses import dataclass, field
 
 from lerobot.configs import NormalizationMode, PreTrainedConfig
@@ -53,13 +54,17 @@ class RoboAlignConfig(PreTrainedConfig):
     noise_beta_beta: float = 1.0
     noise_s: float = 0.999
 
-    # Safety on the way to the motors (real arms); see safety.py. Joint units: degrees on SO-100/101,
-    # % of range on Koch. Without explicit limits they come from the dataset's action min/max + margin.
-    safety_enabled: bool = True
-    safety_max_delta: float | None = 5.0  # largest change of a target per control step
+    # Safety on the way to the motors (real arms); see safety.py. Joint units: degrees on SO-100/101;
+    # on Koch -100..100 over the calibrated range (1 unit = 0.5% of the range). None: what the checkpoint's
+    # policy_postprocessor.json holds (at training: enabled, max_delta 5.0, the dataset's action min/max +
+    # margin). Given at rollout / eval, these override the checkpoint (e.g. to tighten the limits).
+    safety_enabled: bool | None = None
+    safety_max_delta: float | None = None  # largest change of a target per control step
     safety_joint_min: list[float] | None = None
     safety_joint_max: list[float] | None = None
     safety_limit_margin: float = 0.05
+    # Pairs this policy with its pre/post-processors' safety steps (they are saved and loaded apart).
+    safety_link: str = field(default_factory=lambda: uuid.uuid4().hex)
     chunk_blend_steps: int = 4  # cross-fade this many steps of consecutive chunks (0: no blending)
 
     # Training presets (GR00T N1.5 fine-tuning defaults).

@@ -19,8 +19,8 @@ from torch import Tensor
 from .action_head import ActionHeadSpec, FlowMatchingActionHead
 from .backbone import VLMBackbone, resolve_dtype
 from .configuration_roboalign import RoboAlignConfig
-from .processor_roboalign import InputSpec, validate_batch
-from .safety import ChunkBlender
+from .processor_roboalign import InputSpec, safety_overrides, validate_batch
+from .safety import ChunkBlender, safety_context
 
 BACKBONE_INFO_FILE = "backbone.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -60,6 +60,8 @@ class RoboAlignPolicy(PreTrainedPolicy):
         )
         self._input_spec = InputSpec.from_config(config)
         self._configure_backbone_training()
+        # --policy.safety_* given for this run override the checkpoint's safety step (loaded after the policy).
+        safety_context(config.safety_link).publish_overrides(safety_overrides(config))
         self.reset()
 
     # ---- backbone modes -------------------------------------------------------------
@@ -90,7 +92,10 @@ class RoboAlignPolicy(PreTrainedPolicy):
         return [p for p in self.parameters() if p.requires_grad]
 
     def reset(self) -> None:
+        """New episode: empty the action queue, and restart the safety step's rate limit from the measured joints
+        (``lerobot-eval`` resets only the policy, not its postprocessor)."""
         self._blender = ChunkBlender(self.config.chunk_blend_steps)
+        safety_context(self.config.safety_link).new_episode()
 
     # ---- model --------------------------------------------------------------------
     def _features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

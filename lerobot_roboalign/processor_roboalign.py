@@ -22,7 +22,9 @@ from lerobot.processor import (
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from .configuration_roboalign import RoboAlignConfig
-from .safety import RoboAlignActionSafetyStep
+from .safety import RoboAlignActionSafetyStep, RoboAlignMeasuredStateStep, validate_limits
+
+DEFAULT_SAFETY_MAX_DELTA = 5.0  # joint units per control step, when neither the config nor the checkpoint set one
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,18 @@ class RoboAlignValidateBatchStep(ProcessorStep):
         return features
 
 
+def safety_overrides(config: RoboAlignConfig) -> dict[str, Any]:
+    """The ``--policy.safety_*`` settings given for this run (None: keep the checkpoint's), validated now."""
+    overrides = {
+        "enabled": config.safety_enabled,
+        "max_delta": config.safety_max_delta,
+        "joint_min": config.safety_joint_min,
+        "joint_max": config.safety_joint_max,
+    }
+    validate_limits(overrides["max_delta"], overrides["joint_min"], overrides["joint_max"])
+    return overrides
+
+
 def make_roboalign_pre_post_processors(
     config: RoboAlignConfig,
     dataset_stats: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -126,21 +140,24 @@ def make_roboalign_pre_post_processors(
     PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
     PolicyProcessorPipeline[PolicyAction, PolicyAction],
 ]:
-    """Validate -> rename -> batch -> device -> normalise; and unnormalise -> safety -> CPU."""
+    """Validate -> rename -> batch -> measured state -> device -> normalise; and unnormalise -> safety -> CPU."""
     steps = make_default_policy_processor_steps(config, dataset_stats)
     input_steps = [
         steps.rename_observations,
         steps.add_batch_dim,
         RoboAlignValidateBatchStep.from_policy_config(config),
+        RoboAlignMeasuredStateStep(link=config.safety_link),
         steps.to_device,
         steps.normalize,
     ]
+    settings = safety_overrides(config)
     safety = RoboAlignActionSafetyStep(
-        enabled=config.safety_enabled,
-        max_delta=config.safety_max_delta,
+        enabled=True if settings["enabled"] is None else settings["enabled"],
+        max_delta=DEFAULT_SAFETY_MAX_DELTA if settings["max_delta"] is None else settings["max_delta"],
         joint_min=config.safety_joint_min,
         joint_max=config.safety_joint_max,
         limit_margin=config.safety_limit_margin,
+        link=config.safety_link,
         dataset_stats=dataset_stats,
     )
     output_steps = [steps.unnormalize, safety, steps.to_cpu]

@@ -1,33 +1,46 @@
 """Safety between a RoboAlign policy and a real arm's motors.
 
-Two pieces, one per space the actions live in:
+Three pieces:
 
 * :class:`ChunkBlender` runs inside the policy's ``select_action`` (normalised space). It
   owns the action queue: a chunk with non-finite values is dropped (the arm finishes the
   previous chunk, then holds its last action), and a new chunk is cross-faded into the
   remainder of the previous one so the arm does not jerk at chunk boundaries.
+* :class:`RoboAlignMeasuredStateStep` (preprocessor, before normalisation) hands the joint
+  positions measured in each observation to the safety step through a :class:`SafetyContext`.
 * :class:`RoboAlignActionSafetyStep` is the last word before the robot (postprocessor,
   joint units after unnormalisation): non-finite targets are replaced by the last safe
   target, targets are clamped to the joint limits (calibrated ranges, or the dataset's
-  action range) and rate-limited per control step, so a late or wild chunk cannot jump.
+  action range) and rate-limited per control step. After a reset (every episode), and for
+  every whole chunk, the rate limit starts from the measured joint position, so neither a
+  stale target nor a chunk computed from an older observation can make the arm jump.
+
+The pre- and post-processor are saved and loaded separately by LeRobot, so they meet in a
+:class:`SafetyContext` keyed by ``link`` (a random id written into both at training and into
+the policy config). The policy publishes its ``--policy.safety_*`` settings there (they override
+the saved step, so limits can be tightened at deployment) and ``policy.reset()`` marks a new
+episode there (``lerobot-eval`` resets only the policy).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lerobot.configs import PipelineFeatureType, PolicyFeature
-from lerobot.lerobot_types import PolicyAction
-from lerobot.processor import PolicyActionProcessorStep, ProcessorStepRegistry
-from lerobot.utils.constants import ACTION
+from lerobot.lerobot_types import PolicyAction, TransitionKey
+from lerobot.processor import PolicyActionProcessorStep, ProcessorStep, ProcessorStepRegistry
+from lerobot.utils.constants import ACTION, OBS_STATE
 
 logger = logging.getLogger(__name__)
 
 SAFETY_STEP_NAME = "roboalign_action_safety"
+MEASURED_STATE_STEP_NAME = "roboalign_measured_state"
+OVERRIDABLE = ("enabled", "max_delta", "joint_min", "joint_max")
 
 
 class ChunkBlender:
@@ -83,6 +96,33 @@ class ChunkBlender:
         return self._last
 
 
+@dataclass
+class SafetyContext:
+    """What a policy, its preprocessor and its postprocessor share (they are built and loaded apart)."""
+
+    measured_state: torch.Tensor | None = None  # raw observation.state of the latest observation
+    overrides: dict[str, Any] = field(default_factory=dict)  # --policy.safety_* given for this run
+    overrides_version: int = 0
+    episode: int = 0
+
+    def publish_overrides(self, overrides: dict[str, Any]) -> None:
+        self.overrides = {k: v for k, v in overrides.items() if v is not None}
+        self.overrides_version += 1
+
+    def new_episode(self) -> None:
+        """The environment / arm was reset: forget the last observation; safety steps restart on their next action."""
+        self.measured_state = None
+        self.episode += 1
+
+
+_CONTEXTS: dict[str, SafetyContext] = {}
+
+
+def safety_context(link: str | None) -> SafetyContext:
+    """The context shared by everything saved with ``link`` (checkpoints without one share ``""``)."""
+    return _CONTEXTS.setdefault(link or "", SafetyContext())
+
+
 def _per_joint(value: float | list[float] | None, dim: int, name: str) -> torch.Tensor | None:
     if value is None:
         return None
@@ -97,12 +137,75 @@ def _per_joint(value: float | list[float] | None, dim: int, name: str) -> torch.
     return tensor
 
 
+def validate_limits(
+    max_delta: float | list[float] | None, joint_min: list[float] | None, joint_max: list[float] | None
+) -> None:
+    """Refuse limits that would let a bad target through or force motion (NaN, inf, max_delta <= 0, min > max)."""
+    if max_delta is not None:
+        deltas = torch.as_tensor(max_delta, dtype=torch.float64).flatten()
+        if not (torch.isfinite(deltas).all() and (deltas > 0).all()):
+            raise ValueError(
+                f"RoboAlign safety: max_delta must be finite and > 0 for every joint (got {max_delta}); "
+                "it is the largest change of a target per control step, in joint units. "
+                "Set --policy.safety_max_delta to e.g. 5.0, or --policy.safety_enabled=false to disable the step."
+            )
+    if (joint_min is None) != (joint_max is None):
+        raise ValueError("RoboAlign safety: give both joint_min and joint_max, or neither.")
+    if joint_min is None:
+        return
+    low = torch.as_tensor(joint_min, dtype=torch.float64).flatten()
+    high = torch.as_tensor(joint_max, dtype=torch.float64).flatten()
+    if low.numel() != high.numel():
+        raise ValueError(
+            f"RoboAlign safety: joint_min has {low.numel()} values but joint_max has {high.numel()}; "
+            "give one per joint."
+        )
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise ValueError(
+            f"RoboAlign safety: joint limits must be finite (joint_min={joint_min}, joint_max={joint_max}). "
+            "NaN/inf limits come from broken dataset stats (recompute them) or a bad --policy.safety_joint_*; "
+            "or bind the calibrated ranges with `roboalign calibration check FILE --robot.type=... --checkpoint=...`."
+        )
+    if (low > high).any():
+        raise ValueError(
+            f"RoboAlign safety: joint_min {joint_min} exceeds joint_max {joint_max}; swap them."
+        )
+
+
 def limits_from_stats(stats: dict[str, Any], margin: float) -> tuple[list[float], list[float]]:
     """Joint limits from a dataset's action min/max, widened by ``margin`` of each joint's range."""
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"RoboAlign safety: limit_margin must be finite and >= 0 (got {margin}).")
     low = torch.as_tensor(stats["min"], dtype=torch.float32).flatten()
     high = torch.as_tensor(stats["max"], dtype=torch.float32).flatten()
     pad = (high - low) * margin
     return (low - pad).tolist(), (high + pad).tolist()
+
+
+@ProcessorStepRegistry.register(name=MEASURED_STATE_STEP_NAME)
+@dataclass
+class RoboAlignMeasuredStateStep(ProcessorStep):
+    """Preprocessor step: hands the raw ``observation.state`` (joint positions, before normalisation) to the safety step.
+
+    Without it the safety step cannot know where the arm is after a reset, so it could not
+    rate-limit the first action of an episode nor a chunk computed from a new observation.
+    """
+
+    link: str | None = None
+
+    def __call__(self, transition: dict) -> dict:
+        state = (transition.get(TransitionKey.OBSERVATION) or {}).get(OBS_STATE)
+        measured = None if state is None else torch.as_tensor(state).detach().to("cpu", torch.float32).clone()
+        safety_context(self.link).measured_state = measured
+        return transition
+
+    def get_config(self) -> dict[str, Any]:
+        return {"link": self.link}
+
+    def transform_features(
+        self, features: dict[PipelineFeatureType, dict[str, PolicyFeature]]
+    ) -> dict[PipelineFeatureType, dict[str, PolicyFeature]]:
+        return features
 
 
 @dataclass
@@ -110,16 +213,25 @@ def limits_from_stats(stats: dict[str, Any], margin: float) -> tuple[list[float]
 class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     """Make every action finite, within joint limits and within ``max_delta`` of the previous one.
 
-    Works on (B, A) actions (LeRobot's sync engine, one per tick) and on (B, T, A) chunks
-    (processed in time order). Limits are plain lists in the saved config so an arm's
-    calibrated ranges can be bound to a checkpoint (``roboalign calibration check --checkpoint``).
+    Works on (B, A) actions (one per control step: LeRobot's sync engine, ``lerobot-eval``,
+    each action of the async server's chunk) and on (B, T, A) chunks (RTC engine; processed in
+    time order). The "previous" target is the last emitted one, except after :meth:`reset`,
+    after ``policy.reset()`` and at the start of a (B, T, A) chunk: then it is the joint position
+    measured in the latest observation (when ``anchor_to_state`` and the state has the action's
+    shape; otherwise the first target is only clamped). Limits are plain lists in the saved config
+    so an arm's calibrated ranges can be bound to a checkpoint (``roboalign calibration check
+    --checkpoint``); the policy's ``--policy.safety_*`` settings override them at load time.
 
     Attributes:
         enabled: turn the whole step off (not advised on a real arm).
         max_delta: largest change of a target per control step, one value or one per joint
-            (joint units: degrees, or % of range for RANGE_M100_100 / RANGE_0_100 motors).
+            (joint units: degrees on SO-100/101; on Koch -100..100 over the calibrated range,
+            so 1 unit is 0.5% of the range).
         joint_min / joint_max: per-joint limits; ``None`` derives them from ``dataset_stats``.
         limit_margin: widening of dataset-derived limits, as a fraction of each joint's range.
+        anchor_to_state: actions are absolute targets in the units of ``observation.state``
+            (true for SO-100/101/Koch joint-position control); false for delta actions.
+        link: id shared with the preprocessor's measured-state step and the policy config.
         dataset_stats: LeRobot stats, only read at construction (not saved).
     """
 
@@ -128,12 +240,17 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     joint_min: list[float] | None = None
     joint_max: list[float] | None = None
     limit_margin: float = 0.05
+    anchor_to_state: bool = True
+    link: str | None = None
     dataset_stats: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
     _last_safe: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _saved: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _seen_overrides: int = field(default=-1, init=False, repr=False)
+    _seen_episode: int = field(default=0, init=False, repr=False)
+    _warned_no_state: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if (self.joint_min is None) != (self.joint_max is None):
-            raise ValueError("RoboAlign safety: give both joint_min and joint_max, or neither.")
+        validate_limits(None, self.joint_min, self.joint_max)
         action_stats = (self.dataset_stats or {}).get(ACTION, {})
         if self.joint_min is None and {"min", "max"} <= set(action_stats):
             self.joint_min, self.joint_max = limits_from_stats(action_stats, self.limit_margin)
@@ -144,21 +261,41 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
                 "calibrated ranges with `roboalign calibration check FILE --robot.type=... --checkpoint=...`."
             )
         self.dataset_stats = None
-        if self.joint_min is not None and any(lo > hi for lo, hi in zip(self.joint_min, self.joint_max)):
-            raise ValueError(
-                f"RoboAlign safety: joint_min {self.joint_min} exceeds joint_max {self.joint_max}; swap them."
-            )
+        validate_limits(self.max_delta, self.joint_min, self.joint_max)
+        self._saved = {k: getattr(self, k) for k in OVERRIDABLE}
+        context = safety_context(self.link)
+        self._seen_episode = context.episode
+        self._sync_overrides(context)
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "enabled": self.enabled,
-            "max_delta": self.max_delta,
-            "joint_min": self.joint_min,
-            "joint_max": self.joint_max,
+            "enabled": self._saved["enabled"],
+            "max_delta": self._saved["max_delta"],
+            "joint_min": self._saved["joint_min"],
+            "joint_max": self._saved["joint_max"],
             "limit_margin": self.limit_margin,
+            "anchor_to_state": self.anchor_to_state,
+            "link": self.link,
         }
 
+    def _sync_overrides(self, context: SafetyContext) -> None:
+        """Apply the policy's ``--policy.safety_*`` settings over the saved ones, and say which limits are in force."""
+        if context.overrides_version == self._seen_overrides:
+            return
+        settings = {**self._saved, **context.overrides}
+        validate_limits(settings["max_delta"], settings["joint_min"], settings["joint_max"])
+        for key, value in settings.items():
+            setattr(self, key, value)
+        self._seen_overrides = context.overrides_version
+        given = sorted(context.overrides) or "none"
+        logger.info(
+            "RoboAlign safety in force: enabled=%s max_delta=%s joint_min=%s joint_max=%s (overridden by "
+            "--policy.safety_*: %s; the rest from the checkpoint's policy_postprocessor.json)",
+            self.enabled, self.max_delta, _fmt(self.joint_min), _fmt(self.joint_max), given,
+        )  # fmt: skip
+
     def reset(self) -> None:
+        """Forget the last target: the next one is rate-limited against the measured joint position."""
         self._last_safe = None
 
     def transform_features(
@@ -167,33 +304,68 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         return features
 
     def action(self, action: PolicyAction) -> PolicyAction:
+        context = safety_context(self.link)
+        self._sync_overrides(context)
+        if context.episode != self._seen_episode:
+            self._seen_episode = context.episode
+            self.reset()
         if not self.enabled:
             return action
-        if action.ndim == 3:
-            return torch.stack([self._safe(a) for a in action.unbind(dim=1)], dim=1)
-        return self._safe(action)
+        if action.ndim == 3:  # a whole chunk computed from the latest observation: start from where the arm is
+            if self._anchor(action[:, 0], context) is not None:
+                self.reset()
+            safe = torch.stack([self._safe(a, context) for a in action.unbind(dim=1)], dim=1)
+        else:
+            safe = self._safe(action, context)
+        if not torch.isfinite(safe).all():  # cannot happen with validated limits; never let it reach a motor
+            raise RuntimeError("RoboAlign safety: a non-finite target survived the safety step; refusing to send it.")
+        return safe
 
-    def _safe(self, action: torch.Tensor) -> torch.Tensor:
+    def _anchor(self, like: torch.Tensor, context: SafetyContext) -> torch.Tensor | None:
+        """The measured joint position, when it is usable as the previous target of ``like``."""
+        state = context.measured_state
+        usable = self.anchor_to_state and state is not None and state.shape[-1] == like.shape[-1]
+        if usable and state.numel() != like.numel():
+            usable = state.reshape(-1, like.shape[-1]).shape[0] in (1, like.shape[0])
+        if not usable:
+            if self.max_delta is not None and not self._warned_no_state:
+                self._warned_no_state = True
+                logger.warning(
+                    "RoboAlign safety: no measured joint position matching the action (%s), so the first action "
+                    "after a reset is clamped but not rate-limited.",
+                    "anchor_to_state=false" if not self.anchor_to_state else "no observation.state of that size",
+                )
+            return None
+        anchor = state.reshape(-1, like.shape[-1]).to(like.device).expand_as(like).clone()
+        return anchor if torch.isfinite(anchor).all() else None
+
+    def _safe(self, action: torch.Tensor, context: SafetyContext) -> torch.Tensor:
         """One control step: replace non-finite rows, clamp, rate-limit, remember."""
         dim = action.shape[-1]
         safe = action.detach().to(torch.float32).clone()
         if self._last_safe is not None and self._last_safe.shape != safe.shape:
             self._last_safe = None  # a new batch of envs (e.g. lerobot-eval's last, smaller batch)
+        previous = self._last_safe if self._last_safe is not None else self._anchor(safe, context)
         bad = ~torch.isfinite(safe).all(dim=-1)
         if bad.any():
-            if self._last_safe is None:
+            if previous is None:
                 raise RuntimeError(
-                    "RoboAlign safety: the first action is not finite, so there is no safe target to hold; "
-                    "refusing to command the arm. Check the checkpoint and its normalisation stats."
+                    "RoboAlign safety: the first action is not finite and the arm's position is unknown, so there "
+                    "is no safe target to hold; refusing to command the arm. Check the checkpoint and its "
+                    "normalisation stats."
                 )
             logger.warning("RoboAlign safety: non-finite action replaced by the last safe target (holding).")
-            safe[bad] = self._last_safe.expand_as(safe)[bad]
+            safe[bad] = previous.expand_as(safe)[bad]
         low, high = _per_joint(self.joint_min, dim, "joint_min"), _per_joint(self.joint_max, dim, "joint_max")
         if low is not None:
             safe = torch.maximum(torch.minimum(safe, high.to(safe.device)), low.to(safe.device))
         max_delta = _per_joint(self.max_delta, dim, "max_delta")
-        if max_delta is not None and self._last_safe is not None:
+        if max_delta is not None and previous is not None:
             step = max_delta.to(safe.device)
-            safe = torch.maximum(torch.minimum(safe, self._last_safe + step), self._last_safe - step)
+            safe = torch.maximum(torch.minimum(safe, previous + step), previous - step)
         self._last_safe = safe.clone()
         return safe.to(action.dtype)
+
+
+def _fmt(values: list[float] | None) -> str:
+    return "None" if values is None else "[" + ", ".join(f"{v:.4g}" for v in values) + "]"

@@ -7,7 +7,12 @@ import torch
 from lerobot.processor import PolicyProcessorPipeline
 from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
 
-from lerobot_roboalign.safety import ChunkBlender, RoboAlignActionSafetyStep
+from lerobot_roboalign.safety import (
+    ChunkBlender,
+    RoboAlignActionSafetyStep,
+    RoboAlignMeasuredStateStep,
+    safety_context,
+)
 
 NAN = float("nan")
 
@@ -41,13 +46,10 @@ def test_step_processes_chunks_in_time_order():
     assert chunk[0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
-def test_step_limits_from_dataset_stats_and_reset():
+def test_step_limits_from_dataset_stats():
     stats = {"action": {"min": torch.tensor([0.0, -1.0]), "max": torch.tensor([10.0, 1.0])}}
     step = RoboAlignActionSafetyStep(max_delta=1.0, dataset_stats=stats, limit_margin=0.1)
     assert step.joint_min == pytest.approx([-1.0, -1.2]) and step.joint_max == pytest.approx([11.0, 1.2])
-    step.action(torch.zeros(1, 2))
-    step.reset()
-    assert step.action(torch.tensor([[5.0, 0.5]])).tolist() == [[5.0, 0.5]]  # no rate limit after reset
 
 
 def test_stats_without_min_max_keep_rate_limit_and_warn(caplog):
