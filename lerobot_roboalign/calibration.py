@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from lerobot.teleoperators import (  # noqa: F401
     so_leader,
 )
 
-from .safety import SAFETY_STEP_NAME
+from .safety import MEASURED_STATE_STEP_NAME, SAFETY_STEP_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ CALIBRATION_KEYS = {f.name for f in fields(MotorCalibration)}
 # Dynamixel X-series Homing_Offset register range (e-manual); Feetech's comes from its sign bit.
 DYNAMIXEL_MAX_HOMING_OFFSET = 1_044_479
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
+PREPROCESSOR_FILE = "policy_preprocessor.json"
+# Joints that lerobot-calibrate does not record but sets to the full encoder turn (0..4095),
+# per arm family (koch_follower/koch_leader and so_follower/so_leader ``calibrate()`` in LeRobot 0.6.1).
+FULL_TURN_MOTORS = {"koch": ("shoulder_pan", "wrist_roll"), "so": ("wrist_roll",)}
 
 
 class CalibrationError(ValueError):
@@ -75,6 +80,9 @@ class CalibrationCheckConfig:
     checkpoint: Path | None = None
     # With --checkpoint: also set the safety step's per-step rate limit (joint units).
     max_delta: float | None = None
+    # With --checkpoint: replace the checkpoint's limits by the calibrated ranges instead of keeping,
+    # per joint, the tighter of the two (the dataset's action range + margin is usually tighter).
+    replace_limits: bool = False
 
 
 def make_device(spec: DeviceSpec, calibration_dir: Path | None = None):
@@ -139,6 +147,15 @@ def _motor_problems(name: str, entry: dict, bus) -> list[str]:
             f"motor '{name}': homing_offset {entry['homing_offset']} is out of range ±{limit} for a "
             f"{motor.model}; re-run lerobot-calibrate with the arm in the middle of its range."
         )
+    family = "so" if isinstance(bus, FeetechMotorsBus) else "koch"
+    resolution_max = resolution - 1
+    if name in FULL_TURN_MOTORS[family] and (low, high) != (0, resolution_max):
+        other = "an SO-100/SO-101" if family == "koch" else "a Koch"
+        problems.append(
+            f"motor '{name}': lerobot-calibrate sets a {bus.__class__.__name__.removesuffix('MotorsBus')} arm's "
+            f"{' and '.join(FULL_TURN_MOTORS[family])} to the full turn [0, {resolution_max}], but this file has "
+            f"[{low}, {high}]. Is it {other} calibration? Pass the right --robot.type or re-run lerobot-calibrate."
+        )
     if entry["drive_mode"] not in (0, 1):
         problems.append(f"motor '{name}': drive_mode must be 0 or 1 (got {entry['drive_mode']}).")
     return problems
@@ -202,11 +219,39 @@ def install_calibration(path: Path, spec: DeviceSpec) -> Path:
     return target
 
 
+def _tighter(old: list[float] | None, new: list[float], pick) -> list[float]:
+    return list(new) if old is None else [pick(a, b) for a, b in zip(old, new, strict=True)]
+
+
+def _link_processors(checkpoint: Path, postprocessor: dict) -> None:
+    """Give a checkpoint saved before the measured-state step that step and a link shared with its policy config."""
+    config_path, pre_path = checkpoint / "config.json", checkpoint / PREPROCESSOR_FILE
+    if not (config_path.is_file() and pre_path.is_file()):
+        return
+    config, pre = json.loads(config_path.read_text()), json.loads(pre_path.read_text())
+    link = config.get("safety_link") or uuid.uuid4().hex
+    names = [s.get("registry_name") for s in pre["steps"]]
+    if MEASURED_STATE_STEP_NAME not in names:
+        at = names.index("normalizer_processor") if "normalizer_processor" in names else len(names)
+        pre["steps"].insert(at, {"registry_name": MEASURED_STATE_STEP_NAME, "config": {"link": link}})
+        pre_path.write_text(json.dumps(pre, indent=2))
+    config["safety_link"] = link
+    config_path.write_text(json.dumps(config, indent=4))
+    for step in postprocessor["steps"]:
+        if step.get("registry_name") == SAFETY_STEP_NAME:
+            step["config"].setdefault("link", link)
+
+
 def bind_to_checkpoint(
-    checkpoint: Path, limits: tuple[list[float], list[float]], max_delta: float | None
-) -> Path:
-    """Write the calibrated limits into the checkpoint's safety step (adding the step after unnormalisation if absent)."""
-    config_path = Path(checkpoint) / POSTPROCESSOR_FILE
+    checkpoint: Path, limits: tuple[list[float], list[float]], max_delta: float | None, replace: bool = False
+) -> tuple[Path, list[float], list[float]]:
+    """Write the calibrated limits into the checkpoint's safety step (adding the step after unnormalisation if absent).
+
+    Per joint the tighter of the checkpoint's limits and the calibrated range is kept, unless ``replace``:
+    on a Koch the calibrated range is exactly LeRobot's own clamp, so it alone would add nothing.
+    """
+    checkpoint = Path(checkpoint)
+    config_path = checkpoint / POSTPROCESSOR_FILE
     if not config_path.is_file():
         raise CalibrationError(
             f"{config_path} not found: --checkpoint must be a pretrained_model directory saved by lerobot-train."
@@ -219,11 +264,22 @@ def bind_to_checkpoint(
         at = names.index("unnormalizer_processor") + 1 if "unnormalizer_processor" in names else 0
         step = {"registry_name": SAFETY_STEP_NAME, "config": {"enabled": True}}
         steps.insert(at, step)
-    step["config"]["joint_min"], step["config"]["joint_max"] = limits
+    low, high = limits
+    if not replace:
+        low = _tighter(step["config"].get("joint_min"), low, max)
+        high = _tighter(step["config"].get("joint_max"), high, min)
+    if any(lo > hi for lo, hi in zip(low, high, strict=True)):
+        raise CalibrationError(
+            f"the checkpoint's joint limits and the calibrated ranges do not overlap (min {low}, max {high}): "
+            "was the policy trained on another arm or with other units (--robot.use_degrees)? "
+            "Pass --replace_limits=true to use the calibrated ranges alone."
+        )
+    step["config"]["joint_min"], step["config"]["joint_max"] = low, high
     if max_delta is not None:
         step["config"]["max_delta"] = max_delta
+    _link_processors(checkpoint, pipeline)
     config_path.write_text(json.dumps(pipeline, indent=2))
-    return config_path
+    return config_path, low, high
 
 
 def _split_positional(argv: list[str]) -> list[str]:
@@ -244,7 +300,9 @@ def main_check(argv: list[str] | None = None) -> None:
         if cfg.install:
             print(f"Installed: {install_calibration(cfg.file, cfg.robot)}")
         if cfg.checkpoint is not None:
-            bound = bind_to_checkpoint(cfg.checkpoint, joint_limits(calibration, cfg.robot), cfg.max_delta)
-            print(f"Bound calibrated joint limits to the safety step in {bound}")
+            bound, low, high = bind_to_checkpoint(
+                cfg.checkpoint, joint_limits(calibration, cfg.robot), cfg.max_delta, cfg.replace_limits
+            )
+            print(f"Bound joint limits min={low} max={high} to the safety step in {bound}")
     except CalibrationError as err:
         raise SystemExit(f"roboalign calibration check: {err}") from None

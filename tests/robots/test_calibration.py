@@ -104,3 +104,42 @@ def test_bind_writes_limits_into_a_saved_postprocessor(tmp_path):
     assert type(step).__name__ == "RoboAlignActionSafetyStep" and step.max_delta == 3.0
     assert step.joint_max[-1] == 100.0
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize(("file_type", "robot_type"), [("so101_follower", "koch_follower"), ("so100_leader", "koch_leader")])
+def test_an_so_file_is_refused_for_a_koch(file_type, robot_type):
+    with pytest.raises(cal.CalibrationError, match="Is it an SO-100/SO-101 calibration"):
+        check_calibration(EXAMPLES / f"{file_type}.json", DeviceSpec(type=robot_type))
+
+
+def _postprocessor_with_safety(directory: Path, joint_min: list[float], joint_max: list[float]) -> None:
+    from lerobot.processor import PolicyProcessorPipeline
+    from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
+
+    from lerobot_roboalign.safety import RoboAlignActionSafetyStep
+
+    PolicyProcessorPipeline(
+        steps=[RoboAlignActionSafetyStep(max_delta=5.0, joint_min=joint_min, joint_max=joint_max)],
+        name="policy_postprocessor",
+        to_transition=policy_action_to_transition,
+        to_output=transition_to_policy_action,
+    ).save_pretrained(directory)
+
+
+def test_bind_keeps_the_tighter_of_dataset_and_calibrated_limits_unless_asked(tmp_path):
+    dataset_min, dataset_max = [-30.0, -100.0, -50.0, -40.0, -100.0, 10.0], [30.0, 50.0, 100.0, 40.0, 100.0, 60.0]
+    _postprocessor_with_safety(tmp_path, dataset_min, dataset_max)
+    main_check([str(EXAMPLES / "koch_follower.json"), "--robot.type=koch_follower", f"--checkpoint={tmp_path}"])
+    config = json.loads((tmp_path / "policy_postprocessor.json").read_text())["steps"][0]["config"]
+    # Koch calibrated ranges are LeRobot's own -100..100 (gripper 0..100): the dataset range is kept
+    assert config["joint_min"] == dataset_min and config["joint_max"] == dataset_max
+    main_check([str(EXAMPLES / "koch_follower.json"), "--robot.type=koch_follower", f"--checkpoint={tmp_path}",
+                "--replace_limits=true"])  # fmt: skip
+    config = json.loads((tmp_path / "policy_postprocessor.json").read_text())["steps"][0]["config"]
+    assert config["joint_max"] == [100.0] * 6 and config["joint_min"] == [-100.0] * 5 + [0.0]
+
+
+def test_bind_refuses_limits_that_do_not_overlap(tmp_path):
+    _postprocessor_with_safety(tmp_path, [500.0] * 6, [600.0] * 6)  # e.g. a policy trained on raw ticks
+    with pytest.raises(SystemExit, match="do not overlap"):
+        main_check([str(EXAMPLES / "so101_follower.json"), "--robot.type=so101_follower", f"--checkpoint={tmp_path}"])
