@@ -18,12 +18,16 @@ unchanged client:
 Safety: the server post-processes each chunk's actions in time order, and a chunk starts in
 the middle of the previous one. :class:`RoboAlignPolicyServer` therefore restarts the safety
 step's rate limit at every chunk from the joint position measured in the chunk's own
-observation, instead of from the last action of the previous chunk (a future target).
+observation (its first action, labelled with that observation's time step, is that position),
+instead of from the last action of the previous chunk (a future target). The client then
+blends overlapping chunks (``--aggregate_fn_name``), which the server cannot see: keep
+``--robot.max_relative_target`` set on the client.
 """
 
 from lerobot.async_inference import constants, policy_server
 
-import lerobot_roboalign.safety  # noqa: F401  (registers the roboalign config and its processor steps)
+import lerobot_roboalign  # noqa: F401  (registers the roboalign config and its processor steps)
+from lerobot_roboalign.safety import RoboAlignActionSafetyStep
 
 POLICY_TYPE = "roboalign"
 
@@ -32,7 +36,11 @@ class RoboAlignPolicyServer(policy_server.PolicyServer):
     """LeRobot's policy server; each chunk is rate-limited from the arm's measured position, not the previous chunk's end."""
 
     def _predict_action_chunk(self, observation_t):
-        self.postprocessor.reset()  # the preprocessor then hands this observation's joint positions to the safety step
+        # The preprocessor hands this observation's joint positions to the safety step, which then limits the
+        # chunk (actions for time steps t, t+1, ... of observation t) from there instead of from the last chunk.
+        for step in self.postprocessor.steps:
+            if isinstance(step, RoboAlignActionSafetyStep):
+                step.start_chunk_at_observation()
         return super()._predict_action_chunk(observation_t)
 
 

@@ -248,6 +248,7 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     _seen_overrides: int = field(default=-1, init=False, repr=False)
     _seen_episode: int = field(default=0, init=False, repr=False)
     _warned_no_state: bool = field(default=False, init=False, repr=False)
+    _pin_next: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         validate_limits(None, self.joint_min, self.joint_max)
@@ -297,6 +298,14 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     def reset(self) -> None:
         """Forget the last target: the next one is rate-limited against the measured joint position."""
         self._last_safe = None
+        self._pin_next = False
+
+    def start_chunk_at_observation(self) -> None:
+        """The next actions are a chunk whose first one is for the observation's own time step (LeRobot's async
+        server labels it so; the client has executed that step already): pin it to the measured position, so the
+        chunk moves at most ``max_delta`` per step from where the arm was, in step with the chunk before."""
+        self.reset()
+        self._pin_next = True
 
     def transform_features(
         self, features: dict[PipelineFeatureType, dict[str, PolicyFeature]]
@@ -360,6 +369,9 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         if low is not None:
             safe = torch.maximum(torch.minimum(safe, high.to(safe.device)), low.to(safe.device))
         max_delta = _per_joint(self.max_delta, dim, "max_delta")
+        if self._pin_next and previous is not None:
+            max_delta = torch.zeros(dim)  # the chunk's first action is for the moment of the measurement
+        self._pin_next = False
         if max_delta is not None and previous is not None:
             step = max_delta.to(safe.device)
             safe = torch.maximum(torch.minimum(safe, previous + step), previous - step)

@@ -57,8 +57,8 @@ def _rollout(arm: str, checkpoint: Path, tmp_path: Path, follower, virtual_hw, *
 
 
 class _Recorder(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+    def __init__(self, level: int = logging.WARNING) -> None:
+        super().__init__(level)
         self.messages: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -139,6 +139,53 @@ def test_late_chunk_does_not_jump(roboalign_checkpoint, tmp_path, virtual_hw, mo
     assert virtual_hw.goal_ticks_within(follower)
 
 
+def _start_away(follower, degrees: float) -> dict[str, int]:
+    """Put the (torque-off) arm's joints ``degrees`` away from mid-range, like a hand left it; returns raw ticks."""
+    start = {}
+    for name in follower.calibration:
+        if name != "gripper":
+            cal = follower.calibration[name]
+            start[name] = int((cal["range_min"] + cal["range_max"]) / 2 + degrees * TICK)
+            follower.by_name(name).set("Present_Position", start[name])
+    return start
+
+
+def test_first_action_is_rate_limited_from_where_the_arm_is(roboalign_checkpoint, tmp_path, virtual_hw):
+    """Issue 11 item 2: the arm rests 60 degrees from every target the policy can send (limits: dataset range)."""
+    checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    start = _start_away(follower, -60.0)
+    _rollout("so101", checkpoint, tmp_path, follower, virtual_hw, "--return_to_initial_position=false",
+             "--duration=3")  # fmt: skip
+
+    first = follower.goal_log[0]
+    moved = {name: abs(first[name] - start[name]) / TICK for name in start}
+    assert max(moved.values()) <= MAX_DELTA + 1 / TICK, f"first command moved {moved} degrees (max_delta {MAX_DELTA})"
+    assert max(moved.values()) >= MAX_DELTA - 1 / TICK, "it does move towards the policy's targets"
+    assert _max_step(follower.goal_log, list(start)) <= MAX_DELTA * TICK + 1
+
+
+def test_safety_flags_given_at_rollout_override_the_checkpoint_and_are_printed(
+    roboalign_checkpoint, tmp_path, virtual_hw
+):
+    """Issue 11 item 3: --policy.safety_max_delta=1 tightens the bound checkpoint's max_delta=4."""
+    checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    start = _start_away(follower, -30.0)  # far from the targets: every step is a full max_delta
+    info = _Recorder(logging.INFO)
+    logging.getLogger("lerobot_roboalign.safety").addHandler(info)
+    try:
+        _rollout("so101", checkpoint, tmp_path, follower, virtual_hw, "--return_to_initial_position=false",
+                 "--duration=3", "--policy.safety_max_delta=1.0")  # fmt: skip
+    finally:
+        logging.getLogger("lerobot_roboalign.safety").removeHandler(info)
+
+    assert _max_step(follower.goal_log, list(start)) <= 1.0 * TICK + 1
+    assert max(abs(follower.goal_log[0][n] - start[n]) for n in start) <= 1.0 * TICK + 1
+    in_force = [m for m in info.messages if "safety in force" in m]
+    assert in_force and "max_delta=1.0" in in_force[-1] and "max_delta" in in_force[-1].split("overridden by")[1]
+
+
 def test_bus_fault_mid_rollout_exits_clearly_and_leaves_torque_off(roboalign_checkpoint, tmp_path, virtual_hw):
     checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
     follower = virtual_hw.VirtualArm.from_file(
@@ -172,6 +219,7 @@ def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp
         stdout=server_log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
     )  # fmt: skip
     follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    _start_away(follower, -60.0)  # far from every target: each chunk has to ramp (issue 11 item 1)
     calibration_dir = tmp_path / "cal"
     calibration_dir.mkdir()
     shutil.copyfile(ROOT / "calibration" / "so101_follower.json", calibration_dir / "arm.json")
@@ -187,6 +235,7 @@ def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp
     try:
         with virtual_hw.virtual_ports({FOLLOWER_PORT: follower}):
             client = _start_client(cfg, RobotClient, server)
+            measured, chunks = _record_async_traffic(client)
             receiver = threading.Thread(target=client.receive_actions, daemon=True)
             receiver.start()
             loop = threading.Thread(target=client.control_loop, kwargs={"task": cfg.task}, daemon=True)
@@ -204,6 +253,32 @@ def test_async_inference_server_and_client_on_loopback(roboalign_checkpoint, tmp
     assert len(follower.goal_log) >= 20, f"fewer than 20 actions executed; server log:\n{output[-3000:]}"
     assert virtual_hw.goal_ticks_within(follower)
     assert "roboalign" in output
+    # Each chunk starts at the joint position measured in its own observation (its first action is labelled with
+    # that observation's time step) and moves at most max_delta per step: never from the previous chunk's end.
+    assert len(chunks) >= 2
+    for timesteps, actions in chunks:
+        assert torch.allclose(actions[0], measured[timesteps[0]], atol=1e-3), (timesteps[0], actions[0])
+        assert actions.diff(dim=0).abs().max() <= MAX_DELTA + 1e-3
+
+
+def _record_async_traffic(client) -> tuple[dict[int, torch.Tensor], list[tuple[list[int], torch.Tensor]]]:
+    """What LeRobot's client sends (joint positions per observation time step) and receives (timed chunks)."""
+    measured: dict[int, torch.Tensor] = {}
+    chunks: list[tuple[list[int], torch.Tensor]] = []
+    send, aggregate = client.send_observation, client._aggregate_action_queues
+    joints = list(client.robot.action_features)
+
+    def send_observation(obs):
+        raw = obs.get_observation()
+        measured[obs.get_timestep()] = torch.tensor([float(raw[k]) for k in joints])
+        return send(obs)
+
+    def aggregate_action_queues(incoming, aggregate_fn=None):
+        chunks.append(([a.get_timestep() for a in incoming], torch.stack([a.get_action() for a in incoming])))
+        return aggregate(incoming, aggregate_fn)
+
+    client.send_observation, client._aggregate_action_queues = send_observation, aggregate_action_queues
+    return measured, chunks
 
 
 def _start_client(cfg, client_class, server: subprocess.Popen):

@@ -66,7 +66,7 @@ def test_async_chunks_are_limited_from_their_own_observation_not_the_previous_ch
     tap, step = _pair(max_delta=5.0, joint_min=[-100.0], joint_max=[100.0])
 
     def server_chunk(measured: float, targets: list[float]) -> list[float]:
-        step.reset()  # RoboAlignPolicyServer._predict_action_chunk, before LeRobot's preprocessor runs
+        step.start_chunk_at_observation()  # RoboAlignPolicyServer, before LeRobot's preprocessor runs
         _observe(tap, [[measured]])
         return [step.action(torch.tensor([[t]])).item() for t in targets]
 
@@ -74,6 +74,8 @@ def test_async_chunks_are_limited_from_their_own_observation_not_the_previous_ch
     chunk2 = server_chunk(40.0, [40.0] * 16)
     assert chunk1 == [5.0 * i for i in range(16)]
     assert chunk2 == [40.0] * 16  # was 70, 65, 60, ...: limited against chunk 1's end (step 15)
+    # A chunk that wants to go far starts at the measured position (its step t is the observation's) and ramps.
+    assert server_chunk(40.0, [-100.0] * 4) == [40.0, 35.0, 30.0, 25.0]
 
 
 # ---- item 4: limits are validated when the step is built; the output is always finite ----
