@@ -33,11 +33,14 @@ POLICY_TYPE = "roboalign"
 
 
 class RoboAlignPolicyServer(policy_server.PolicyServer):
-    """LeRobot's policy server; each chunk is rate-limited from the arm's measured position, not the previous chunk's end."""
+    """LeRobot's policy server; each chunk is rate-limited from the arm's measured position.
+
+    Not from the previous chunk's end, which is a future target when the next chunk starts.
+    """
 
     def _predict_action_chunk(self, observation_t):
-        # The preprocessor hands this observation's joint positions to the safety step, which then limits the
-        # chunk (actions for time steps t, t+1, ... of observation t) from there instead of from the last chunk.
+        # The preprocessor hands this observation's joint positions to the safety step, which then limits
+        # the chunk (actions for time steps t, t+1, ... of observation t) from there, not from the last chunk.
         for step in self.postprocessor.steps:
             if isinstance(step, RoboAlignActionSafetyStep):
                 step.start_chunk_at_observation()

@@ -151,10 +151,11 @@ def _motor_problems(name: str, entry: dict, bus) -> list[str]:
     resolution_max = resolution - 1
     if name in FULL_TURN_MOTORS[family] and (low, high) != (0, resolution_max):
         other = "an SO-100/SO-101" if family == "koch" else "a Koch"
+        joints = " and ".join(FULL_TURN_MOTORS[family])
         problems.append(
-            f"motor '{name}': lerobot-calibrate sets a {bus.__class__.__name__.removesuffix('MotorsBus')} arm's "
-            f"{' and '.join(FULL_TURN_MOTORS[family])} to the full turn [0, {resolution_max}], but this file has "
-            f"[{low}, {high}]. Is it {other} calibration? Pass the right --robot.type or re-run lerobot-calibrate."
+            f"motor '{name}': lerobot-calibrate sets {joints} to the full turn [0, {resolution_max}] on this "
+            f"arm, but this file has [{low}, {high}]. Is it {other} calibration? Pass the right --robot.type "
+            "or re-run lerobot-calibrate."
         )
     if entry["drive_mode"] not in (0, 1):
         problems.append(f"motor '{name}': drive_mode must be 0 or 1 (got {entry['drive_mode']}).")
@@ -224,7 +225,7 @@ def _tighter(old: list[float] | None, new: list[float], pick) -> list[float]:
 
 
 def _link_processors(checkpoint: Path, postprocessor: dict) -> None:
-    """Give a checkpoint saved before the measured-state step that step and a link shared with its policy config."""
+    """Upgrade a checkpoint saved before the measured-state step: add it, linked to safety step and policy."""
     config_path, pre_path = checkpoint / "config.json", checkpoint / PREPROCESSOR_FILE
     if not (config_path.is_file() and pre_path.is_file()):
         return
@@ -245,7 +246,7 @@ def _link_processors(checkpoint: Path, postprocessor: dict) -> None:
 def bind_to_checkpoint(
     checkpoint: Path, limits: tuple[list[float], list[float]], max_delta: float | None, replace: bool = False
 ) -> tuple[Path, list[float], list[float]]:
-    """Write the calibrated limits into the checkpoint's safety step (adding the step after unnormalisation if absent).
+    """Write the calibrated limits into the checkpoint's safety step (added after unnormalisation if absent).
 
     Per joint the tighter of the checkpoint's limits and the calibrated range is kept, unless ``replace``:
     on a Koch the calibrated range is exactly LeRobot's own clamp, so it alone would add nothing.
@@ -270,7 +271,8 @@ def bind_to_checkpoint(
         high = _tighter(step["config"].get("joint_max"), high, min)
     if any(lo > hi for lo, hi in zip(low, high, strict=True)):
         raise CalibrationError(
-            f"the checkpoint's joint limits and the calibrated ranges do not overlap (min {low}, max {high}): "
+            f"the checkpoint's joint limits and the calibrated ranges do not overlap (min {low}, "
+            f"max {high}): "
             "was the policy trained on another arm or with other units (--robot.use_degrees)? "
             "Pass --replace_limits=true to use the calibrated ranges alone."
         )

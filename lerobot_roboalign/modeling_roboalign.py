@@ -60,7 +60,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         )
         self._input_spec = InputSpec.from_config(config)
         self._configure_backbone_training()
-        # --policy.safety_* given for this run override the checkpoint's safety step (loaded after the policy).
+        # --policy.safety_* given for this run override the checkpoint's safety step (loaded after this).
         safety_context(config.safety_link).publish_overrides(safety_overrides(config))
         self.reset()
 
@@ -92,8 +92,10 @@ class RoboAlignPolicy(PreTrainedPolicy):
         return [p for p in self.parameters() if p.requires_grad]
 
     def reset(self) -> None:
-        """New episode: empty the action queue, and restart the safety step's rate limit from the measured joints
-        (``lerobot-eval`` resets only the policy, not its postprocessor)."""
+        """New episode: empty the action queue; the safety rate limit restarts from the measured joints.
+
+        ``lerobot-eval`` resets only the policy, not its postprocessor, hence the shared context.
+        """
         self._blender = ChunkBlender(self.config.chunk_blend_steps)
         safety_context(self.config.safety_link).new_episode()
 

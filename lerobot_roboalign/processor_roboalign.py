@@ -24,7 +24,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 from .configuration_roboalign import RoboAlignConfig
 from .safety import RoboAlignActionSafetyStep, RoboAlignMeasuredStateStep, validate_limits
 
-DEFAULT_SAFETY_MAX_DELTA = 5.0  # joint units per control step, when neither the config nor the checkpoint set one
+DEFAULT_SAFETY_MAX_DELTA = 5.0  # joint units per control step, when the config sets none at training
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def make_roboalign_pre_post_processors(
     PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
     PolicyProcessorPipeline[PolicyAction, PolicyAction],
 ]:
-    """Validate -> rename -> batch -> measured state -> device -> normalise; and unnormalise -> safety -> CPU."""
+    """Validate -> rename -> batch -> measured state -> device -> normalise; unnormalise -> safety -> CPU."""
     steps = make_default_policy_processor_steps(config, dataset_stats)
     input_steps = [
         steps.rename_observations,

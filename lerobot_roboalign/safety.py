@@ -110,7 +110,7 @@ class SafetyContext:
         self.overrides_version += 1
 
     def new_episode(self) -> None:
-        """The environment / arm was reset: forget the last observation; safety steps restart on their next action."""
+        """The env / arm was reset: forget the last observation; safety steps restart at their next action."""
         self.measured_state = None
         self.episode += 1
 
@@ -140,14 +140,15 @@ def _per_joint(value: float | list[float] | None, dim: int, name: str) -> torch.
 def validate_limits(
     max_delta: float | list[float] | None, joint_min: list[float] | None, joint_max: list[float] | None
 ) -> None:
-    """Refuse limits that would let a bad target through or force motion (NaN, inf, max_delta <= 0, min > max)."""
+    """Refuse limits that let a bad target through or force motion (NaN, inf, max_delta <= 0, min > max)."""
     if max_delta is not None:
         deltas = torch.as_tensor(max_delta, dtype=torch.float64).flatten()
         if not (torch.isfinite(deltas).all() and (deltas > 0).all()):
             raise ValueError(
                 f"RoboAlign safety: max_delta must be finite and > 0 for every joint (got {max_delta}); "
                 "it is the largest change of a target per control step, in joint units. "
-                "Set --policy.safety_max_delta to e.g. 5.0, or --policy.safety_enabled=false to disable the step."
+                "Set --policy.safety_max_delta to e.g. 5.0, or --policy.safety_enabled=false to disable "
+                "the step."
             )
     if (joint_min is None) != (joint_max is None):
         raise ValueError("RoboAlign safety: give both joint_min and joint_max, or neither.")
@@ -163,8 +164,9 @@ def validate_limits(
     if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
         raise ValueError(
             f"RoboAlign safety: joint limits must be finite (joint_min={joint_min}, joint_max={joint_max}). "
-            "NaN/inf limits come from broken dataset stats (recompute them) or a bad --policy.safety_joint_*; "
-            "or bind the calibrated ranges with `roboalign calibration check FILE --robot.type=... --checkpoint=...`."
+            "NaN/inf limits come from broken dataset stats (recompute them) or a bad "
+            "--policy.safety_joint_*; or bind the calibrated ranges with "
+            "`roboalign calibration check FILE --robot.type=... --checkpoint=...`."
         )
     if (low > high).any():
         raise ValueError(
@@ -185,7 +187,7 @@ def limits_from_stats(stats: dict[str, Any], margin: float) -> tuple[list[float]
 @ProcessorStepRegistry.register(name=MEASURED_STATE_STEP_NAME)
 @dataclass
 class RoboAlignMeasuredStateStep(ProcessorStep):
-    """Preprocessor step: hands the raw ``observation.state`` (joint positions, before normalisation) to the safety step.
+    """Preprocessor step: hands the raw ``observation.state`` (before normalisation) to the safety step.
 
     Without it the safety step cannot know where the arm is after a reset, so it could not
     rate-limit the first action of an episode nor a chunk computed from a new observation.
@@ -280,7 +282,7 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         }
 
     def _sync_overrides(self, context: SafetyContext) -> None:
-        """Apply the policy's ``--policy.safety_*`` settings over the saved ones, and say which limits are in force."""
+        """Apply the policy's ``--policy.safety_*`` over the saved settings; log which limits are in force."""
         if context.overrides_version == self._seen_overrides:
             return
         settings = {**self._saved, **context.overrides}
@@ -301,9 +303,12 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         self._pin_next = False
 
     def start_chunk_at_observation(self) -> None:
-        """The next actions are a chunk whose first one is for the observation's own time step (LeRobot's async
-        server labels it so; the client has executed that step already): pin it to the measured position, so the
-        chunk moves at most ``max_delta`` per step from where the arm was, in step with the chunk before."""
+        """The next actions are a chunk whose first one is for the observation's own time step.
+
+        LeRobot's async server labels it so, and the client has executed that step already: pin it to the
+        measured position, so the chunk moves at most ``max_delta`` per step from where the arm was, in step
+        with the chunk before.
+        """
         self.reset()
         self._pin_next = True
 
@@ -320,14 +325,14 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
             self.reset()
         if not self.enabled:
             return action
-        if action.ndim == 3:  # a whole chunk computed from the latest observation: start from where the arm is
+        if action.ndim == 3:  # a chunk computed from the latest observation: start from where the arm is
             if self._anchor(action[:, 0], context) is not None:
                 self.reset()
             safe = torch.stack([self._safe(a, context) for a in action.unbind(dim=1)], dim=1)
         else:
             safe = self._safe(action, context)
         if not torch.isfinite(safe).all():  # cannot happen with validated limits; never let it reach a motor
-            raise RuntimeError("RoboAlign safety: a non-finite target survived the safety step; refusing to send it.")
+            raise RuntimeError("RoboAlign safety: a non-finite target survived the safety step; not sent.")
         return safe
 
     def _anchor(self, like: torch.Tensor, context: SafetyContext) -> torch.Tensor | None:
@@ -340,9 +345,9 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
             if self.max_delta is not None and not self._warned_no_state:
                 self._warned_no_state = True
                 logger.warning(
-                    "RoboAlign safety: no measured joint position matching the action (%s), so the first action "
-                    "after a reset is clamped but not rate-limited.",
-                    "anchor_to_state=false" if not self.anchor_to_state else "no observation.state of that size",
+                    "RoboAlign safety: no measured joint position matching the action (%s), so the first "
+                    "action after a reset is clamped but not rate-limited.",
+                    "no observation.state of that size" if self.anchor_to_state else "anchor_to_state=false",
                 )
             return None
         anchor = state.reshape(-1, like.shape[-1]).to(like.device).expand_as(like).clone()
@@ -359,9 +364,9 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         if bad.any():
             if previous is None:
                 raise RuntimeError(
-                    "RoboAlign safety: the first action is not finite and the arm's position is unknown, so there "
-                    "is no safe target to hold; refusing to command the arm. Check the checkpoint and its "
-                    "normalisation stats."
+                    "RoboAlign safety: the first action is not finite and the arm's position is unknown, so "
+                    "there is no safe target to hold; refusing to command the arm. Check the checkpoint and "
+                    "its normalisation stats."
                 )
             logger.warning("RoboAlign safety: non-finite action replaced by the last safe target (holding).")
             safe[bad] = previous.expand_as(safe)[bad]
