@@ -133,7 +133,8 @@ def test_late_chunk_does_not_jump(roboalign_checkpoint, tmp_path, virtual_hw, mo
     checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
     follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
     # 10 s: at least 4 chunks even when a loaded CPU makes each inference take a second or more
-    _rollout("so101", checkpoint, tmp_path, follower, virtual_hw, "--return_to_initial_position=false", "--duration=10")
+    _rollout("so101", checkpoint, tmp_path, follower, virtual_hw, "--return_to_initial_position=false",
+             "--duration=10")  # fmt: skip
 
     assert len(calls) >= 4
     assert _max_step(follower.goal_log, list(virtual_hw.MOTOR_NAMES[:-1])) <= MAX_DELTA * TICK + 1
