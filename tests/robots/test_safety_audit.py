@@ -130,6 +130,11 @@ events = st.one_of(
     st.tuples(st.just("step"), st.lists(values, min_size=JOINTS, max_size=JOINTS)),
     st.tuples(st.just("chunk"), st.lists(st.lists(values, min_size=JOINTS, max_size=JOINTS), min_size=1, max_size=6)),
     st.tuples(st.just("observe"), st.lists(st.floats(-300, 300), min_size=JOINTS, max_size=JOINTS)),
+    st.tuples(  # the async server: a new observation, then the chunk's actions one by one
+        st.just("server"),
+        st.tuples(st.lists(st.floats(-300, 300), min_size=JOINTS, max_size=JOINTS),
+                  st.lists(st.lists(values, min_size=JOINTS, max_size=JOINTS), min_size=1, max_size=6)),
+    ),
 )
 
 
@@ -156,11 +161,22 @@ def test_every_emitted_action_is_finite_bounded_and_rate_limited(batch, start, s
             measured = torch.tensor([payload] * batch)
             _observe(tap, measured.tolist())
             continue
-        rows = [payload] if kind == "step" else payload
-        action = torch.tensor([rows] * batch)  # (B, T, A)
-        out = step.action(action[:, 0] if kind == "step" else action)
-        out = out.unsqueeze(1) if kind == "step" else out
-        reference = measured if previous is None or kind == "chunk" else previous
+        if kind == "server":
+            step.start_chunk_at_observation()
+            measured = torch.tensor([payload[0]] * batch)
+            _observe(tap, measured.tolist())
+            chunk = torch.tensor([payload[1]] * batch)
+            out = torch.stack([step.action(chunk[:, t]) for t in range(chunk.shape[1])], dim=1)
+            assert torch.equal(out[:, 0], measured)  # labelled with the observation's own step: where the arm is
+            previous = out[:, -1]
+            reference, out = out[:, 0], out[:, 1:]
+        else:
+            rows = [payload] if kind == "step" else payload
+            action = torch.tensor([rows] * batch)  # (B, T, A)
+            out = step.action(action[:, 0] if kind == "step" else action)
+            out = out.unsqueeze(1) if kind == "step" else out
+            reference = measured if previous is None or kind == "chunk" else previous
+            previous = out[:, -1]
         for t in range(out.shape[1]):
             emitted = out[:, t]
             assert torch.isfinite(emitted).all()
@@ -169,4 +185,3 @@ def test_every_emitted_action_is_finite_bounded_and_rate_limited(batch, start, s
             assert (_box_distance(emitted) <= (_box_distance(reference) - torch.tensor(MAX_DELTA)).clamp(min=0)
                     + 1e-3).all()  # fmt: skip
             reference = emitted
-        previous = out[:, -1]
