@@ -42,7 +42,7 @@ class BackbonePush:
     files: tuple[str, ...]
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
     if not _is_hub_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a Hub repository id. Fix: pass <user or org>/<name>, e.g. me/so101-aligned.")
 
@@ -59,7 +59,7 @@ def _shared_files(model_dir: Path) -> dict[str, int]:
 
 def plan_backbone_push(model_dir: str | Path, repo_id: str) -> BackbonePush:
     """Check that ``model_dir`` is a complete, loadable MLLM and list what would be uploaded."""
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} is not a directory. Fix: pass the aligned model, e.g. out/grpo/model.")

@@ -36,6 +36,7 @@ from lerobot_roboalign.align.common import (
 from lerobot_roboalign.align.data import AlignDataConfig, align_messages, load_samples
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
 from lerobot_roboalign.fast import FastTokenizer
+from lerobot_roboalign.hub import check_repo_id, push_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class AlignGRPOConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(freeze_vision=False))
     training: TrainingConfig = field(default_factory=grpo_training_defaults)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
 
 
 def load_aligned(
@@ -116,6 +118,8 @@ def train(cfg: AlignGRPOConfig) -> Path:
     """Run GRPO (resuming from the last complete checkpoint) and return the final model directory."""
     from trl import GRPOTrainer
 
+    if cfg.push_to_hub:
+        check_repo_id(cfg.push_to_hub)  # before hours of training, not after
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
     model, processor, vocabulary, fast = load_aligned(cfg.model, resume)
     samples = load_samples(cfg.dataset, fast)
@@ -131,7 +135,10 @@ def train(cfg: AlignGRPOConfig) -> Path:
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+    final = save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+    if cfg.push_to_hub and trainer.accelerator.is_main_process:
+        push_backbone(final, cfg.push_to_hub)
+    return final
 
 
 def score_model(
