@@ -44,7 +44,9 @@ class BackbonePush:
 
 def check_repo_id(repo_id: str) -> None:
     if not _is_hub_id(repo_id):
-        raise ValueError(f"{repo_id!r} is not a Hub repository id. Fix: pass <user or org>/<name>, e.g. me/so101-aligned.")
+        raise ValueError(
+            f"{repo_id!r} is not a Hub repository id. Fix: pass <user or org>/<name>, e.g. me/so101-aligned."
+        )
 
 
 def _shared_files(model_dir: Path) -> dict[str, int]:

@@ -12,13 +12,21 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from lerobot_roboalign.runner import TINY_POLICY_ARGS, lerobot_command, run_lerobot
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples" / "accelerate").glob("*.yaml"))
-TWO_CPU_PROCESSES = ["launch", "--cpu", "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
+# `accelerate launch --cpu --num_processes=2` starts ONE process (its simple launcher ignores the count without
+# mpirun). Two gloo ranks on CPU: torchrun through --multi_gpu, with Accelerator told to use the CPU.
+TWO_CPU_PROCESSES = ["launch", "--multi_gpu", "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
                      "--dynamo_backend=no"]
+
+
+@pytest.fixture
+def cpu_ranks(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # inherited by the launched processes
 
 
 @pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.stem)
 def test_accelerate_reads_the_example_configs(config):
-    parsed = launch_command_parser().parse_args(["--config_file", str(config), "-m", "lerobot_roboalign.cli", "align", "sft"])
+    command = ["--config_file", str(config), "-m", "lerobot_roboalign.cli", "align", "sft"]
+    parsed = launch_command_parser().parse_args(command)
     args, _, _ = _validate_launch_command(parsed)
     assert args.num_processes == 8 and args.mixed_precision == "bf16"
     assert args.use_deepspeed or args.use_fsdp
@@ -29,7 +37,7 @@ def test_accelerate_reads_the_example_configs(config):
 
 @pytest.mark.slow
 def test_lerobot_train_on_two_processes_writes_a_checkpoint_that_reloads(
-    tiny_qwen25_backbone, synthetic_dataset, tmp_path
+    cpu_ranks, tiny_qwen25_backbone, synthetic_dataset, tmp_path
 ):
     from lerobot.common.train_utils import load_training_num_processes
     from lerobot.configs import PreTrainedConfig
@@ -59,7 +67,9 @@ def test_lerobot_train_on_two_processes_writes_a_checkpoint_that_reloads(
 
 
 @pytest.mark.slow
-def test_align_sft_on_two_processes_writes_a_model_that_reloads(tiny_qwen25_backbone, synthetic_dataset_factory, tmp_path):
+def test_align_sft_on_two_processes_writes_a_model_that_reloads(
+    cpu_ranks, tiny_qwen25_backbone, synthetic_dataset_factory, tmp_path
+):
     from lerobot_roboalign.align.common import ModelConfig
     from lerobot_roboalign.align.grpo import load_aligned
 

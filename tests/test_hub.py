@@ -53,7 +53,11 @@ def test_plan_uploads_the_loadable_model_with_its_action_vocabulary_and_nothing_
 
 @pytest.mark.parametrize(
     ("remove", "message"),
-    [("model.safetensors", "no the weights"), ("config.json", "no the model config"), ("processor_config.json", "processor")],
+    [
+        ("model.safetensors", "no the weights"),
+        ("config.json", "no the model config"),
+        ("processor_config.json", "no the processor config"),
+    ],
 )
 def test_an_incomplete_model_is_refused_naming_what_is_missing(aligned_dir, remove, message):
     (aligned_dir / remove).unlink()
