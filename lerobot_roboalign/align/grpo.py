@@ -22,6 +22,7 @@ from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
 from lerobot_roboalign.align.common import (
+    FINAL_SUBDIR,
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
@@ -135,9 +136,12 @@ def train(cfg: AlignGRPOConfig) -> Path:
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    final = save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
-    if cfg.push_to_hub and trainer.accelerator.is_main_process:
-        push_backbone(final, cfg.push_to_hub)
+    final = cfg.training.output_dir / FINAL_SUBDIR
+    if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
+        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+        if cfg.push_to_hub:
+            push_backbone(final, cfg.push_to_hub)
+    trainer.accelerator.wait_for_everyone()
     return final
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
 from lerobot_roboalign.align.common import (
+    FINAL_SUBDIR,
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
@@ -161,9 +162,12 @@ def train(cfg: AlignSFTConfig) -> Path:
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    final = save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
-    if cfg.push_to_hub and trainer.accelerator.is_main_process:
-        push_backbone(final, cfg.push_to_hub)
+    final = cfg.training.output_dir / FINAL_SUBDIR
+    if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
+        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+        if cfg.push_to_hub:
+            push_backbone(final, cfg.push_to_hub)
+    trainer.accelerator.wait_for_everyone()
     return final
 
 
