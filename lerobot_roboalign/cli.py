@@ -9,6 +9,8 @@ stage's draccus config, so every field is set as ``--section.field=value``.
 import importlib
 import sys
 
+HELP_FLAGS = ("-h", "--help", "help")
+
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("make-tiny-backbone",): ("lerobot_roboalign.tiny_backbone", "Write a tiny random VLM checkpoint (Qwen2.5-VL, Qwen3-VL, SmolVLM) for offline tests."),
     ("tokenizer", "fit"): ("lerobot_roboalign.fast_cli", "Fit a FAST action tokenizer on LeRobotDatasets."),
@@ -16,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("align", "reason"): ("lerobot_roboalign.align.reason", "Generate zero-shot reasoning texts for alignment samples."),
     ("align", "sft"): ("lerobot_roboalign.align.sft", "Supervised fine-tuning on <think>..</think><answer>FAST tokens</answer>."),
     ("align", "grpo"): ("lerobot_roboalign.align.grpo", "GRPO with the action-token prefix reward (TRL GRPOTrainer)."),
+    ("align", "push"): ("lerobot_roboalign.hub", "Push an aligned MLLM to its own Hub repository, so policies on it can be shared."),
     ("align", "generate"): ("lerobot_roboalign.align.generate", "Print the reasoning and decoded action chunk of an aligned MLLM."),
     ("calibration", "check"): ("lerobot_roboalign.calibration", "Validate (and optionally install) a LeRobot calibration file."),
     ("calvin", "eval"): ("lerobot_roboalign.calvin.evaluate", "Run the CALVIN ABC->D protocol (1000 chains of 5 instructions)."),
@@ -24,11 +27,18 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: roboalign <command> [--field=value ...]", "", "commands:"]
+def _usage(group: tuple[str, ...] = ()) -> str:
+    """The command list, or only the commands of ``group`` (e.g. ``tokenizer``)."""
+    name = " ".join(("roboalign", *group))
+    lines = [f"usage: {name} <command> [--field=value ...]", "", "commands:"]
     for words, (_, help_text) in COMMANDS.items():
-        lines.append(f"  {' '.join(words):<22} {help_text}")
+        if words[: len(group)] == group:
+            lines.append(f"  {' '.join(words):<22} {help_text}")
     return "\n".join(lines)
+
+
+def _is_group(words: tuple[str, ...]) -> bool:
+    return any(len(command) > len(words) and command[: len(words)] == words for command in COMMANDS)
 
 
 def _resolve(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
@@ -36,13 +46,20 @@ def _resolve(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
         words = tuple(argv[:length])
         if words in COMMANDS:
             return words, argv[length:]
-    raise SystemExit(f"roboalign: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}")
+    group = tuple(argv[:1])
+    if _is_group(group):
+        what = f"unknown {group[0]} command {argv[1]!r}" if len(argv) > 1 else f"{group[0]!r} needs a command"
+        raise SystemExit(f"roboalign: {what}\n\n{_usage(group)}")
+    raise SystemExit(f"roboalign: unknown command {argv[0]!r}\n\n{_usage()}")
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in HELP_FLAGS:
         print(_usage())
+        return
+    if _is_group(tuple(argv[:1])) and argv[1:2] and argv[1] in HELP_FLAGS:
+        print(_usage(tuple(argv[:1])))  # like `git remote --help`: a group's help lists its commands
         return
     words, rest = _resolve(argv)
     module = importlib.import_module(COMMANDS[words][0])

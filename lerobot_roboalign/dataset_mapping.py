@@ -6,9 +6,12 @@ names and the action dimension. A mismatch would otherwise surface as a ``KeyErr
 the first forward pass, or, worse, as a head that silently trains on the wrong action size.
 """
 
+import json
+from pathlib import Path
 from typing import Any
 
-from lerobot.configs import FeatureType, PolicyFeature
+import yaml
+from lerobot.configs import FeatureType, PolicyFeature, parser
 from lerobot.utils.constants import ACTION, OBS_STATE
 from lerobot.utils.feature_utils import dataset_to_policy_features
 
@@ -99,3 +102,18 @@ def check_dataset_features(
         "the action head is sized for another robot: train a new head on this dataset (no "
         "--policy.path), or use a dataset with the same action space",
     )
+
+
+def cli_rename_map(args: list[str] | None = None) -> dict[str, str]:
+    """The ``--rename_map`` of the running LeRobot command (``{}`` if none).
+
+    lerobot-train hands the rename map to the processors but not to the policy, so it is re-read from the
+    command line (or the ``--config_path`` train config), as LeRobot itself re-reads ``--policy.path``.
+    """
+    raw = parser.parse_arg("rename_map", args)
+    if raw is not None:
+        return yaml.safe_load(raw) or {}  # the flow-style/JSON dict draccus accepts
+    config_path = parser.parse_arg("config_path", args)
+    if config_path and Path(config_path).is_file() and Path(config_path).suffix == ".json":
+        return json.loads(Path(config_path).read_text()).get("rename_map") or {}
+    return {}

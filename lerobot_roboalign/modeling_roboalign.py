@@ -19,6 +19,8 @@ from torch import Tensor
 from .action_head import ActionHeadSpec, FlowMatchingActionHead
 from .backbone import VLMBackbone, resolve_dtype
 from .configuration_roboalign import RoboAlignConfig
+from .dataset_mapping import check_dataset_features, cli_rename_map
+from .hub import backbone_reference, peft_base_reference, shared_backbone_name
 from .processor_roboalign import InputSpec, safety_overrides, validate_batch
 from .safety import ChunkBlender, safety_context
 
@@ -33,6 +35,10 @@ class RoboAlignPolicy(PreTrainedPolicy):
     def __init__(self, config: RoboAlignConfig, **kwargs):
         super().__init__(config)
         config.validate_features()
+        if kwargs.get("dataset_meta") is not None:  # lerobot-train: refuse now what would fail later
+            check_dataset_features(config, kwargs["dataset_meta"].features, cli_rename_map())
+            if config.push_to_hub:
+                backbone_reference(config.vlm_model_name)
         self.backbone = VLMBackbone(
             config.vlm_model_name,
             layer=config.vlm_layer,
@@ -88,6 +94,36 @@ class RoboAlignPolicy(PreTrainedPolicy):
             self.backbone.eval()  # no dropout drift in features the head was trained on
         return self
 
+    def _backbone_trains(self) -> bool:
+        """True in lora/full mode and when LeRobot's ``--peft`` put adapters into a frozen backbone."""
+        return any(p.requires_grad for p in self.backbone.parameters())
+
+    # ---- LeRobot's --peft (fine-tuning a trained policy) ----------------------------
+    def _get_default_peft_targets(self) -> dict:
+        """Adapters on the language model's attention projections; the action head (with its state/action
+        projections, the policy's own layers) is trained in full."""
+        projections = "|".join(self.config.lora_target_modules)
+        return {
+            "target_modules": rf"backbone\.vlm\.(language_model|text_model)\..*\.({projections})",
+            "modules_to_save": ["head"],
+        }
+
+    def _validate_peft_config(self, peft_config) -> None:
+        super()._validate_peft_config(peft_config)
+        if self.config.backbone_mode == "lora":
+            raise ValueError(
+                "This checkpoint was trained with --policy.backbone_mode=lora: its backbone already has LoRA "
+                "adapters. Fix: fine-tune it without --peft (--policy.path alone keeps training its adapters and "
+                "head), or use --peft on a checkpoint trained with backbone_mode=frozen or full."
+            )
+        if self.config.push_to_hub:
+            peft_base_reference(self.config.pretrained_path)
+
+    def push_model_to_hub(self, cfg, *args, **kwargs):
+        """Push with the backbone named by its Hub repository, or refuse if it exists only on this machine."""
+        with shared_backbone_name(self.config):
+            return super().push_model_to_hub(cfg, *args, **kwargs)
+
     def get_optim_params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -104,7 +140,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         images = [batch[key] for key in self.config.image_features]
         tasks = batch["task"]
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        with torch.set_grad_enabled(self.training and self.config.backbone_mode != "frozen"):
+        with torch.set_grad_enabled(self.training and self._backbone_trains()):
             features, mask = self.backbone(images, tasks)
         return features.float(), mask
 

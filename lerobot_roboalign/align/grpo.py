@@ -22,6 +22,7 @@ from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
 from lerobot_roboalign.align.common import (
+    FINAL_SUBDIR,
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
@@ -36,6 +37,7 @@ from lerobot_roboalign.align.common import (
 from lerobot_roboalign.align.data import AlignDataConfig, align_messages, load_samples
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
 from lerobot_roboalign.fast import FastTokenizer
+from lerobot_roboalign.hub import check_repo_id, push_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class AlignGRPOConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(freeze_vision=False))
     training: TrainingConfig = field(default_factory=grpo_training_defaults)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
 
 
 def load_aligned(
@@ -116,6 +119,8 @@ def train(cfg: AlignGRPOConfig) -> Path:
     """Run GRPO (resuming from the last complete checkpoint) and return the final model directory."""
     from trl import GRPOTrainer
 
+    if cfg.push_to_hub:
+        check_repo_id(cfg.push_to_hub)  # before hours of training, not after
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
     model, processor, vocabulary, fast = load_aligned(cfg.model, resume)
     samples = load_samples(cfg.dataset, fast)
@@ -131,7 +136,13 @@ def train(cfg: AlignGRPOConfig) -> Path:
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+    final = cfg.training.output_dir / FINAL_SUBDIR
+    if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
+        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+        if cfg.push_to_hub:
+            push_backbone(final, cfg.push_to_hub)
+    trainer.accelerator.wait_for_everyone()
+    return final
 
 
 def score_model(

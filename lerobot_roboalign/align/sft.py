@@ -23,6 +23,7 @@ from PIL import Image
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
 from lerobot_roboalign.align.common import (
+    FINAL_SUBDIR,
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
@@ -42,6 +43,7 @@ from lerobot_roboalign.align.data import (
 )
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
 from lerobot_roboalign.fast import FastTokenizer
+from lerobot_roboalign.hub import check_repo_id, push_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class AlignSFTConfig:
     reasoning: Path | None = None  # JSONL from `roboalign align reason`; None = scripted motion descriptions
     fast_vocab_size: int = 2048  # when a FAST tokenizer is fitted here (the paper's FAST+ vocabulary size)
     max_length: int | None = 2048
+    push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
 
 
 def attach_action_vocabulary(model, processor, fast: FastTokenizer, path: str) -> ActionVocabulary:
@@ -142,6 +145,8 @@ def train(cfg: AlignSFTConfig) -> Path:
     """Run SFT (resuming from the last complete checkpoint) and return the final model directory."""
     from trl import SFTConfig, SFTTrainer
 
+    if cfg.push_to_hub:
+        check_repo_id(cfg.push_to_hub)  # before hours of training, not after
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
     model, processor = load_model_and_processor(cfg.model, resume)
     samples, fast = samples_with_tokens(cfg, resume or cfg.model.path)
@@ -157,7 +162,13 @@ def train(cfg: AlignSFTConfig) -> Path:
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+    final = cfg.training.output_dir / FINAL_SUBDIR
+    if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
+        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+        if cfg.push_to_hub:
+            push_backbone(final, cfg.push_to_hub)
+    trainer.accelerator.wait_for_everyone()
+    return final
 
 
 def main(argv: list[str] | None = None) -> Path:

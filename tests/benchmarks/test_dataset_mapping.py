@@ -77,3 +77,30 @@ def test_fresh_policy_needs_a_camera_and_an_action():
         check_dataset_features(fresh, {"observation.state": vector(8), "action": vector(7)}, {})
     with pytest.raises(ValueError, match="no 'action' feature"):
         check_dataset_features(fresh, {"observation.images.rgb_static": video()}, {})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ['--rename_map={"observation.images.rgb_static": "observation.images.image"}'],
+        ["--rename_map", "{observation.images.rgb_static: observation.images.image}"],
+    ],
+)
+def test_the_policy_reads_lerobot_trains_rename_map_from_the_command_line(args):
+    from lerobot_roboalign.dataset_mapping import cli_rename_map
+
+    assert cli_rename_map(["--policy.path=ckpt", *args, "--steps=2"]) == {
+        "observation.images.rgb_static": "observation.images.image"
+    }
+    assert cli_rename_map(["--policy.path=ckpt"]) == {}
+
+
+def test_the_rename_map_of_a_config_path_train_config_is_used(tmp_path):
+    import json
+
+    from lerobot_roboalign.dataset_mapping import cli_rename_map
+
+    config = tmp_path / "train_config.json"
+    config.write_text(json.dumps({"rename_map": CALVIN_TO_LIBERO, "steps": 2}))
+    assert cli_rename_map([f"--config_path={config}"]) == CALVIN_TO_LIBERO
+    assert cli_rename_map([f"--config_path={config}", "--rename_map={}"]) == {}  # the command line wins

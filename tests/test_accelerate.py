@@ -1,0 +1,90 @@
+"""Distributed training as users launch it: accelerate reads the example configs, and 2 CPU processes (gloo)
+train the VLA with lerobot-train and align the MLLM with `roboalign align sft` (TRL), each leaving a
+checkpoint that reloads."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+from lerobot_roboalign.runner import TINY_POLICY_ARGS, lerobot_command, run_lerobot
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples" / "accelerate").glob("*.yaml"))
+# `accelerate launch --cpu --num_processes=2` starts ONE process (its simple launcher ignores the count without
+# mpirun). Two gloo ranks on CPU: torchrun through --multi_gpu, with Accelerator told to use the CPU.
+TWO_CPU_PROCESSES = ["launch", "--multi_gpu", "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
+                     "--dynamo_backend=no"]
+
+
+@pytest.fixture
+def cpu_ranks(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # inherited by the launched processes
+
+
+@pytest.mark.parametrize("config", EXAMPLES, ids=lambda p: p.stem)
+def test_accelerate_reads_the_example_configs(config):
+    command = ["--config_file", str(config), "-m", "lerobot_roboalign.cli", "align", "sft"]
+    parsed = launch_command_parser().parse_args(command)
+    args, _, _ = _validate_launch_command(parsed)
+    assert args.num_processes == 8 and args.mixed_precision == "bf16"
+    assert args.use_deepspeed or args.use_fsdp
+    if args.use_deepspeed:
+        assert args.zero_stage == int(config.stem[-1])  # deepspeed_zero2 / deepspeed_zero3
+    assert args.training_script == "lerobot_roboalign.cli" and args.training_script_args == ["align", "sft"]
+
+
+@pytest.mark.slow
+def test_lerobot_train_on_two_processes_writes_a_checkpoint_that_reloads(
+    cpu_ranks, tiny_qwen25_backbone, synthetic_dataset, tmp_path
+):
+    from lerobot.common.train_utils import load_training_num_processes
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.datasets import LeRobotDataset
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+
+    root, repo_id = synthetic_dataset
+    output = tmp_path / "vla"
+    log = run_lerobot("accelerate", [
+        *TWO_CPU_PROCESSES, lerobot_command("lerobot-train"),
+        f"--dataset.repo_id={repo_id}", f"--dataset.root={root}", "--policy.type=roboalign",
+        f"--policy.vlm_model_name={tiny_qwen25_backbone}", *TINY_POLICY_ARGS, "--steps=2", "--batch_size=2",
+        "--save_freq=2", "--log_freq=1", "--num_workers=0", f"--output_dir={output}", "--wandb.enable=false",
+    ], timeout=600)
+    assert "Effective batch size: 2 x 2 = 4" in log
+    assert load_training_num_processes(output / "checkpoints" / "last") == 2
+    checkpoint = output / "checkpoints" / "last" / "pretrained_model"
+    config = PreTrainedConfig.from_pretrained(checkpoint)
+    config.pretrained_path = checkpoint
+    dataset = LeRobotDataset(repo_id, root=root)
+    policy = make_policy(config, ds_meta=dataset.meta)
+    preprocessor, postprocessor = make_pre_post_processors(config, pretrained_path=checkpoint)
+    frame = dataset[0]
+    obs = {k: v for k, v in frame.items() if k.startswith("observation.")} | {"task": frame["task"]}
+    action = postprocessor(policy.select_action(preprocessor(obs)))
+    assert action.shape == (1, 6) and torch.isfinite(action).all()
+
+
+@pytest.mark.slow
+def test_align_sft_on_two_processes_writes_a_model_that_reloads(
+    cpu_ranks, tiny_qwen25_backbone, synthetic_dataset_factory, tmp_path
+):
+    from lerobot_roboalign.align.common import ModelConfig
+    from lerobot_roboalign.align.grpo import load_aligned
+
+    root, repo_id = synthetic_dataset_factory(action_dim=2, state_dim=2, num_episodes=2, episode_length=12)
+    output = tmp_path / "sft"
+    run_lerobot("accelerate", [
+        *TWO_CPU_PROCESSES, "-m", "lerobot_roboalign.cli", "align", "sft",
+        f"--model.path={tiny_qwen25_backbone}", f"--dataset.repo_ids=[{repo_id}]", f"--dataset.roots=[{root}]",
+        "--dataset.cameras=[front]", "--dataset.chunk_size=2", "--dataset.num_samples=4", "--fast_vocab_size=32",
+        f"--training.output_dir={output}", "--training.max_steps=2", "--training.per_device_train_batch_size=1",
+        "--training.save_steps=2", "--training.logging_steps=1",
+    ], timeout=600)
+    state = json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["epoch"] == 1.0  # 2 steps x 2 processes x 1 sample = all 4 samples: both ranks trained
+    assert (output / "checkpoint-2" / "action_vocab.json").is_file()
+    assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # one writer, no staging left
+    model, _, vocabulary, _ = load_aligned(ModelConfig(path=str(output / "model")))
+    assert model.get_input_embeddings().num_embeddings > max(vocabulary.action_ids)
