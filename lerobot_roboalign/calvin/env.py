@@ -92,6 +92,7 @@ class CalvinChainEnv:
 
     def close(self) -> None:
         self.env.close()
+        self.env.cid = -1  # calvin_env's __del__ closes again: make that a no-op
 
 
 class CalvinSubtaskGymEnv(gym.Env):
