@@ -13,9 +13,13 @@ export TOKENIZERS_PARALLELISM := false
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup sysdeps demo test test-fast bench constraints
+# CALVIN's simulator source (calvin_env-*.tar.gz, not on PyPI): installed when this folder holds it.
+CALVIN_SRC ?= ../shared/calvin
+export CALVIN_SRC
 
-setup: sysdeps $(STAMP)
+.PHONY: setup sysdeps calvin demo test test-fast bench constraints
+
+setup: sysdeps $(STAMP) calvin
 
 # Headless rendering for MuJoCo (EGL/OSMesa) and FFmpeg for LeRobot's video decoder (torchcodec);
 # installed only when missing and we are root.
@@ -32,6 +36,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,sim,libero]"
 	$(BIN)/python -m lerobot_roboalign.libero_setup
 	touch $@
+
+# calvin_env unpacked into .venv/src (ignored) and installed editable, so that its REPO_BASE
+# (parents[2] of its modules) finds conf/ and data/; its deps come pinned from the `calvin` extra.
+# Skipped (the real-simulator tests then skip) without the tarball; a no-op once installed.
+calvin: $(STAMP)
+	@tarball=$$(ls $(CALVIN_SRC)/calvin_env-*.tar.gz 2>/dev/null | head -n 1); \
+	if [ -z "$$tarball" ]; then echo "note: no calvin_env-*.tar.gz in $(CALVIN_SRC): CALVIN simulator tests will skip"; \
+	elif [ ! -f $(VENV)/src/calvin_env/.installed-$$(basename $$tarball) ]; then \
+	  rm -rf $(VENV)/src/calvin_env && mkdir -p $(VENV)/src && tar xzf $$tarball -C $(VENV)/src && \
+	  $(BIN)/pip install -q -c constraints.txt -e ".[dev,sim,libero,calvin]" && \
+	  $(BIN)/pip install -q --no-deps -e $(VENV)/src/calvin_env && \
+	  touch $(VENV)/src/calvin_env/.installed-$$(basename $$tarball); fi
 
 demo: setup
 	$(BIN)/roboalign demo $(ARGS)

@@ -1,7 +1,7 @@
 """``roboalign calvin eval``: the official CALVIN ABC->D evaluation of a LeRobot policy checkpoint.
 
     roboalign calvin eval --policy_path=outputs/calvin/checkpoints/last/pretrained_model \\
-        --dataset_path=~/calvin/dataset/task_ABC_D --rename_map_file=examples/calvin/rename_map.json
+        --rename_map_file=examples/calvin/rename_map.json
 
 1000 chains of 5 instructions (``protocol.sample_chains``), at most 360 steps per instruction,
 early stop on failure. Each finished chain is appended to ``chains.jsonl`` in the output folder,
@@ -22,6 +22,7 @@ import torch
 
 from .env import CalvinChainEnv, CalvinEnv
 from .protocol import ChainResult, State, evaluate_chains, sample_chains, summarize, write_results
+from .scene import require_calvin
 
 # Average completed length reported by the paper (Table: CALVIN ABC->D).
 PAPER_AVERAGE_LENGTH = {
@@ -39,8 +40,11 @@ logger = logging.getLogger(__name__)
 class CalvinEvalConfig:
     # A LeRobot checkpoint folder (a `pretrained_model` directory written by lerobot-train).
     policy_path: str = ""
-    # CALVIN's task_ABC_D download; evaluation runs in scene D from its validation/ config.
-    dataset_path: str = "calvin/dataset/task_ABC_D"
+    # Empty: scene D from calvin_env's own configs. Or CALVIN's task_ABC_D download, to build scene D
+    # from its validation/.hydra/merged_config.yaml as the official evaluation does.
+    dataset_path: str | None = None
+    # "egl" (how CALVIN's dataset was rendered) or "tiny" (pybullet's CPU TinyRenderer).
+    renderer: str = "egl"
     num_chains: int = 1000
     max_steps_per_subtask: int = 360
     output_dir: str = "outputs/calvin_eval"
@@ -62,7 +66,11 @@ class LeRobotChainPolicy:
         self.policy, self.preprocessor, self.postprocessor = policy, preprocessor, postprocessor
 
     def reset(self) -> None:
+        """Called at every instruction, as the official evaluation resets its model per subtask:
+        queued actions and any state in the processors (e.g. the safety step's last action) go."""
         self.policy.reset()
+        self.preprocessor.reset()
+        self.postprocessor.reset()
 
     def __call__(self, observation: dict[str, Any], instruction: str) -> np.ndarray:
         from lerobot.envs.utils import preprocess_observation
@@ -157,13 +165,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(
             "roboalign calvin eval: pass --policy_path=<lerobot-train checkpoint/pretrained_model>."
         )
+    require_calvin()  # before the (slow) checkpoint load
     env_cfg = CalvinEnv(
         dataset_path=cfg.dataset_path,
         num_chains=cfg.num_chains,
         max_steps_per_subtask=cfg.max_steps_per_subtask,
+        renderer=cfg.renderer,
     )
-    env = CalvinChainEnv(cfg.dataset_path)
-    summary = run_evaluation(env, load_policy(cfg, env_cfg), cfg)
+    policy = load_policy(cfg, env_cfg)
+    env = CalvinChainEnv(cfg.dataset_path, use_egl=env_cfg.renderer == "egl")
+    try:
+        summary = run_evaluation(env, policy, cfg)
+    finally:
+        env.close()
     print((Path(cfg.output_dir) / "results.md").read_text())
     return summary
 

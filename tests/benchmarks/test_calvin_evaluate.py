@@ -100,7 +100,7 @@ def test_wrong_mapping_is_caught_before_the_evaluation(calvin_checkpoint, tmp_pa
     importlib.util.find_spec("calvin_env") is not None, reason="CALVIN's simulator is installed"
 )
 def test_missing_simulator_names_the_install_fix(calvin_checkpoint, tmp_path):
-    with pytest.raises(ImportError, match="pip install -e calvin_env"):
+    with pytest.raises(ImportError, match="calvin_env"):
         main([f"--policy_path={calvin_checkpoint}", f"--output_dir={tmp_path}"])
 
 
