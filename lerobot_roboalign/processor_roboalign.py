@@ -22,6 +22,7 @@ from lerobot.processor import (
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from .configuration_roboalign import RoboAlignConfig
+from .observations import RoboAlignObservationCheckStep
 from .safety import RoboAlignActionSafetyStep
 
 
@@ -126,11 +127,13 @@ def make_roboalign_pre_post_processors(
     PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
     PolicyProcessorPipeline[PolicyAction, PolicyAction],
 ]:
-    """Validate -> rename -> batch -> device -> normalise; and unnormalise -> safety -> CPU."""
+    """Rename -> batch -> check/convert images and tasks -> validate -> device -> normalise; and
+    unnormalise -> safety -> CPU."""
     steps = make_default_policy_processor_steps(config, dataset_stats)
     input_steps = [
         steps.rename_observations,
         steps.add_batch_dim,
+        RoboAlignObservationCheckStep(cameras=list(config.image_features)),
         RoboAlignValidateBatchStep.from_policy_config(config),
         steps.to_device,
         steps.normalize,
