@@ -140,7 +140,10 @@ def measure(stamps: list[float], sent: list[list[float]], boundaries: list[int])
     """Periods and smoothness after the first chunk (cold caches, RTC's empty start)."""
     start = (boundaries[0] if boundaries else 0) + 1
     periods = np.diff(stamps[start:]) * 1e3
-    steps = np.abs(np.diff(np.asarray(sent, dtype=float), axis=0)).max(axis=1)  # step k: sent[k+1] - sent[k]
+    if len(periods) < 2:  # the loop sent (almost) nothing after its first chunk: report it, do not crash
+        periods = np.array([np.nan, np.nan])
+    actions = np.asarray(sent, dtype=float) if sent else np.zeros((0, 1))
+    steps = np.abs(np.diff(actions, axis=0)).max(axis=1, initial=0)  # step k: sent[k + 1] - sent[k]
     at_boundary = sorted({k - 1 for k in boundaries if start <= k - 1 < len(steps)})
     inside = np.delete(steps[start:], [j - start for j in at_boundary])
     p99_inside = float(np.percentile(inside, 99)) if inside.size else 0.0
@@ -148,10 +151,10 @@ def measure(stamps: list[float], sent: list[list[float]], boundaries: list[int])
     return {
         "steps": len(stamps),
         "chunks": len(boundaries),
-        "achieved_hz": float(1e3 / periods.mean()),
+        "achieved_hz": float(1e3 / np.nanmean(periods)) if not np.isnan(periods).all() else 0.0,
         "period_p50_ms": float(np.percentile(periods, 50)),
         "period_p99_ms": float(np.percentile(periods, 99)),
-        "period_max_ms": float(periods.max()),
+        "period_max_ms": float(np.nanmax(periods)) if not np.isnan(periods).all() else float("nan"),
         "boundary_max_step": worst,
         "inside_p99_step": p99_inside,
         "boundary_ratio": worst / p99_inside if p99_inside > 0 else float("nan"),
