@@ -1,21 +1,25 @@
-"""Control-loop timing of ``lerobot-rollout`` driving a virtual SO-101 with a tiny RoboAlign checkpoint.
+"""Control loop of ``lerobot-rollout`` on a virtual SO-101 at 30 fps: sync vs Real-Time Chunking.
 
 LeRobot's rollout, robot, Feetech bus and SDK run unchanged over a virtual serial port
 (tests/robots/roboalign_virtual_hw.py), so the numbers are the loop's own cost plus inference
-on this machine. Reports achieved rate, period jitter (p50/p99), and the share of steps that
-waited for inference (the steps where the policy ran a new chunk), side by side with the
-same loop driven without a model (the peer: bus + cameras + LeRobot overhead only).
+on this machine. One run, side by side: a no-model loop, RoboAlign sync and RTC, and LeRobot's
+SmolVLA sync and RTC as the peer (tiny backbones of the same size: 128-wide, 4-layer text
+models, each cut at layer 2; chunks of 16), each also with an added inference delay per chunk
+(100 ms, 250 ms: a 7B backbone on a consumer GPU). Reported per loop: achieved rate,
+p50/p99/max control period, and the boundary smoothness ratio (largest action change at a
+chunk boundary over the p99 change inside chunks, max over joints, in joint units as sent).
 
-    python benchmarks/bench_control_loop.py [--checkpoint=PATH] [--seconds=20]
+    python benchmarks/bench_control_loop.py [--checkpoint=PATH] [--smolvla-checkpoint=PATH] [--seconds=15]
 
-Without --checkpoint, a tiny checkpoint is trained first with lerobot-train (a few minutes).
-Writes benchmarks/results/control_loop.{json,md,png}.
+Without checkpoints, tiny ones are trained first with lerobot-train (a few minutes). The full run
+(13 loops) takes about 13 x (seconds + 15 s of start-up). Writes benchmarks/results/control_loop.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -28,53 +32,98 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "robots"))
 RESULTS = ROOT / "benchmarks" / "results"
 FPS = 30
+DELAYS_S = (0.0, 0.1, 0.25)
+LOOPS = [("no_model", "sync")] + [(p, m) for p in ("roboalign", "smolvla") for m in ("sync", "rtc")]
 
 
-def tiny_checkpoint(work: Path) -> Path:
-    """Train a tiny RoboAlign checkpoint the way the tests do (synthetic data, tiny Qwen2.5-VL)."""
+def tiny_checkpoints(work: Path, need_roboalign: bool, need_smolvla: bool) -> tuple[Path, Path]:
+    """Train tiny RoboAlign (Qwen2.5-VL) and SmolVLA (SmolVLM) checkpoints on the same synthetic data."""
     from lerobot_roboalign.runner import run_lerobot, train_args
     from lerobot_roboalign.synthetic import write_synthetic_dataset
     from lerobot_roboalign.tiny_backbone import make_tiny_backbone
 
     dataset = write_synthetic_dataset(work / "dataset")
-    backbone = make_tiny_backbone(work / "backbone", "qwen2_5_vl")
-    run_lerobot("lerobot-train", train_args(work / "dataset", dataset.repo_id, backbone, work / "train", 2))
-    return work / "train" / "checkpoints" / "last" / "pretrained_model"
+    if need_roboalign:
+        backbone = make_tiny_backbone(work / "backbone", "qwen2_5_vl")
+        run_lerobot("lerobot-train", train_args(work / "dataset", dataset.repo_id, backbone, work / "train", 2))
+    if need_smolvla:
+        smolvlm = make_tiny_backbone(work / "smolvlm", "smolvlm")
+        run_lerobot("lerobot-train", [
+            f"--dataset.repo_id={dataset.repo_id}", f"--dataset.root={work / 'dataset'}", "--policy.type=smolvla",
+            f"--policy.vlm_model_name={smolvlm}", "--policy.load_vlm_weights=false", "--policy.num_vlm_layers=2",
+            "--policy.chunk_size=16", "--policy.n_action_steps=16", "--policy.device=cpu",
+            "--policy.push_to_hub=false", "--steps=2", "--batch_size=2", "--save_freq=2", "--num_workers=0",
+            f"--output_dir={work / 'train_smolvla'}",
+        ])  # fmt: skip
+    last = "checkpoints/last/pretrained_model"
+    return work / "train" / last, work / "train_smolvla" / last
 
 
-def timed_rollout(checkpoint: Path, work: Path, seconds: float, with_policy: bool) -> dict:
-    """Run lerobot-rollout over the virtual arm; time every control step via the robot's send_action."""
+def timed_rollout(kind: str, mode: str, checkpoint: Path, work: Path, seconds: float, delay: float) -> dict:
+    """Run lerobot-rollout over the virtual arm; record every action sent and every chunk boundary."""
     import roboalign_virtual_hw as hw
+    import torch
     from conftest import FOLLOWER_PORT, virtualize
-    from lerobot.robots.so_follower import SOFollower
+    from lerobot.policies.rtc import ActionQueue
+    from lerobot.policies.smolvla.modeling_smolvla import VLAFlowMatching
+    from lerobot.rollout.robot_wrapper import ThreadSafeRobot
     from lerobot.scripts.lerobot_rollout import main
 
+    from lerobot_roboalign.action_head import FlowMatchingActionHead
     from lerobot_roboalign.calibration import main_check
     from lerobot_roboalign.modeling_roboalign import RoboAlignPolicy
 
-    bound = work / f"ckpt_{with_policy}"
-    shutil.copytree(checkpoint, bound, dirs_exist_ok=True)
-    main_check([str(ROOT / "calibration/so101_follower.json"), "--robot.type=so101_follower", f"--checkpoint={bound}"])
+    run = work / f"{kind}_{mode}_{int(delay * 1000)}"
+    bound = run / "pretrained_model"
+    shutil.copytree(checkpoint, bound)
+    if kind != "smolvla":
+        main_check([str(ROOT / "calibration/so101_follower.json"), "--robot.type=so101_follower", f"--checkpoint={bound}"])
     features = json.loads((bound / "config.json").read_text())["input_features"]
     cameras = {k.rsplit(".", 1)[-1]: tuple(v["shape"][1:]) for k, v in features.items() if v["type"] == "VISUAL"}
-    config = virtualize(ROOT / "robots/so101/rollout.yaml", work / f"cfg_{with_policy}", cameras)
+    name = "rollout_rtc.yaml" if mode == "rtc" else "rollout.yaml"
+    config = virtualize(ROOT / "robots/so101" / name, run, cameras)
 
-    stamps, inference = [], []
-    send, predict = SOFollower.send_action, RoboAlignPolicy.predict_action_chunk
+    stamps, sent, boundaries = [], [], []
+    originals = {
+        (ThreadSafeRobot, "send_action"): ThreadSafeRobot.send_action,
+        (ActionQueue, "merge"): ActionQueue.merge,
+        (FlowMatchingActionHead, "sample"): FlowMatchingActionHead.sample,
+        (VLAFlowMatching, "sample_actions"): VLAFlowMatching.sample_actions,
+        (RoboAlignPolicy, "predict_action_chunk"): RoboAlignPolicy.predict_action_chunk,
+    }
 
-    def timed_send(self, action):
+    def send(robot, action):
         stamps.append(time.perf_counter())
-        return send(self, action)
+        sent.append([action[k] for k in sorted(action)])
+        return originals[(ThreadSafeRobot, "send_action")](robot, action)
 
-    def timed_predict(self, batch, **kwargs):
-        inference.append(len(stamps))
-        if with_policy:
-            return predict(self, batch, **kwargs)
-        import torch  # the peer: a constant chunk, no model cost
+    def merge(queue, *args, **kwargs):  # RTC: the next action sent is the new chunk's first
+        boundaries.append(len(sent))
+        return originals[(ActionQueue, "merge")](queue, *args, **kwargs)
 
+    def slowed(owner, method):
+        def sample(*args, **kwargs):
+            if mode == "sync":  # sync: the action sent after this call is the new chunk's first
+                boundaries.append(len(sent))
+            time.sleep(delay)  # stands for a large backbone's latency
+            return originals[(owner, method)](*args, **kwargs)
+
+        return sample
+
+    def no_model(self, batch, **kwargs):  # the peer loop: a constant chunk, no model cost
+        boundaries.append(len(sent))
         return torch.zeros(1, self.config.chunk_size, self.config.action_feature.shape[0])
 
-    SOFollower.send_action, RoboAlignPolicy.predict_action_chunk = timed_send, timed_predict
+    patches = {
+        (ThreadSafeRobot, "send_action"): send,
+        (ActionQueue, "merge"): merge,
+        (FlowMatchingActionHead, "sample"): slowed(FlowMatchingActionHead, "sample"),
+        (VLAFlowMatching, "sample_actions"): slowed(VLAFlowMatching, "sample_actions"),
+    }
+    if kind == "no_model":
+        patches[(RoboAlignPolicy, "predict_action_chunk")] = no_model
+    for (owner, method), function in patches.items():
+        setattr(owner, method, function)
     arm = hw.VirtualArm.from_file("so101_follower", ROOT / "calibration/so101_follower.json")
     sys.argv = ["lerobot-rollout", f"--config_path={config}", f"--policy.path={bound}", "--device=cpu",
                 f"--duration={seconds}", "--return_to_initial_position=false"]  # fmt: skip
@@ -82,67 +131,113 @@ def timed_rollout(checkpoint: Path, work: Path, seconds: float, with_policy: boo
         with hw.virtual_ports({FOLLOWER_PORT: arm}):
             main()
     finally:
-        SOFollower.send_action, RoboAlignPolicy.predict_action_chunk = send, predict
-    periods = np.diff(stamps[5:]) * 1e3  # skip the first chunk (cold caches)
-    waited = sum(1 for i in inference if i >= 5)
+        for (owner, method), function in originals.items():
+            setattr(owner, method, function)
+    return measure(stamps, sent, boundaries)
+
+
+def measure(stamps: list[float], sent: list[list[float]], boundaries: list[int]) -> dict:
+    """Periods and smoothness after the first chunk (cold caches, RTC's empty start)."""
+    start = (boundaries[0] if boundaries else 0) + 1
+    periods = np.diff(stamps[start:]) * 1e3
+    if len(periods) < 2:  # the loop sent (almost) nothing after its first chunk: report it, do not crash
+        periods = np.array([np.nan, np.nan])
+    actions = np.asarray(sent, dtype=float) if sent else np.zeros((0, 1))
+    steps = np.abs(np.diff(actions, axis=0)).max(axis=1, initial=0)  # step k: sent[k + 1] - sent[k]
+    at_boundary = sorted({k - 1 for k in boundaries if start <= k - 1 < len(steps)})
+    inside = np.delete(steps[start:], [j - start for j in at_boundary])
+    p99_inside = float(np.percentile(inside, 99)) if inside.size else 0.0
+    worst = float(steps[at_boundary].max()) if at_boundary else 0.0
     return {
         "steps": len(stamps),
-        "achieved_hz": float(1e3 / periods.mean()),
+        "chunks": len(boundaries),
+        "achieved_hz": float(1e3 / np.nanmean(periods)) if not np.isnan(periods).all() else 0.0,
         "period_p50_ms": float(np.percentile(periods, 50)),
         "period_p99_ms": float(np.percentile(periods, 99)),
-        "period_max_ms": float(periods.max()),
-        "share_waited_for_inference": waited / max(len(periods), 1),
+        "period_max_ms": float(np.nanmax(periods)) if not np.isnan(periods).all() else float("nan"),
+        "boundary_max_step": worst,
+        "inside_p99_step": p99_inside,
+        "boundary_ratio": worst / p99_inside if p99_inside > 0 else float("nan"),
         "periods_ms": periods.tolist(),
+        "trace": [a[0] for a in sent],  # elbow_flex (first in sorted key order), for the plot
+        "boundaries": boundaries,
     }
 
 
-def report(results: dict) -> None:
+def report(results: dict, load: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    policy, peer = results["roboalign_tiny"], results["no_model_peer"]
-    ratios = {"achieved_hz": policy["achieved_hz"] / peer["achieved_hz"],
-              "period_p99_ms": policy["period_p99_ms"] / peer["period_p99_ms"]}  # fmt: skip
-    summary = {name: {k: v for k, v in r.items() if k != "periods_ms"} for name, r in results.items()}
-    summary["ratio_roboalign_over_peer"] = ratios
-    summary["target_hz"] = FPS
-    (RESULTS / "control_loop.json").write_text(json.dumps(summary, indent=2))
-    rows = ["| loop | steps | achieved Hz | p50 period ms | p99 period ms | max ms | share waited for inference |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    peer = results["no_model_sync_0ms"]
+    summary = {name: {k: v for k, v in r.items() if k not in ("periods_ms", "trace", "boundaries")}
+               for name, r in results.items()}  # fmt: skip
     for name, r in summary.items():
-        if name.startswith(("roboalign", "no_model")):
-            rows.append(f"| {name} | {r['steps']} | {r['achieved_hz']:.1f} | {r['period_p50_ms']:.1f} | "
-                        f"{r['period_p99_ms']:.1f} | {r['period_max_ms']:.1f} | {r['share_waited_for_inference']:.1%} |")  # fmt: skip
-    rows.append(f"\nRatio roboalign / peer: rate {ratios['achieved_hz']:.2f}x, p99 period {ratios['period_p99_ms']:.2f}x "
-                f"(target {FPS} Hz = {1e3 / FPS:.1f} ms).")  # fmt: skip
-    (RESULTS / "control_loop.md").write_text("# Control loop, virtual SO-101, lerobot-rollout, CPU\n\n" + "\n".join(rows) + "\n")
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, r in results.items():
-        ax.plot(r["periods_ms"], label=f"{name} ({r['achieved_hz']:.1f} Hz)", lw=0.8)
-    ax.axhline(1e3 / FPS, color="k", ls="--", lw=0.8, label=f"{FPS} Hz target")
-    ax.set(xlabel="control step", ylabel="period (ms)", yscale="log", title="lerobot-rollout control period")
-    ax.legend()
+        r["p99_over_no_model"] = r["period_p99_ms"] / peer["period_p99_ms"]
+    summary["_meta"] = {"target_hz": FPS, "load_average_before": load, "cpu_count": os.cpu_count()}
+    (RESULTS / "control_loop.json").write_text(json.dumps(summary, indent=2))
+    rows = ["| loop | added delay | chunks | achieved Hz | p50 ms | p99 ms | max ms | p99 / no-model | boundary ratio |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in summary.items():
+        if name.startswith("_"):
+            continue
+        loop, delay = name.rsplit("_", 1)
+        rows.append(f"| {loop} | {delay} | {r['chunks']} | {r['achieved_hz']:.1f} | {r['period_p50_ms']:.1f} | "
+                    f"{r['period_p99_ms']:.1f} | {r['period_max_ms']:.1f} | {r['p99_over_no_model']:.2f}x | "
+                    f"{r['boundary_ratio']:.2f} |")  # fmt: skip
+    rows.append(f"\nTarget {FPS} Hz = {1e3 / FPS:.1f} ms. Load average before the run: {load} "
+                f"({os.cpu_count()} cores). Boundary ratio: largest action change at a chunk boundary / p99 "
+                "change inside chunks (max over joints, as sent to the arm).")  # fmt: skip
+    (RESULTS / "control_loop.md").write_text(
+        "# Control loop, virtual SO-101, lerobot-rollout, 30 fps, CPU\n\n" + "\n".join(rows) + "\n"
+    )
+    fig, axes = plt.subplots(2, len(DELAYS_S), figsize=(5 * len(DELAYS_S), 7), squeeze=False)
+    for column, delay in enumerate(DELAYS_S):
+        tag = f"{int(delay * 1000)}ms"
+        for name, r in results.items():
+            if not name.endswith(f"_{tag}") and not name.startswith("no_model"):
+                continue
+            label = name.rsplit("_", 1)[0]
+            axes[0, column].plot(r["periods_ms"], label=f"{label} ({r['achieved_hz']:.1f} Hz)", lw=0.7)
+            if name.startswith("no_model"):
+                continue
+            window = r["trace"][:150]
+            line = axes[1, column].plot(window, label=label, lw=0.9)[0]
+            marks = [k for k in r["boundaries"] if k < len(window)]
+            axes[1, column].plot(marks, [window[k] for k in marks], "o", ms=3, color=line.get_color())
+        axes[0, column].axhline(1e3 / FPS, color="k", ls="--", lw=0.8)
+        axes[0, column].set(title=f"added delay {tag}", xlabel="control step", ylabel="period (ms)", yscale="log")
+        axes[1, column].set(xlabel="control step", ylabel="elbow_flex target (sent)", title="actions; dots = new chunk")
+        axes[0, column].legend(fontsize=7)
+        axes[1, column].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "control_loop.png", dpi=120)
+    fig.savefig(RESULTS / "control_loop.png", dpi=110)
     print("\n".join(rows))
 
 
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args.add_argument("--checkpoint", type=Path)
-    args.add_argument("--seconds", type=float, default=20.0)
+    args.add_argument("--checkpoint", type=Path, help="a roboalign pretrained_model directory")
+    args.add_argument("--smolvla-checkpoint", type=Path, help="a smolvla pretrained_model directory")
+    args.add_argument("--seconds", type=float, default=15.0, help="duration of each loop")
     opts = args.parse_args()
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        checkpoint = opts.checkpoint or tiny_checkpoint(work)
-        results = {
-            "roboalign_tiny": timed_rollout(checkpoint, work, opts.seconds, with_policy=True),
-            "no_model_peer": timed_rollout(checkpoint, work, opts.seconds, with_policy=False),
-        }
-    report(results)
+        roboalign, smolvla = opts.checkpoint, opts.smolvla_checkpoint
+        if roboalign is None or smolvla is None:
+            trained = tiny_checkpoints(work, roboalign is None, smolvla is None)
+            roboalign, smolvla = roboalign or trained[0], smolvla or trained[1]
+        checkpoints = {"no_model": roboalign, "roboalign": roboalign, "smolvla": smolvla}
+        results = {}
+        for kind, mode in LOOPS:
+            for delay in DELAYS_S[:1] if kind == "no_model" else DELAYS_S:
+                name = f"{kind}_{mode}_{int(delay * 1000)}ms"
+                print(f"[bench_control_loop] {name} ({opts.seconds:.0f} s)", flush=True)
+                results[name] = timed_rollout(kind, mode, checkpoints[kind], work, opts.seconds, delay)
+    report(results, load)
 
 
 if __name__ == "__main__":

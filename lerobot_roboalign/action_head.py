@@ -7,12 +7,18 @@ LayerNorm. Training samples the time from a Beta distribution that favours the n
 few Euler steps of the learned velocity field from noise (t=0) to the action (t=1).
 """
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .rtc import Inpainting
 
 
 @dataclass(frozen=True)
@@ -169,12 +175,25 @@ class FlowMatchingActionHead(nn.Module):
         return (per_element * valid).sum() / (valid.sum() * actions.shape[-1]).clamp(min=1)
 
     @torch.no_grad()
-    def sample(self, features: Tensor, feature_mask: Tensor, state: Tensor | None) -> Tensor:
-        """Integrate the velocity field with ``num_inference_steps`` Euler steps."""
+    def sample(
+        self, features: Tensor, feature_mask: Tensor, state: Tensor | None, inpainting: Inpainting | None = None
+    ) -> Tensor:
+        """Integrate the velocity field with ``num_inference_steps`` Euler steps.
+
+        ``inpainting`` (Real-Time Chunking, see rtc.py) makes the chunk continue the actions of
+        the previous one that are still being executed.
+        """
         batch = features.shape[0]
         actions = torch.randn(batch, self.spec.chunk_size, self.spec.action_dim, device=features.device)
+        if inpainting is not None:
+            actions = inpainting.start(actions)
         steps = self.spec.num_inference_steps
         for step in range(steps):
             time = torch.full((batch,), step / steps, device=features.device)
-            actions = actions + self.velocity(features, feature_mask, state, actions, time) / steps
+
+            def velocity(x: Tensor, time: Tensor = time) -> Tensor:
+                return self.velocity(features, feature_mask, state, x, time)
+
+            v = velocity(actions) if inpainting is None else inpainting.velocity(actions, step / steps, velocity)
+            actions = actions + v / steps
         return actions

@@ -16,6 +16,10 @@ from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
+TOKEN_CACHE_SIZE = 64  # distinct (instructions, image shapes) prompts kept tokenised
+TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # what the processor derives from the prompt
+
+
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """``auto`` means bfloat16 where it is fast (CUDA) and float32 elsewhere."""
     if name == "auto":
@@ -88,6 +92,7 @@ class VLMBackbone(nn.Module):
         self.image_resolution = tuple(image_resolution)
         self.prompt_template = prompt_template
         self.dtype = dtype
+        self._token_cache: dict[tuple, dict[str, Tensor]] = {}
 
     def build_prompts(self, tasks: list[str], num_images: int) -> list[str]:
         """One chat-formatted user turn per sample: every camera image, then the instruction."""
@@ -99,19 +104,46 @@ class VLMBackbone(nn.Module):
             prompts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return prompts
 
-    def forward(self, images: list[Tensor], tasks: list[str]) -> tuple[Tensor, Tensor]:
-        """images: one (B, 3, H, W) float tensor in [0, 1] per camera. Returns features and mask."""
+    def prepare(self, images: list[Tensor], tasks: list[str]) -> dict[str, Tensor]:
+        """Model inputs for (B, 3, H, W) float images in [0, 1], one per camera, kept on their device.
+
+        The images are resized and patchified where they are (the fast image processor takes a
+        ``device``), not copied to the CPU; the prompt is tokenised once per instruction (it only
+        changes between episodes) and its token ids reused for every chunk.
+        """
         device = images[0].device
-        resized = [F.interpolate(img.float(), size=self.image_resolution, mode="bilinear", antialias=True) for img in images]
-        per_sample = [[camera[i].clamp(0, 1).cpu() for camera in resized] for i in range(len(tasks))]
-        inputs = self.processor(
-            text=self.build_prompts(tasks, len(images)),
-            images=per_sample,
-            return_tensors="pt",
-            padding=True,
-            do_rescale=False,
-        )
+        resized = [
+            F.interpolate(img.float(), size=self.image_resolution, mode="bilinear", antialias=True).clamp(0, 1)
+            for img in images
+        ]
+        per_sample = [[camera[i] for camera in resized] for i in range(len(tasks))]
+        key = (tuple(tasks), tuple(tuple(img.shape) for img in resized))  # the shapes fix the image token count
+        text = self._token_cache.get(key)
+        if text is None:  # a new instruction: tokenise it with the full processor, once
+            inputs = self.processor(
+                text=self.build_prompts(tasks, len(images)),
+                images=[[img.cpu() for img in sample] for sample in per_sample],
+                return_tensors="pt",
+                padding=True,
+                do_rescale=False,
+            )
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            self._token_cache[key] = {k: v for k, v in inputs.items() if k in TEXT_KEYS}
+        else:
+            pixels = self.processor.image_processor(
+                images=per_sample, return_tensors="pt", device=device, do_rescale=False
+            )
+            inputs = {**text, **pixels}
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
+
+    def encode(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Hidden states of the cut layer and their padding mask."""
         hidden = self.vlm(**inputs, use_cache=False).last_hidden_state
         return hidden, inputs["attention_mask"].bool()
+
+    def forward(self, images: list[Tensor], tasks: list[str]) -> tuple[Tensor, Tensor]:
+        """images: one (B, 3, H, W) float tensor in [0, 1] per camera. Returns features and mask."""
+        return self.encode(self.prepare(images, tasks))

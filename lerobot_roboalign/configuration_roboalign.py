@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
+from lerobot.policies.rtc import RTCConfig
 
 BACKBONE_MODES = ("frozen", "lora", "full")
 
@@ -67,6 +68,14 @@ class RoboAlignConfig(PreTrainedConfig):
     safety_link: str = field(default_factory=lambda: uuid.uuid4().hex)
     chunk_blend_steps: int = 4  # cross-fade this many steps of consecutive chunks (0: no blending)
 
+    # Real-Time Chunking (lerobot-rollout --inference.type=rtc; see rtc.py). LeRobot's engine sets
+    # rtc_config (execution horizon, guidance weight) from --inference.rtc.*; rtc_mode picks how a chunk
+    # continues the previous one: guided (the RTC paper, LeRobot's RTCProcessor) or hard (frozen
+    # delayed steps + exponential ramp, as GR00T N1.7 in LeRobot).
+    rtc_config: RTCConfig | None = None
+    rtc_mode: str = "guided"  # guided | hard
+    rtc_ramp_rate: float = 6.0  # hard mode: how fast the overlap after the delay is released
+
     # Training presets (GR00T N1.5 fine-tuning defaults).
     optimizer_lr: float = 1e-4
     optimizer_betas: tuple[float, float] = (0.95, 0.999)
@@ -89,6 +98,8 @@ class RoboAlignConfig(PreTrainedConfig):
                 f"chunk_blend_steps ({self.chunk_blend_steps}) must be >= 0 and below n_action_steps "
                 f"({self.n_action_steps}): set --policy.chunk_blend_steps lower (0 disables blending)."
             )
+        if self.rtc_mode not in ("guided", "hard"):
+            raise ValueError(f"rtc_mode={self.rtc_mode!r} is not guided or hard: set --policy.rtc_mode=guided|hard.")
         if self.backbone_mode not in BACKBONE_MODES:
             raise ValueError(
                 f"backbone_mode={self.backbone_mode!r} is not one of {BACKBONE_MODES}: "

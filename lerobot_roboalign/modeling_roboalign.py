@@ -7,10 +7,12 @@ load. With LoRA the adapter weights are saved too; with full fine-tuning everyth
 """
 
 import json
+import logging
 from pathlib import Path
 
 import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.rtc import RTCProcessor
 from lerobot.utils.constants import ACTION, OBS_STATE
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -22,8 +24,10 @@ from .configuration_roboalign import RoboAlignConfig
 from .dataset_mapping import check_dataset_features, cli_rename_map
 from .hub import backbone_reference, peft_base_reference, shared_backbone_name
 from .processor_roboalign import InputSpec, safety_overrides, validate_batch
+from .rtc import hold_chunk, make_inpainting, prefix_batch
 from .safety import ChunkBlender, safety_context
 
+logger = logging.getLogger(__name__)
 BACKBONE_INFO_FILE = "backbone.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -68,6 +72,8 @@ class RoboAlignPolicy(PreTrainedPolicy):
         self._configure_backbone_training()
         # --policy.safety_* given for this run override the checkpoint's safety step (loaded after this).
         safety_context(config.safety_link).publish_overrides(safety_overrides(config))
+        self.rtc_dropped_chunks = 0
+        self.init_rtc_processor()
         self.reset()
 
     # ---- backbone modes -------------------------------------------------------------
@@ -153,12 +159,54 @@ class RoboAlignPolicy(PreTrainedPolicy):
         loss = self.head.loss(features, mask, self._state(batch), batch[ACTION].float(), batch.get("action_is_pad"))
         return loss, {"flow_matching_loss": loss.item()}
 
+    # ---- Real-Time Chunking (lerobot-rollout --inference.type=rtc) ------------------
+    def supports_rtc(self) -> bool:
+        return True
+
+    def init_rtc_processor(self) -> None:
+        """LeRobot's RTC engine calls this after setting ``config.rtc_config``."""
+        config = self.config.rtc_config
+        self.rtc_processor = RTCProcessor(config) if config is not None and config.enabled else None
+
+    def _inpainting(self, prev_chunk_left_over: Tensor | None, inference_delay: int | None, batch_size: int):
+        rtc = self.config.rtc_config
+        if prev_chunk_left_over is None or rtc is None or not rtc.enabled:
+            return None
+        prefix = prefix_batch(prev_chunk_left_over, batch_size, self.config.action_feature.shape[0])
+        if prefix is None:
+            return None
+        return make_inpainting(self.config.rtc_mode, prefix, int(inference_delay or 0), rtc.execution_horizon,
+                               self.rtc_processor, self.config.rtc_ramp_rate)  # fmt: skip
+
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
-        """A whole chunk (B, chunk_size, action_dim), in normalised action space."""
+    def predict_action_chunk(
+        self,
+        batch: dict[str, Tensor],
+        inference_delay: int | None = None,
+        prev_chunk_left_over: Tensor | None = None,
+        **kwargs,
+    ) -> Tensor:
+        """A whole chunk (B, chunk_size, action_dim), in normalised action space.
+
+        Under RTC (``inference_delay`` given) the chunk continues ``prev_chunk_left_over``, and since
+        RTC bypasses ``select_action`` and its blender, a non-finite chunk is caught here: the arm
+        finishes the previous chunk and holds its last action; with no previous chunk it raises, so
+        LeRobot's engine retries and nothing reaches the motors.
+        """
         validate_batch(self._input_spec, batch, require_action=False)
         features, mask = self._features(batch)
-        return self.head.sample(features, mask, self._state(batch))
+        inpainting = self._inpainting(prev_chunk_left_over, inference_delay, features.shape[0])
+        chunk = self.head.sample(features, mask, self._state(batch), inpainting)
+        if inference_delay is None or torch.isfinite(chunk).all():
+            return chunk
+        self.rtc_dropped_chunks += 1
+        if inpainting is None:
+            raise RuntimeError(
+                "RoboAlign safety: the first action chunk is not finite (NaN/inf observation or weights); "
+                "nothing is sent to the arm. Check the cameras/state and the checkpoint's normalisation stats."
+            )
+        logger.warning("RoboAlign safety: non-finite RTC chunk dropped; finishing the previous chunk, then holding.")
+        return hold_chunk(inpainting.prefix.to(chunk), self.config.chunk_size)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:

@@ -22,6 +22,7 @@ from lerobot.processor import (
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from .configuration_roboalign import RoboAlignConfig
+from .observations import RoboAlignObservationCheckStep
 from .safety import RoboAlignActionSafetyStep, RoboAlignMeasuredStateStep, validate_limits
 
 DEFAULT_SAFETY_MAX_DELTA = 5.0  # joint units per control step, when the config sets none at training
@@ -140,11 +141,13 @@ def make_roboalign_pre_post_processors(
     PolicyProcessorPipeline[dict[str, Any], dict[str, Any]],
     PolicyProcessorPipeline[PolicyAction, PolicyAction],
 ]:
-    """Validate -> rename -> batch -> measured state -> device -> normalise; unnormalise -> safety -> CPU."""
+    """Rename -> batch -> check/convert images and tasks -> validate -> measured state -> device -> normalise;
+    and unnormalise -> safety -> CPU."""
     steps = make_default_policy_processor_steps(config, dataset_stats)
     input_steps = [
         steps.rename_observations,
         steps.add_batch_dim,
+        RoboAlignObservationCheckStep(cameras=list(config.image_features)),
         RoboAlignValidateBatchStep.from_policy_config(config),
         RoboAlignMeasuredStateStep(link=config.safety_link),
         steps.to_device,

@@ -1,0 +1,145 @@
+"""Real-Time Chunking for the flow-matching head: continue the chunk the arm is executing.
+
+LeRobot's RTC engine (``lerobot-rollout --inference.type=rtc``) predicts the next chunk in a
+background thread while the arm runs the previous one, and passes the previous chunk's
+unexecuted actions (``prev_chunk_left_over``) plus the latency in control steps
+(``inference_delay``). Two ways to make the new chunk continue them:
+
+* ``guided`` (Black et al. 2025, the RTC paper): LeRobot's :class:`RTCProcessor` pulls the
+  clean-action estimate towards the prefix with weights that are 1 for the first
+  ``inference_delay`` steps and decay to 0 at the execution horizon.
+* ``hard`` (GR00T N1.7 in LeRobot): the overlap starts at the prefix instead of noise; the
+  first ``inference_delay`` steps are frozen (velocity 0) and the rest of the overlap is
+  released by an exponential ramp, so those steps equal the prefix exactly.
+
+Time conventions: this head integrates from noise at s = 0 to the action at s = 1 with
+v = action - noise; LeRobot's processor is written for pi0 (time 1 = noise, v = noise - action).
+So pi0 time = 1 - s and pi0 velocity = -v; with those the processor's clean estimate
+x - time * v_pi0 = x + (1 - s) * v is this head's, and its guided velocity is negated back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from lerobot.policies.rtc import RTCProcessor
+from torch import Tensor
+
+RTC_MODES = ("guided", "hard")
+Velocity = Callable[[Tensor], Tensor]
+
+
+def prefix_batch(prev_chunk_left_over: Tensor, batch_size: int, action_dim: int) -> Tensor | None:
+    """(B, P, A) prefix without LeRobot's zero padding, or None if nothing is left.
+
+    LeRobot's engine pads short leftovers with exact zero rows (a fixed shape for compiled
+    calls); a real normalised action of all exact zeros does not occur, so trailing zero rows
+    are padding and must not be treated as actions to continue (GR00T N1.7 strips them too).
+    """
+    prefix = prev_chunk_left_over.float()
+    prefix = prefix[None] if prefix.ndim == 2 else prefix
+    if prefix.ndim != 3 or prefix.shape[-1] != action_dim:
+        raise ValueError(
+            f"prev_chunk_left_over has shape {tuple(prev_chunk_left_over.shape)}; expected (T, {action_dim}) or "
+            f"(B, T, {action_dim}) in the policy's normalised action space."
+        )
+    rows = (prefix != 0).any(dim=-1).any(dim=0).nonzero()
+    if rows.numel() == 0:
+        return None
+    prefix = prefix[:, : int(rows[-1]) + 1]
+    return prefix.expand(batch_size, -1, -1) if prefix.shape[0] == 1 else prefix
+
+
+@dataclass
+class Inpainting:
+    """How one chunk continues a prefix: a starting point and a velocity correction per Euler step."""
+
+    prefix: Tensor  # (B, P, A), normalised actions still to execute, first one = now
+    inference_delay: int
+    execution_horizon: int
+
+    def overlap(self, chunk_size: int) -> int:
+        return min(self.prefix.shape[1], self.execution_horizon, chunk_size)
+
+    def start(self, noise: Tensor) -> Tensor:
+        return noise
+
+    def velocity(self, x: Tensor, s: float, velocity: Velocity) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class GuidedInpainting(Inpainting):
+    """The RTC paper's guidance, computed by LeRobot's RTCProcessor in pi0's convention."""
+
+    processor: RTCProcessor | None = None
+
+    def velocity(self, x: Tensor, s: float, velocity: Velocity) -> Tensor:
+        def pi0_velocity(y: Tensor) -> Tensor:
+            with torch.no_grad():  # LeRobot's correction does not differentiate through the model
+                return -velocity(y)
+
+        guided = self.processor.denoise_step(
+            x_t=x,
+            prev_chunk_left_over=self.prefix.to(x.device),
+            inference_delay=self.inference_delay,
+            time=1.0 - s,
+            original_denoise_step_partial=pi0_velocity,
+            execution_horizon=self.execution_horizon,
+        )
+        return -guided.detach()
+
+
+@dataclass
+class HardInpainting(Inpainting):
+    """Start the overlap at the prefix; freeze the delayed steps, ramp the rest in (GR00T N1.7)."""
+
+    ramp_rate: float = 6.0
+
+    def strength(self, x: Tensor) -> Tensor:
+        overlap = self.overlap(x.shape[1])
+        frozen = max(0, min(self.inference_delay, overlap))
+        strength = torch.ones(x.shape[1], device=x.device)
+        strength[:frozen] = 0.0
+        t = torch.linspace(0.0, 1.0, overlap - frozen + 2, device=x.device)
+        ramp = 1 - torch.exp(-self.ramp_rate * t)
+        strength[frozen:overlap] = (ramp / ramp[-1].clamp_min(1e-8))[1:-1]
+        return strength[None, :, None]
+
+    def start(self, noise: Tensor) -> Tensor:
+        overlap = self.overlap(noise.shape[1])
+        x = noise.clone()
+        x[:, :overlap] = self.prefix[:, :overlap].to(noise)
+        return x
+
+    def velocity(self, x: Tensor, s: float, velocity: Velocity) -> Tensor:
+        return velocity(x) * self.strength(x)
+
+
+def make_inpainting(
+    mode: str,
+    prefix: Tensor,
+    inference_delay: int,
+    execution_horizon: int,
+    processor: RTCProcessor | None,
+    ramp_rate: float,
+) -> Inpainting:
+    if mode == "guided":
+        if processor is None:
+            raise RuntimeError(
+                "rtc_mode='guided' needs LeRobot's RTCProcessor: call policy.init_rtc_processor() after setting "
+                "policy.config.rtc_config (lerobot-rollout --inference.type=rtc does both)."
+            )
+        return GuidedInpainting(prefix, inference_delay, execution_horizon, processor=processor)
+    if mode == "hard":
+        return HardInpainting(prefix, inference_delay, execution_horizon, ramp_rate=ramp_rate)
+    raise ValueError(f"rtc_mode={mode!r} is not one of {RTC_MODES}: set --policy.rtc_mode=guided or hard.")
+
+
+def hold_chunk(prefix: Tensor, chunk_size: int) -> Tensor:
+    """The prefix, then its last action held: what the arm does when a new chunk is unusable."""
+    prefix = prefix[:, :chunk_size]
+    tail = prefix[:, -1:].expand(-1, chunk_size - prefix.shape[1], -1)
+    return torch.cat([prefix, tail], dim=1)
