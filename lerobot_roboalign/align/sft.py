@@ -74,6 +74,13 @@ def attach_action_vocabulary(model, processor, fast: FastTokenizer, path: str) -
     return ActionVocabulary.extend(model, processor.tokenizer, fast)
 
 
+def refuse_other_fast_tokenizer(cfg: ModelConfig, source: str) -> None:
+    """A backbone with action tokens keeps their FAST tokenizer: checked before anything large is loaded."""
+    if cfg.fast_tokenizer and (Path(source) / ACTION_VOCAB_FILE).is_file():
+        vocabulary = ActionVocabulary.from_pretrained(source)
+        vocabulary.check_fast_tokenizer(FastTokenizer.from_pretrained(cfg.fast_tokenizer), cfg.fast_tokenizer, source)
+
+
 def samples_with_tokens(cfg: AlignSFTConfig, source: str) -> tuple[list[dict], FastTokenizer]:
     """Samples with FAST tokens, from the given (or ``source``'s) tokenizer or one fitted on the sampled chunks."""
     fast = load_fast_tokenizer(replace(cfg.model, path=source))
@@ -143,6 +150,7 @@ def train(cfg: AlignSFTConfig) -> Path:
     from trl import SFTConfig, SFTTrainer
 
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
+    refuse_other_fast_tokenizer(cfg.model, resume or cfg.model.path)
     model, processor = load_model_and_processor(cfg.model, resume)
     samples, fast = samples_with_tokens(cfg, resume or cfg.model.path)
     vocabulary = attach_action_vocabulary(model, processor, fast, resume or cfg.model.path)
