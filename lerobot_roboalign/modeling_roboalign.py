@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .action_head import ActionHeadSpec, FlowMatchingActionHead
-from .backbone import VLMBackbone, resolve_dtype
+from .backbone import VLMBackbone
 from .configuration_roboalign import RoboAlignConfig
+from .precision import cast_trainable, vla_precision
 from .processor_roboalign import InputSpec, validate_batch
 from .safety import ChunkBlender
 
@@ -33,10 +34,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
     def __init__(self, config: RoboAlignConfig, **kwargs):
         super().__init__(config)
         config.validate_features()
+        self.backbone_precision = vla_precision(config.backbone_mode, config.backbone_dtype, config.device)
         self.backbone = VLMBackbone(
             config.vlm_model_name,
             layer=config.vlm_layer,
-            dtype=resolve_dtype(config.backbone_dtype, config.device),
+            dtype=self.backbone_precision.load,
             image_resolution=config.image_resolution,
             prompt_template=config.prompt_template,
         )
@@ -60,6 +62,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         )
         self._input_spec = InputSpec.from_config(config)
         self._configure_backbone_training()
+        cast_trainable(self.backbone, self.backbone_precision.trainable)  # LoRA adapters start in the base's dtype
         self.reset()
 
     # ---- backbone modes -------------------------------------------------------------
@@ -97,7 +100,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
         images = [batch[key] for key in self.config.image_features]
         tasks = batch["task"]
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        with torch.set_grad_enabled(self.training and self.config.backbone_mode != "frozen"):
+        autocast = self.backbone_precision.autocast
+        with (
+            torch.set_grad_enabled(self.training and self.config.backbone_mode != "frozen"),
+            torch.autocast(images[0].device.type, dtype=autocast, enabled=autocast is not None),
+        ):
             features, mask = self.backbone(images, tasks)
         return features.float(), mask
 

@@ -26,6 +26,7 @@ from lerobot_roboalign.align.common import (
     ModelConfig,
     TrainingConfig,
     VocabularyCallback,
+    cast_reference_model,
     freeze_vision_encoder,
     generate_completions,
     last_complete_checkpoint,
@@ -76,11 +77,11 @@ class AlignGRPOConfig:
 
 
 def load_aligned(
-    cfg: ModelConfig, checkpoint: str | None = None
+    cfg: ModelConfig, checkpoint: str | None = None, training: bool = False
 ) -> tuple[torch.nn.Module, object, ActionVocabulary, FastTokenizer]:
     """An SFT'd MLLM with its action vocabulary and FAST tokenizer (a clear error when they are missing)."""
     vocabulary = ActionVocabulary.from_pretrained(checkpoint or cfg.path)
-    model, processor = load_model_and_processor(cfg, checkpoint)
+    model, processor = load_model_and_processor(cfg, checkpoint, training)
     vocabulary.check_tokenizer(processor.tokenizer)
     return model, processor, vocabulary, vocabulary.fast_tokenizer
 
@@ -98,7 +99,7 @@ def grpo_args(cfg: AlignGRPOConfig):
 
     g = cfg.grpo
     return GRPOConfig(
-        **cfg.training.trainer_kwargs(),
+        **cfg.training.trainer_kwargs(cfg.model.precision()),
         num_generations=g.num_generations,
         beta=g.beta,
         temperature=g.temperature,
@@ -117,7 +118,7 @@ def train(cfg: AlignGRPOConfig) -> Path:
     from trl import GRPOTrainer
 
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
-    model, processor, vocabulary, fast = load_aligned(cfg.model, resume)
+    model, processor, vocabulary, fast = load_aligned(cfg.model, resume, training=True)
     samples = load_samples(cfg.dataset, fast)
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
@@ -130,6 +131,7 @@ def train(cfg: AlignGRPOConfig) -> Path:
         processing_class=processor,
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
     )
+    cast_reference_model(trainer, cfg.model.precision().frozen)
     trainer.train(resume_from_checkpoint=resume)
     return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
 

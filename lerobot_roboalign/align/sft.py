@@ -151,12 +151,12 @@ def train(cfg: AlignSFTConfig) -> Path:
 
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
     refuse_other_fast_tokenizer(cfg.model, resume or cfg.model.path)
-    model, processor = load_model_and_processor(cfg.model, resume)
+    model, processor = load_model_and_processor(cfg.model, resume, training=True)
     samples, fast = samples_with_tokens(cfg, resume or cfg.model.path)
     vocabulary = attach_action_vocabulary(model, processor, fast, resume or cfg.model.path)
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
-    args = SFTConfig(**cfg.training.trainer_kwargs(), completion_only_loss=True, max_length=cfg.max_length)
+    args = SFTConfig(**cfg.training.trainer_kwargs(cfg.model.precision()), completion_only_loss=True, max_length=cfg.max_length)
     trainer = SFTTrainer(
         model=model,
         args=args,
