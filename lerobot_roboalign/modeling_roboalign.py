@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .action_head import ActionHeadSpec, FlowMatchingActionHead
+from .alignment_format import resolve_vla_inputs
 from .backbone import VLMBackbone
 from .configuration_roboalign import RoboAlignConfig
 from .precision import cast_trainable, vla_precision
@@ -34,6 +35,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
     def __init__(self, config: RoboAlignConfig, **kwargs):
         super().__init__(config)
         config.validate_features()
+        resolve_vla_inputs(config)  # the prompt and image size the backbone was aligned on, unless set
         self.backbone_precision = vla_precision(config.backbone_mode, config.backbone_dtype, config.device)
         self.backbone = VLMBackbone(
             config.vlm_model_name,

@@ -18,6 +18,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, FAST_TOKENIZER_DIR, ActionVocabulary
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.precision import PrecisionPlan, align_precision, training_device
 
@@ -166,11 +167,14 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
-def save_final(model, processor, vocabulary: ActionVocabulary, output_dir: Path) -> Path:
+def save_final(
+    model, processor, vocabulary: ActionVocabulary, output_dir: Path, fmt: AlignmentFormat | None = None
+) -> Path:
     """Write the aligned MLLM to ``output_dir/model`` atomically: a temp dir renamed in one step.
 
     The result is a standard HF checkpoint (AutoModelForImageTextToText + AutoProcessor) that also holds the
-    FAST tokenizer and action vocabulary, so the VLA and ``roboalign align generate`` load it by path.
+    FAST tokenizer and action vocabulary, so the VLA and ``roboalign align generate`` load it by path, and the
+    input format it was aligned on (``fmt``), which the VLA shows it by default.
     """
     final = output_dir / FINAL_SUBDIR
     staging = Path(tempfile.mkdtemp(prefix=f".{FINAL_SUBDIR}.", dir=output_dir))
@@ -178,6 +182,7 @@ def save_final(model, processor, vocabulary: ActionVocabulary, output_dir: Path)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         vocabulary.save_pretrained(staging)  # action_vocab.json + fast_tokenizer/
+        (fmt or AlignmentFormat()).save_pretrained(staging)
         if final.exists():
             old = final.with_name(f".{FINAL_SUBDIR}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -193,14 +198,17 @@ def save_final(model, processor, vocabulary: ActionVocabulary, output_dir: Path)
 
 
 class VocabularyCallback(TrainerCallback):
-    """Store the action vocabulary and FAST tokenizer in every checkpoint, so each one is a usable backbone."""
+    """Store the action vocabulary, FAST tokenizer and input format in every checkpoint: each is a usable backbone."""
 
-    def __init__(self, vocabulary: ActionVocabulary):
+    def __init__(self, vocabulary: ActionVocabulary, fmt: AlignmentFormat | None = None):
         self.vocabulary = vocabulary
+        self.fmt = fmt or AlignmentFormat()
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.vocabulary.save_pretrained(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self.fmt.save_pretrained(checkpoint)
+            self.vocabulary.save_pretrained(checkpoint)  # action_vocab.json last: it marks the checkpoint complete
 
 
 class MetricsCallback(TrainerCallback):

@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
@@ -123,17 +124,18 @@ def train(cfg: AlignGRPOConfig) -> Path:
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
     stop_ids = stop_token_ids(processor.tokenizer, model.generation_config)
+    fmt = AlignmentFormat.from_data_config(cfg.dataset)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=make_reward_funcs(cfg.grpo.reward, processor.tokenizer, vocabulary, fast, stop_ids, cfg.grpo.l1_scale),
         args=grpo_args(cfg),
         train_dataset=build_dataset(samples),
         processing_class=processor,
-        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
+        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
     )
     cast_reference_model(trainer, cfg.model.precision().frozen)
     trainer.train(resume_from_checkpoint=resume)
-    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir, fmt)
 
 
 def score_model(

@@ -22,6 +22,7 @@ from datasets import Dataset
 from PIL import Image
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
@@ -156,16 +157,17 @@ def train(cfg: AlignSFTConfig) -> Path:
     vocabulary = attach_action_vocabulary(model, processor, fast, resume or cfg.model.path)
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
+    fmt = AlignmentFormat.from_data_config(cfg.dataset)
     args = SFTConfig(**cfg.training.trainer_kwargs(cfg.model.precision()), completion_only_loss=True, max_length=cfg.max_length)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=build_dataset(cfg, samples, vocabulary),
         processing_class=processor,
-        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
+        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+    return save_final(trainer.model, processor, vocabulary, cfg.training.output_dir, fmt)
 
 
 def main(argv: list[str] | None = None) -> Path:

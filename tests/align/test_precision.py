@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText
 from lerobot_roboalign.align import sft
 from lerobot_roboalign.align.common import ModelConfig, TrainingConfig, load_model_and_processor
 from lerobot_roboalign.align.sft import AlignSFTConfig
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.precision import align_precision
 
 
@@ -100,6 +101,7 @@ def test_bf16_configured_sft_changes_the_weights_as_float32_does(
     for dtype in ("float32", "bfloat16"):
         final, seen = sft_run(tiny_qwen25_backbone, align_data_config, tmp_path / dtype, dtype, monkeypatch)
         after = language_weights(final)
+        assert AlignmentFormat.from_pretrained(str(final)) == AlignmentFormat.from_data_config(align_data_config)
         fractions[dtype] = (changed_fraction(before, after), changed_fraction(before, after, "layernorm"))
         expected_matmul = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         assert {d for kind, d in seen if kind == "matmul"} == {expected_matmul}  # autocast ran (or did not)
