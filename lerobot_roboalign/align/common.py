@@ -66,9 +66,8 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     resume: bool = True  # continue from the last complete checkpoint in output_dir
 
-    def trainer_kwargs(self, precision: PrecisionPlan | None = None) -> dict:
+    def trainer_kwargs(self, precision: PrecisionPlan) -> dict:
         """Keyword arguments shared by TRL's SFTConfig and GRPOConfig (mixed precision from ``precision``)."""
-        precision = precision or ModelConfig().precision()
         return dict(
             output_dir=str(self.output_dir),
             learning_rate=self.learning_rate,

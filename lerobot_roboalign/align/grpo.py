@@ -21,7 +21,6 @@ import torch
 from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
-from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
@@ -37,6 +36,7 @@ from lerobot_roboalign.align.common import (
 )
 from lerobot_roboalign.align.data import AlignDataConfig, align_messages, load_samples
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ from datasets import Dataset
 from PIL import Image
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
-from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
@@ -42,6 +41,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
 )
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
 
 logger = logging.getLogger(__name__)

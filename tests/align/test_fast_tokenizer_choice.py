@@ -10,17 +10,6 @@ from lerobot_roboalign.align.common import ModelConfig
 from lerobot_roboalign.fast import FastTokenizer
 
 
-@pytest.fixture(scope="module")
-def extended_dir(extended_backbone, tmp_path_factory) -> Path:
-    """The tiny backbone with action tokens, saved like the output of `align sft`."""
-    model, processor, vocabulary, _, _ = extended_backbone
-    path = tmp_path_factory.mktemp("extended")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    vocabulary.save_pretrained(path)
-    return path
-
-
 def other_fast(tmp_path: Path) -> Path:
     chunks = np.random.default_rng(1).uniform(-1, 1, size=(64, 2, 2)) * np.array([1.0, 0.3])
     return FastTokenizer.fit(chunks, vocab_size=48).save_pretrained(tmp_path / "other_fast")

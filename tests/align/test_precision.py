@@ -111,3 +111,31 @@ def test_bf16_configured_sft_changes_the_weights_as_float32_does(
     assert fractions["float32"][0] > 0.9 and fractions["float32"][1] > 0.9
     assert fractions["bfloat16"][0] > 0.95 * fractions["float32"][0]
     assert fractions["bfloat16"][1] > 0.95 * fractions["float32"][1]
+
+
+@pytest.mark.slow
+def test_bf16_configured_grpo_trains_float32_against_a_bf16_reference(extended_dir, align_data_config, tmp_path,
+                                                                      monkeypatch):
+    from lerobot_roboalign.align import grpo
+
+    trainers = []
+    cast = grpo.cast_reference_model
+
+    def spy(trainer, dtype):
+        trainers.append(trainer)
+        cast(trainer, dtype)
+
+    monkeypatch.setattr(grpo, "cast_reference_model", spy)
+    cfg = grpo.AlignGRPOConfig(
+        dataset=align_data_config,
+        model=ModelConfig(path=str(extended_dir), dtype="bfloat16", freeze_vision=False),
+        training=TrainingConfig(output_dir=tmp_path / "grpo", max_steps=2, per_device_train_batch_size=4,
+                                logging_steps=1, save_steps=1000),
+        grpo=grpo.GRPOSection(num_generations=4, max_completion_length=8),
+    )
+    grpo.train(cfg)
+    trainer = trainers[0]
+    assert trainer.args.bf16 and trainer.accelerator.native_amp  # accelerate's autocast wraps the forward
+    assert {p.dtype for p in trainer.ref_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert {s["exp_avg"].dtype for s in trainer.optimizer.state.values()} == {torch.float32}

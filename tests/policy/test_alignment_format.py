@@ -106,4 +106,5 @@ def test_a_backbone_never_aligned_gets_the_alignment_defaults(tiny_qwen25_backbo
     policy = RoboAlignPolicy(make_config(tiny_qwen25_backbone, cameras={FRONT: (3, 48, 64)}))
     assert (policy.config.prompt_template, policy.config.image_resolution) == (ALIGN_INSTRUCTION, (48, 64))
     with pytest.raises(ValueError, match="different sizes"):
-        RoboAlignPolicy(make_config(tiny_qwen25_backbone, cameras={FRONT: (3, 64, 64), "observation.images.wrist": (3, 32, 32)}))
+        cameras = {FRONT: (3, 64, 64), "observation.images.wrist": (3, 32, 32)}
+        RoboAlignPolicy(make_config(tiny_qwen25_backbone, cameras=cameras))
