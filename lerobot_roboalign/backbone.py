@@ -104,6 +104,7 @@ class VLMBackbone(nn.Module):
     def forward(self, images: list[Tensor], tasks: list[str]) -> tuple[Tensor, Tensor]:
         """images: one (B, 3, H, W) float tensor in [0, 1] per camera. Returns features and mask."""
         device = images[0].device
+        # Bicubic with antialiasing, as alignment's PIL resize (align/data.py), so the pixels match alignment's.
         resized = [F.interpolate(img.float(), size=self.image_resolution, mode="bicubic", antialias=True) for img in images]
         per_sample = [[camera[i].clamp(0, 1).cpu() for camera in resized] for i in range(len(tasks))]
         inputs = self.processor(
