@@ -163,6 +163,21 @@ class ActionVocabulary:
             vocab.check_tokenizer(tokenizer)
         return vocab
 
+    def check_fast_tokenizer(self, fast_tokenizer: FastTokenizer, given: str, backbone: str) -> None:
+        """Refuse a FAST tokenizer other than the one this vocabulary's action tokens were made for.
+
+        Targets encoded with another tokenizer would teach the model ids that the saved ``fast_tokenizer/``
+        decodes to different actions (or cannot decode at all).
+        """
+        if fast_signature(fast_tokenizer) != fast_signature(self.fast_tokenizer):
+            raise ValueError(
+                f"--model.fast_tokenizer={given} differs from the FAST tokenizer that backbone {backbone} already "
+                f"has action tokens for ({Path(backbone) / FAST_TOKENIZER_DIR}); the saved model would emit ids its "
+                "own tokenizer decodes wrongly. Fix: drop --model.fast_tokenizer to train with the backbone's "
+                "tokenizer, or start from a backbone without action tokens (no action_vocab.json, e.g. the base "
+                "MLLM) to extend it with the new one."
+            )
+
     def check_tokenizer(self, tokenizer) -> None:
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         last = self.num_action_tokens - 1
@@ -173,6 +188,21 @@ class ActionVocabulary:
                 "the tokenizer's action token ids differ from action_vocab.json: load the tokenizer saved "
                 "with this model, or re-run `roboalign align sft` to extend this one."
             )
+
+
+def fast_signature(fast_tokenizer: FastTokenizer) -> tuple:
+    """Everything that decides how a FAST tokenizer maps chunks to ids: BPE model, quantisation, shapes, percentiles."""
+    q01, q99 = (None if q is None else q.tolist() for q in (fast_tokenizer.q01, fast_tokenizer.q99))
+    return (
+        fast_tokenizer.bpe.to_str(),
+        fast_tokenizer.scale,
+        fast_tokenizer.min_token,
+        fast_tokenizer.max_token,
+        fast_tokenizer.chunk_size,
+        fast_tokenizer.action_dim,
+        q01,
+        q99,
+    )
 
 
 def _grow_embeddings(model: torch.nn.Module, rows: int, new_ids: np.ndarray, old_len: int) -> None:

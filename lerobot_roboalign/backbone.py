@@ -3,8 +3,10 @@
 The action head reads the hidden states of ``vlm_layer`` (the paper and GR00T N1.5 use a
 middle layer: later layers specialise in next-token prediction). Layers above it and the
 LM head are dropped at load time, so they cost neither memory nor compute. The prompt is
-built with the backbone's own processor and chat template, so an aligned RoboAlign MLLM
-sees the VLA's observations in exactly the format it was aligned on.
+built with the backbone's own processor and chat template from the camera images and the
+user-turn template; by default both the template and the image size are the ones the MLLM
+was aligned on (``alignment_format.py``), so an aligned RoboAlign MLLM sees the VLA's
+observations as it saw them in alignment (without the state text and action answer).
 """
 
 import os
@@ -99,7 +101,7 @@ class VLMBackbone(nn.Module):
         prompts = []
         for task in tasks:
             content = [{"type": "image"}] * num_images
-            content.append({"type": "text", "text": self.prompt_template.format(task=task.strip())})
+            content.append({"type": "text", "text": self.prompt_template.format(task=task.strip(), state="")})
             messages = [{"role": "user", "content": content}]
             prompts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return prompts
@@ -112,8 +114,9 @@ class VLMBackbone(nn.Module):
         changes between episodes) and its token ids reused for every chunk.
         """
         device = images[0].device
+        # Bicubic with antialiasing, as alignment's PIL resize (align/data.py), so the pixels match alignment's.
         resized = [
-            F.interpolate(img.float(), size=self.image_resolution, mode="bilinear", antialias=True).clamp(0, 1)
+            F.interpolate(img.float(), size=self.image_resolution, mode="bicubic", antialias=True).clamp(0, 1)
             for img in images
         ]
         per_sample = [[camera[i] for camera in resized] for i in range(len(tasks))]

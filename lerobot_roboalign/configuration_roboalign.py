@@ -36,13 +36,17 @@ class RoboAlignConfig(PreTrainedConfig):
     vlm_model_name: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     vlm_layer: int = 18  # hidden states of this layer feed the head; layers above it are not run
     backbone_mode: str = "frozen"  # frozen | lora | full
-    backbone_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
+    # Compute dtype of the backbone (auto: bfloat16 on CUDA, float32 elsewhere). Trained backbone weights (full mode,
+    # LoRA adapters) and the head are float32 master weights; a frozen backbone is stored in this dtype (precision.py).
+    backbone_dtype: str = "auto"
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    image_resolution: tuple[int, int] = (224, 224)  # (H, W); a multiple of patch x merge size
-    prompt_template: str = "{task}"  # the user turn; the backbone's chat template wraps it
+    # What the backbone is shown; unset (None): what it was aligned on, read from its roboalign_format.json, or the
+    # alignment defaults for a backbone never aligned (alignment_format.py): ALIGN_INSTRUCTION, each camera's own size.
+    image_resolution: tuple[int, int] | None = None  # (H, W) every camera is resized to
+    prompt_template: str | None = None  # the user turn ({task}, {state} left empty); the chat template wraps it
 
     # Flow-matching DiT action head (GR00T N1.5 style).
     head_hidden_size: int = 512

@@ -19,10 +19,12 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .action_head import ActionHeadSpec, FlowMatchingActionHead
-from .backbone import VLMBackbone, resolve_dtype
+from .alignment_format import resolve_vla_inputs
+from .backbone import VLMBackbone
 from .configuration_roboalign import RoboAlignConfig
 from .dataset_mapping import check_dataset_features, cli_rename_map
 from .hub import backbone_reference, peft_base_reference, shared_backbone_name
+from .precision import cast_trainable, vla_precision
 from .processor_roboalign import InputSpec, safety_overrides, validate_batch
 from .rtc import hold_chunk, make_inpainting, prefix_batch
 from .safety import ChunkBlender, safety_context
@@ -43,10 +45,12 @@ class RoboAlignPolicy(PreTrainedPolicy):
             check_dataset_features(config, kwargs["dataset_meta"].features, cli_rename_map())
             if config.push_to_hub:
                 backbone_reference(config.vlm_model_name)
+        resolve_vla_inputs(config)  # the prompt and image size the backbone was aligned on, unless set
+        self.backbone_precision = vla_precision(config.backbone_mode, config.backbone_dtype, config.device)
         self.backbone = VLMBackbone(
             config.vlm_model_name,
             layer=config.vlm_layer,
-            dtype=resolve_dtype(config.backbone_dtype, config.device),
+            dtype=self.backbone_precision.load,
             image_resolution=config.image_resolution,
             prompt_template=config.prompt_template,
         )
@@ -70,6 +74,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         )
         self._input_spec = InputSpec.from_config(config)
         self._configure_backbone_training()
+        cast_trainable(self.backbone, self.backbone_precision.trainable)  # LoRA adapters start in the base's dtype
         # --policy.safety_* given for this run override the checkpoint's safety step (loaded after this).
         safety_context(config.safety_link).publish_overrides(safety_overrides(config))
         self.rtc_dropped_chunks = 0
@@ -146,7 +151,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
         images = [batch[key] for key in self.config.image_features]
         tasks = batch["task"]
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        with torch.set_grad_enabled(self.training and self._backbone_trains()):
+        autocast = self.backbone_precision.autocast
+        with (
+            torch.set_grad_enabled(self.training and self._backbone_trains()),
+            torch.autocast(images[0].device.type, dtype=autocast, enabled=autocast is not None),
+        ):
             features, mask = self.backbone(images, tasks)
         return features.float(), mask
 

@@ -1,8 +1,8 @@
 """Pre/post-processing for RoboAlign: input checks, LeRobot's normalisation, device moves.
 
 The instruction and the camera images stay raw here: the backbone's own processor and chat
-template turn them into tokens inside the model, so an aligned MLLM sees the same prompt
-format it was aligned with.
+template turn them into tokens inside the model, with the user-turn template and image size
+the MLLM was aligned with unless configured otherwise (see ``alignment_format.py``).
 """
 
 from dataclasses import dataclass, field

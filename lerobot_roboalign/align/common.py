@@ -18,8 +18,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, FAST_TOKENIZER_DIR, ActionVocabulary
-from lerobot_roboalign.backbone import resolve_dtype
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
+from lerobot_roboalign.precision import PrecisionPlan, align_precision, training_device
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,12 @@ class ModelConfig:
     # FAST tokenizer dir; default: the backbone's own ``fast_tokenizer/``, else fitted on the datasets (SFT).
     fast_tokenizer: str | None = None
     freeze_vision: bool = True
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
+    # Compute dtype (autocast); trained weights are float32 whatever it is (precision.py). auto: bfloat16 on a
+    # CUDA GPU that supports it, float32 elsewhere; bfloat16 on the CPU runs CPU autocast.
+    dtype: str = "auto"
+
+    def precision(self) -> PrecisionPlan:
+        return align_precision(self.dtype, training_device())
 
 
 @dataclass
@@ -60,9 +66,8 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     resume: bool = True  # continue from the last complete checkpoint in output_dir
 
-    def trainer_kwargs(self) -> dict:
-        """Keyword arguments shared by TRL's SFTConfig and GRPOConfig."""
-        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    def trainer_kwargs(self, precision: PrecisionPlan) -> dict:
+        """Keyword arguments shared by TRL's SFTConfig and GRPOConfig (mixed precision from ``precision``)."""
         return dict(
             output_dir=str(self.output_dir),
             learning_rate=self.learning_rate,
@@ -80,23 +85,27 @@ class TrainingConfig:
             data_seed=self.seed,
             report_to=self.report_to,
             gradient_checkpointing=self.gradient_checkpointing,
-            bf16=use_bf16,
+            **precision.trainer_flags(training_device()),
             remove_unused_columns=False,
             disable_tqdm=False,
             dataloader_num_workers=0,
         )
 
 
-def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None):
+def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None, training: bool = False):
     """Model and processor of ``cfg.path``, or of a trainer ``checkpoint`` of it when resuming.
+
+    For ``training`` the weights are float32 master weights and the trainer's autocast gives the compute dtype;
+    for inference (reasoning, scoring, generate) they are loaded in the compute dtype (see ``precision.py``).
 
     Resumed weights are loaded here with ``from_pretrained`` (which maps the saved key names back), because
     transformers' own resume loads the state dict verbatim and misses the renamed keys of Qwen-VL models.
     The config keeps naming ``cfg.path``, so GRPO's KL reference stays the starting model on resume.
     """
     source = checkpoint or cfg.path
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=resolve_dtype(cfg.dtype, device))
+    precision = cfg.precision()
+    dtype = precision.load if training else precision.frozen
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
     processor = AutoProcessor.from_pretrained(source)
     model.config.name_or_path = cfg.path
     return model, processor
@@ -108,6 +117,18 @@ def load_fast_tokenizer(cfg: ModelConfig) -> FastTokenizer | None:
         return FastTokenizer.from_pretrained(cfg.fast_tokenizer)
     inside = Path(cfg.path) / FAST_TOKENIZER_DIR
     return FastTokenizer.from_pretrained(inside) if inside.is_dir() else None
+
+
+def cast_reference_model(trainer, dtype: torch.dtype) -> None:
+    """Keep GRPO's frozen KL reference in the compute dtype (half the memory of float32 on a GPU).
+
+    Only where TRL left it a plain model: DeepSpeed casts it to its bf16 config itself, FSDP shards it.
+    """
+    from accelerate.utils import DistributedType
+
+    plain = trainer.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU)
+    if getattr(trainer, "ref_model", None) is not None and plain:
+        trainer.ref_model.to(dtype)
 
 
 def freeze_vision_encoder(model: torch.nn.Module) -> int:
@@ -145,11 +166,14 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
-def save_final(model, processor, vocabulary: ActionVocabulary, output_dir: Path) -> Path:
+def save_final(
+    model, processor, vocabulary: ActionVocabulary, output_dir: Path, fmt: AlignmentFormat | None = None
+) -> Path:
     """Write the aligned MLLM to ``output_dir/model`` atomically: a temp dir renamed in one step.
 
     The result is a standard HF checkpoint (AutoModelForImageTextToText + AutoProcessor) that also holds the
-    FAST tokenizer and action vocabulary, so the VLA and ``roboalign align generate`` load it by path.
+    FAST tokenizer and action vocabulary, so the VLA and ``roboalign align generate`` load it by path, and the
+    input format it was aligned on (``fmt``), which the VLA shows it by default.
     """
     final = output_dir / FINAL_SUBDIR
     staging = Path(tempfile.mkdtemp(prefix=f".{FINAL_SUBDIR}.", dir=output_dir))
@@ -157,6 +181,7 @@ def save_final(model, processor, vocabulary: ActionVocabulary, output_dir: Path)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         vocabulary.save_pretrained(staging)  # action_vocab.json + fast_tokenizer/
+        (fmt or AlignmentFormat()).save_pretrained(staging)
         if final.exists():
             old = final.with_name(f".{FINAL_SUBDIR}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -172,14 +197,17 @@ def save_final(model, processor, vocabulary: ActionVocabulary, output_dir: Path)
 
 
 class VocabularyCallback(TrainerCallback):
-    """Store the action vocabulary and FAST tokenizer in every checkpoint, so each one is a usable backbone."""
+    """Store the action vocabulary, FAST tokenizer and input format in every checkpoint: each is a usable backbone."""
 
-    def __init__(self, vocabulary: ActionVocabulary):
+    def __init__(self, vocabulary: ActionVocabulary, fmt: AlignmentFormat | None = None):
         self.vocabulary = vocabulary
+        self.fmt = fmt or AlignmentFormat()
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.vocabulary.save_pretrained(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self.fmt.save_pretrained(checkpoint)
+            self.vocabulary.save_pretrained(checkpoint)  # action_vocab.json last: it marks the checkpoint complete
 
 
 class MetricsCallback(TrainerCallback):

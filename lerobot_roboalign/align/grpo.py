@@ -27,6 +27,7 @@ from lerobot_roboalign.align.common import (
     ModelConfig,
     TrainingConfig,
     VocabularyCallback,
+    cast_reference_model,
     freeze_vision_encoder,
     generate_completions,
     last_complete_checkpoint,
@@ -36,6 +37,7 @@ from lerobot_roboalign.align.common import (
 )
 from lerobot_roboalign.align.data import AlignDataConfig, align_messages, load_samples
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.hub import check_repo_id, push_backbone
 
@@ -79,11 +81,11 @@ class AlignGRPOConfig:
 
 
 def load_aligned(
-    cfg: ModelConfig, checkpoint: str | None = None
+    cfg: ModelConfig, checkpoint: str | None = None, training: bool = False
 ) -> tuple[torch.nn.Module, object, ActionVocabulary, FastTokenizer]:
     """An SFT'd MLLM with its action vocabulary and FAST tokenizer (a clear error when they are missing)."""
     vocabulary = ActionVocabulary.from_pretrained(checkpoint or cfg.path)
-    model, processor = load_model_and_processor(cfg, checkpoint)
+    model, processor = load_model_and_processor(cfg, checkpoint, training)
     vocabulary.check_tokenizer(processor.tokenizer)
     return model, processor, vocabulary, vocabulary.fast_tokenizer
 
@@ -101,7 +103,7 @@ def grpo_args(cfg: AlignGRPOConfig):
 
     g = cfg.grpo
     return GRPOConfig(
-        **cfg.training.trainer_kwargs(),
+        **cfg.training.trainer_kwargs(cfg.model.precision()),
         num_generations=g.num_generations,
         beta=g.beta,
         temperature=g.temperature,
@@ -122,23 +124,25 @@ def train(cfg: AlignGRPOConfig) -> Path:
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub)  # before hours of training, not after
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
-    model, processor, vocabulary, fast = load_aligned(cfg.model, resume)
+    model, processor, vocabulary, fast = load_aligned(cfg.model, resume, training=True)
     samples = load_samples(cfg.dataset, fast)
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
     stop_ids = stop_token_ids(processor.tokenizer, model.generation_config)
+    fmt = AlignmentFormat.from_data_config(cfg.dataset)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=make_reward_funcs(cfg.grpo.reward, processor.tokenizer, vocabulary, fast, stop_ids, cfg.grpo.l1_scale),
         args=grpo_args(cfg),
         train_dataset=build_dataset(samples),
         processing_class=processor,
-        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
+        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
     )
+    cast_reference_model(trainer, cfg.model.precision().frozen)
     trainer.train(resume_from_checkpoint=resume)
     final = cfg.training.output_dir / FINAL_SUBDIR
     if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
-        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir, fmt)
         if cfg.push_to_hub:
             push_backbone(final, cfg.push_to_hub)
     trainer.accelerator.wait_for_everyone()

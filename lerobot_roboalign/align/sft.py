@@ -42,6 +42,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
 )
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
+from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.hub import check_repo_id, push_backbone
 
@@ -75,6 +76,13 @@ def attach_action_vocabulary(model, processor, fast: FastTokenizer, path: str) -
         return ActionVocabulary.from_pretrained(path, tokenizer=processor.tokenizer)
     logger.info("Extending %s with %d FAST action tokens.", path, fast.vocab_size)
     return ActionVocabulary.extend(model, processor.tokenizer, fast)
+
+
+def refuse_other_fast_tokenizer(cfg: ModelConfig, source: str) -> None:
+    """A backbone with action tokens keeps their FAST tokenizer: checked before anything large is loaded."""
+    if cfg.fast_tokenizer and (Path(source) / ACTION_VOCAB_FILE).is_file():
+        vocabulary = ActionVocabulary.from_pretrained(source)
+        vocabulary.check_fast_tokenizer(FastTokenizer.from_pretrained(cfg.fast_tokenizer), cfg.fast_tokenizer, source)
 
 
 def samples_with_tokens(cfg: AlignSFTConfig, source: str) -> tuple[list[dict], FastTokenizer]:
@@ -148,23 +156,25 @@ def train(cfg: AlignSFTConfig) -> Path:
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub)  # before hours of training, not after
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
-    model, processor = load_model_and_processor(cfg.model, resume)
+    refuse_other_fast_tokenizer(cfg.model, resume or cfg.model.path)
+    model, processor = load_model_and_processor(cfg.model, resume, training=True)
     samples, fast = samples_with_tokens(cfg, resume or cfg.model.path)
     vocabulary = attach_action_vocabulary(model, processor, fast, resume or cfg.model.path)
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
-    args = SFTConfig(**cfg.training.trainer_kwargs(), completion_only_loss=True, max_length=cfg.max_length)
+    fmt = AlignmentFormat.from_data_config(cfg.dataset)
+    args = SFTConfig(**cfg.training.trainer_kwargs(cfg.model.precision()), completion_only_loss=True, max_length=cfg.max_length)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=build_dataset(cfg, samples, vocabulary),
         processing_class=processor,
-        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary)],
+        callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
     )
     trainer.train(resume_from_checkpoint=resume)
     final = cfg.training.output_dir / FINAL_SUBDIR
     if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
-        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir)
+        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir, fmt)
         if cfg.push_to_hub:
             push_backbone(final, cfg.push_to_hub)
     trainer.accelerator.wait_for_everyone()

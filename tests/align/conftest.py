@@ -34,3 +34,14 @@ def extended_backbone(tiny_qwen25_backbone):
     processor = AutoProcessor.from_pretrained(tiny_qwen25_backbone)
     vocabulary = ActionVocabulary.extend(model, processor.tokenizer, fast)
     return model, processor, vocabulary, fast, chunks
+
+
+@pytest.fixture(scope="session")
+def extended_dir(extended_backbone, tmp_path_factory) -> Path:
+    """The tiny backbone with action tokens (untrained), saved like the output of `align sft`."""
+    model, processor, vocabulary, _, _ = extended_backbone
+    path = tmp_path_factory.mktemp("extended")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    vocabulary.save_pretrained(path)
+    return path
