@@ -52,6 +52,7 @@ def test_default_targets_are_language_attention_adapters_and_the_whole_head(base
     assert state_and_action <= {n.split(".modules_to_save.default.")[1].split(".")[0] for n in head}
 
 
+@pytest.mark.slow  # 30 training steps with a backward pass through the backbone's adapters
 def test_peft_fine_tuning_trains_only_adapters_and_head_and_reloads_with_identical_actions(base_checkpoint, tmp_path):
     peft_policy = load_with_peft(base_checkpoint)
     batch = make_batch()
