@@ -38,7 +38,8 @@ def mid_size(tiny_dir: Path):
     text = config.text_config
     text.update(dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                      num_key_value_heads=2, vocab_size=151_936))  # fmt: skip
-    text.rope_parameters = {**text.rope_parameters, "mrope_section": [16, 24, 24]}  # head_dim 64
+    text.rope_parameters = {**text.rope_parameters, "mrope_section": [8, 12, 12]}  # head_dim 64
+    text.layer_types = ["full_attention"] * text.num_hidden_layers
     config.vision_config.update(dict(depth=12, hidden_size=768, intermediate_size=3072, num_heads=12,
                                      out_hidden_size=896, fullatt_block_indexes=[3, 7, 11]))  # fmt: skip
     model = Qwen2_5_VLForConditionalGeneration(config)
