@@ -23,14 +23,13 @@ STEPS_PER_INSTRUCTION, CHAIN_LENGTH, NUM_CHAINS = 360, 5, 1000
 
 def measure(use_egl: bool, steps: int, resets: int) -> dict:
     from lerobot_roboalign.calvin.env import CalvinChainEnv
-    from lerobot_roboalign.calvin.protocol import sample_chains
+    from lerobot_roboalign.calvin.protocol import initial_states
 
     start = time.perf_counter()
     sim = CalvinChainEnv(use_egl=use_egl)
     build = time.perf_counter() - start
-    chains = sample_chains(NUM_CHAINS)
     start = time.perf_counter()
-    for initial_state, _ in chains[:resets]:
+    for initial_state in initial_states()[:resets]:
         sim.reset_to(initial_state)
     reset = (time.perf_counter() - start) / resets
     sim.begin_subtask()
@@ -92,7 +91,7 @@ def write(results: dict, meta: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--resets", type=int, default=5)
     args = parser.parse_args()
     meta = {

@@ -20,7 +20,8 @@ INSTALL_FIX = (
     "CALVIN's simulator (calvin_env) is not on PyPI. Install it with its runtime dependencies "
     "(Python 3.12, headless):\n"
     "  git clone --recurse-submodules https://github.com/mees/calvin_env.git\n"
-    "  pip install -e 'lerobot_policy_roboalign[calvin]' && pip install --no-deps -e calvin_env\n"
+    "  pip install -e '.[calvin]'   # in the lerobot-roboalign checkout: pinned runtime deps\n"
+    "  pip install --no-deps -e calvin_env\n"
     "(an editable install: calvin_env finds its conf/ and data/ next to its source). In this repository "
     "`make setup` does it from ../shared/calvin when that folder exists (override with CALVIN_SRC=...)."
 )

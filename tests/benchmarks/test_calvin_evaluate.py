@@ -1,6 +1,6 @@
 """``roboalign calvin eval`` end to end on a real roboalign checkpoint, with a scripted stand-in simulator.
 
-calvin_env is not installable here, so the scene is a stand-in that produces CALVIN-shaped
+The scene is a stand-in (fast; the real simulator runs in test_calvin_sim.py) that produces CALVIN-shaped
 observations (200x200 static and 84x84 gripper cameras, 15-D robot state) and completes every
 task after two steps; the policy (trained one step by lerobot-train), its processors, the
 env->policy rename map and the journal that lets an interrupted evaluation resume are real.

@@ -1,4 +1,4 @@
-"""The CALVIN ABC->D protocol logic, against scripted stand-in envs (calvin_env is not installable here)."""
+"""The CALVIN ABC->D protocol logic, against scripted stand-in envs (the real simulator: test_calvin_sim.py)."""
 
 import json
 
