@@ -206,7 +206,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
         features, mask = self._features(batch)
         inpainting = self._inpainting(prev_chunk_left_over, inference_delay, features.shape[0])
         chunk = self.head.sample(features, mask, self._state(batch), inpainting)
-        if inference_delay is None or torch.isfinite(chunk).all():
+        if inference_delay is None:
+            return chunk
+        context = safety_context(self.config.safety_link)
+        context.hold_from = None
+        if torch.isfinite(chunk).all():
             return chunk
         self.rtc_dropped_chunks += 1
         if inpainting is None:
@@ -215,6 +219,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
                 "nothing is sent to the arm. Check the cameras/state and the checkpoint's normalisation stats."
             )
         logger.warning("RoboAlign safety: non-finite RTC chunk dropped; finishing the previous chunk, then holding.")
+        context.hold_from = min(inpainting.prefix.shape[1], self.config.chunk_size)
         return hold_chunk(inpainting.prefix.to(chunk), self.config.chunk_size)
 
     @torch.no_grad()
@@ -227,7 +232,9 @@ class RoboAlignPolicy(PreTrainedPolicy):
         """
         if self._blender.needs_chunk():
             self._blender.push(self.predict_action_chunk(batch)[:, : self.config.n_action_steps])
-        return self._blender.pop()
+        action = self._blender.pop()
+        safety_context(self.config.safety_link).hold_from = 0 if self._blender.holding else None
+        return action
 
     # ---- checkpoints ----------------------------------------------------------------
     def _backbone_info(self) -> dict:

@@ -57,11 +57,15 @@ class ChunkBlender:
         self.blend_steps = blend_steps
         self._queue: deque[torch.Tensor] = deque()
         self._last: torch.Tensor | None = None
+        self._hold: torch.Tensor | None = None  # the action repeated while chunks are dropped
+        self.holding = False  # the last popped action is a hold, not a policy target
         self.dropped_chunks = 0
 
     def reset(self) -> None:
         self._queue.clear()
         self._last = None
+        self._hold = None
+        self.holding = False
 
     def needs_chunk(self) -> bool:
         return len(self._queue) <= self.blend_steps
@@ -75,7 +79,8 @@ class ChunkBlender:
                 "finishing the previous chunk / holding the last action instead."
             )
             if not self._queue and self._last is not None:
-                self._queue.append(self._last)
+                self._hold = self._last
+                self._queue.append(self._hold)
             return
         new = list(chunk.unbind(dim=1))
         old = list(self._queue)
@@ -93,6 +98,7 @@ class ChunkBlender:
                 "target to hold. Check the checkpoint (NaN weights?) and the observation normalisation stats."
             )
         self._last = self._queue.popleft()
+        self.holding = self._last is self._hold
         return self._last
 
 
@@ -104,6 +110,12 @@ class SafetyContext:
     overrides: dict[str, Any] = field(default_factory=dict)  # --policy.safety_* given for this run
     overrides_version: int = 0
     episode: int = 0
+    hold_from: int | None = None  # the next action (or chunk rows from this index) holds the last safe target
+
+    def take_hold(self) -> int | None:
+        """Consume the policy's hold request for the next action or chunk."""
+        hold_from, self.hold_from = self.hold_from, None
+        return hold_from
 
     def publish_overrides(self, overrides: dict[str, Any]) -> None:
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -323,14 +335,17 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         if context.episode != self._seen_episode:
             self._seen_episode = context.episode
             self.reset()
+        hold_from = context.take_hold()
         if not self.enabled:
             return action
         if action.ndim == 3:  # a chunk computed from the latest observation: start from where the arm is
             if self._anchor(action[:, 0], context) is not None:
                 self.reset()
-            safe = torch.stack([self._safe(a, context) for a in action.unbind(dim=1)], dim=1)
+            rows = action.unbind(dim=1)
+            holds = [hold_from is not None and i >= hold_from for i in range(len(rows))]
+            safe = torch.stack([self._safe(a, context, hold) for a, hold in zip(rows, holds)], dim=1)
         else:
-            safe = self._safe(action, context)
+            safe = self._safe(action, context, hold_from is not None)
         if not torch.isfinite(safe).all():  # cannot happen with validated limits; never let it reach a motor
             raise RuntimeError("RoboAlign safety: a non-finite target survived the safety step; not sent.")
         return safe
@@ -353,13 +368,17 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         anchor = state.reshape(-1, like.shape[-1]).to(like.device).expand_as(like).clone()
         return anchor if torch.isfinite(anchor).all() else None
 
-    def _safe(self, action: torch.Tensor, context: SafetyContext) -> torch.Tensor:
-        """One control step: replace non-finite rows, clamp, rate-limit, remember."""
+    def _safe(self, action: torch.Tensor, context: SafetyContext, hold: bool = False) -> torch.Tensor:
+        """One control step: hold if the policy dropped its chunk, else replace non-finite rows, clamp,
+        rate-limit, remember."""
         dim = action.shape[-1]
         safe = action.detach().to(torch.float32).clone()
         if self._last_safe is not None and self._last_safe.shape != safe.shape:
             self._last_safe = None  # a new batch of envs (e.g. lerobot-eval's last, smaller batch)
         previous = self._last_safe if self._last_safe is not None else self._anchor(safe, context)
+        if hold and previous is not None:  # not the dropped chunk's stale target, which may still be far away
+            self._last_safe = previous.expand_as(safe).clone()
+            return self._last_safe.to(action.dtype)
         bad = ~torch.isfinite(safe).all(dim=-1)
         if bad.any():
             if previous is None:

@@ -152,6 +152,9 @@ def test_slow_backbone_switches_chunks_without_a_jump(mode, roboalign_checkpoint
     assert worst <= BOUNDARY_FACTOR * max(inside), (worst, max(inside))
 
 
+NAN_FROM, NAN_UNTIL = 3, 23  # control steps with NaN camera frames: longer than a chunk
+
+
 @pytest.mark.parametrize("inference", ["rtc", "sync"])
 def test_nan_frames_mid_rollout_hold_the_arm(inference, roboalign_checkpoint, tmp_path, virtual_hw, monkeypatch):
     from lerobot_roboalign.modeling_roboalign import RoboAlignPolicy
@@ -160,7 +163,8 @@ def test_nan_frames_mid_rollout_hold_the_arm(inference, roboalign_checkpoint, tm
 
     def nan_frames(self, batch, **kwargs):
         calls.append(len(spy.sent))
-        if 3 <= len(calls) <= 5:  # a camera delivering NaN frames for a while
+        if NAN_FROM <= len(spy.sent) < NAN_UNTIL:  # a camera delivering NaN frames for a while (in control steps,
+            # not inference calls: RTC predicts as often as the machine allows)
             batch = {k: v.clone().fill_(float("nan")) if k.startswith("observation.images") else v
                      for k, v in batch.items()}  # fmt: skip
         return predict(self, batch, **kwargs)
@@ -168,7 +172,7 @@ def test_nan_frames_mid_rollout_hold_the_arm(inference, roboalign_checkpoint, tm
     monkeypatch.setattr(RoboAlignPolicy, "predict_action_chunk", nan_frames)
     checkpoint = _checkpoint_for("so101_follower", roboalign_checkpoint, tmp_path)
     follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
-    spy = _Spy(monkeypatch, until=lambda spy: len(calls) >= 9)
+    spy = _Spy(monkeypatch, until=lambda spy: len(spy.sent) >= NAN_UNTIL + 8 and calls[-1] >= NAN_UNTIL)
     warnings = _Recorder()
     logging.getLogger("lerobot_roboalign").addHandler(warnings)
     try:
@@ -177,8 +181,8 @@ def test_nan_frames_mid_rollout_hold_the_arm(inference, roboalign_checkpoint, tm
     finally:
         logging.getLogger("lerobot_roboalign").removeHandler(warnings)
 
-    assert len(calls) >= 9 and any("non-finite" in m for m in warnings.messages)
+    assert calls[-1] >= NAN_UNTIL and any("non-finite" in m for m in warnings.messages)
     assert virtual_hw.goal_ticks_within(follower)
     held = [a == b for a, b in zip(follower.goal_log, follower.goal_log[1:])]
-    assert sum(held) >= 1, "the arm held its last safe target while the frames were NaN"
-    assert not all(held[calls[6] :]), "and moved again once the frames were valid"
+    assert sum(held[NAN_FROM:NAN_UNTIL]) >= 1, "the arm held its last safe target while the frames were NaN"
+    assert not all(held[NAN_UNTIL:]), "and moved again once the frames were valid"
