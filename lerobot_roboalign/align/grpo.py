@@ -41,7 +41,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
     longest_target_tokens,
 )
-from lerobot_roboalign.align.reason import read_reasoning
+from lerobot_roboalign.align.reason import describe_motion, read_reasoning
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
 from lerobot_roboalign.fast import FastTokenizer
 
@@ -57,7 +57,7 @@ class GRPOSection:
     temperature: float = 1.0
     top_p: float = 0.99
     # Must hold the longest target completion (reasoning + markup + FAST span), or GRPO rewards brevity;
-    # 0 = size it from the data (longest target + 16), which needs --reasoning to know the reasoning lengths.
+    # 0 = size it from the data (longest target + 16; --reasoning gives the SFT reasoning, else scripted motion).
     max_completion_length: int = 512
     reward: str = "prefix"  # prefix (paper: longest matching FAST prefix) | l1 (decoded-action error)
     l1_scale: float = 0.2
@@ -151,14 +151,17 @@ COMPLETION_MARGIN = 16
 
 def completion_cap(cfg: AlignGRPOConfig, samples: list[dict], tokenizer, vocabulary: ActionVocabulary) -> int:
     """The configured cap, checked against the longest target, or (cap 0) that length plus a margin."""
-    reasoning = {}
     if cfg.reasoning is not None:
         reasoning = {key: row["reasoning"] for key, row in read_reasoning(Path(cfg.reasoning)).items()}
-    elif cfg.grpo.max_completion_length == 0:
-        raise ValueError("--grpo.max_completion_length=0 sizes the cap from the targets: pass --reasoning=FILE too.")
+    else:  # what `align sft` trains on without --reasoning
+        reasoning = {s["id"]: describe_motion(s) for s in samples}
     longest = longest_target_tokens(samples, reasoning, tokenizer, vocabulary)
     cap = cfg.grpo.max_completion_length or longest + COMPLETION_MARGIN
-    check_completion_cap(cap, longest, "--grpo.max_completion_length")
+    if cfg.reasoning is not None:
+        check_completion_cap(cap, longest, "--grpo.max_completion_length")
+    elif cap < longest:  # the SFT reasoning is unknown: warn, the actual targets may be shorter
+        logger.warning("--grpo.max_completion_length=%d may not hold a full target (scripted reasoning: %d tokens); "
+                       "pass --reasoning=FILE to check.", cap, longest)
     logger.info("GRPO completion cap: %d tokens (longest target completion: %d).", cap, longest)
     output = Path(cfg.training.output_dir)
     output.mkdir(parents=True, exist_ok=True)

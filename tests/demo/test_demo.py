@@ -1,9 +1,12 @@
 """`roboalign demo --quick` end to end; every number in the report must come from the run's outputs."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,13 +26,48 @@ def demo_command(output: Path) -> list[str]:
     return [str(Path(sys.executable).with_name("roboalign")), "demo", "--quick", f"--output_dir={output}"]
 
 
+# Where the demo is SIGKILLed (whole process group) before it is run again: one kind of stage each.
+KILL_POINTS = {
+    "recording": lambda d: any((d / "dataset.recording").glob("*/*/data")),
+    "alignment (SFT)": lambda d: (d / "stages" / "sft.started").is_file(),
+    "VLA training after a checkpoint": lambda d: (d / "vla_base" / "checkpoints" / "000010").is_dir(),
+    "evaluation": lambda d: (d / "stages" / "eval_base.started").is_file(),
+}
+
+
+def run_until(output: Path, condition, log) -> None:
+    process = subprocess.Popen(demo_command(output), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while not condition(output):
+        assert process.poll() is None, "the demo ended before reaching the kill point"
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
+    """The quick demo, killed once in each kind of stage and re-run: the outputs tested below are the resumed run's."""
     output = tmp_path_factory.mktemp("demo")
+    with (output.parent / "killed_runs.log").open("w") as log:
+        for condition in KILL_POINTS.values():
+            run_until(output, condition, log)
     result = subprocess.run(demo_command(output), capture_output=True, text=True, timeout=1500, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[lerobot-train]" in result.stdout and "[lerobot-eval]" in result.stdout  # streamed progress
     return output
+
+
+def test_killed_stages_resumed_or_restarted(demo_dir):
+    log = (demo_dir.parent / "killed_runs.log").read_text()
+    assert "resuming lerobot-train from" in log + (demo_dir / "vla_base" / "lerobot-train.log").read_text() or (
+        "resuming lerobot-train from" in (demo_dir / "vla_base" / "lerobot-train.log").read_text()
+    )
+    assert not list((demo_dir / "stages").glob("*.started"))
+    assert not (demo_dir / "dataset.recording").exists()
+    assert json.loads((demo_dir / "stages" / "vla_base.json").read_text())["result"]["loss"]
 
 
 def report_rows(report: str, header: str) -> dict[str, list[str]]:
