@@ -418,8 +418,8 @@ def plot_success(cfg: DemoConfig, evals: dict[str, dict]) -> str:
             n, k = counts[task]["n_episodes"], counts[task]["successes"]
             low, high = wilson_interval(k, n)
             rates.append(k / n if n else 0.0)
-            errors[0].append(rates[-1] - low)
-            errors[1].append(high - rates[-1])
+            errors[0].append(max(0.0, rates[-1] - low))  # rounding can put the bound a hair past the rate
+            errors[1].append(max(0.0, high - rates[-1]))
         axis.bar([t + i * width for t in range(len(TASKS))], rates, width, yerr=errors, capsize=3, label=name)
     axis.set_xticks([t + width * (len(evals) - 1) / 2 for t in range(len(TASKS))], TASKS)
     axis.set_ylabel("success rate (95% Wilson interval)")

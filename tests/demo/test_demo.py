@@ -30,7 +30,8 @@ def demo_command(output: Path) -> list[str]:
 KILL_POINTS = {
     "recording": lambda d: any((d / "dataset.recording").glob("*/*/data")),
     "alignment (SFT)": lambda d: (d / "stages" / "sft.started").is_file(),
-    "VLA training after a checkpoint": lambda d: (d / "vla_base" / "checkpoints" / "000010").is_dir(),
+    "VLA training after a checkpoint": lambda d: (d / "vla_base" / "checkpoints" / "last" / "pretrained_model"
+                                                  / "train_config.json").is_file(),
     "evaluation": lambda d: (d / "stages" / "eval_base.started").is_file(),
 }
 
@@ -41,8 +42,7 @@ def run_until(output: Path, condition, log) -> None:
     while not condition(output):
         assert process.poll() is None, "the demo ended before reaching the kill point"
         assert time.monotonic() < deadline
-        time.sleep(0.5)
-    time.sleep(2)
+        time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
@@ -62,9 +62,7 @@ def demo_dir(tmp_path_factory) -> Path:
 
 def test_killed_stages_resumed_or_restarted(demo_dir):
     log = (demo_dir.parent / "killed_runs.log").read_text()
-    assert "resuming lerobot-train from" in log + (demo_dir / "vla_base" / "lerobot-train.log").read_text() or (
-        "resuming lerobot-train from" in (demo_dir / "vla_base" / "lerobot-train.log").read_text()
-    )
+    assert "resuming lerobot-train from" in log  # the VLA stage killed after its checkpoint went on from it
     assert not list((demo_dir / "stages").glob("*.started"))
     assert not (demo_dir / "dataset.recording").exists()
     assert json.loads((demo_dir / "stages" / "vla_base.json").read_text())["result"]["loss"]
