@@ -28,7 +28,7 @@ def demo_command(output: Path) -> list[str]:
 
 # Where the demo is SIGKILLed (whole process group) before it is run again: one kind of stage each.
 KILL_POINTS = {
-    "recording": lambda d: any((d / "dataset.recording").glob("*/*/data")),
+    "recording": lambda d: any(p.is_dir() for p in (d / "dataset.recording").glob("*")),
     "alignment (SFT)": lambda d: (d / "stages" / "sft.started").is_file(),
     "VLA training after a checkpoint": lambda d: (d / "vla_base" / "checkpoints" / "last" / "pretrained_model"
                                                   / "train_config.json").is_file(),
