@@ -5,15 +5,21 @@ It calls the public commands a user runs at scale (``roboalign tokenizer fit``,
 (scripted simulator demonstrations) and the tiny random backbone are demo-specific. The paper's
 "RoboAlign without RL" vs "RoboAlign" rows are reproduced in miniature: two VLAs that differ only
 in their backbone (after SFT, after SFT + GRPO), evaluated closed loop on held-out seeds, next to
-the scripted expert. Every stage records its wall time and is skipped on re-run once complete,
-so an interrupted demo resumes where it stopped.
+the scripted expert, beside a VLA on the unaligned base backbone. Alignment trains on some episodes
+and is scored on frames of the others, with a completion cap sized from the data, next to blind
+baselines. Every stage records its wall time and a fingerprint of its settings: a finished stage is
+reused only with the same settings, and an interrupted one resumes (recording chunks, TRL and
+lerobot-train checkpoints) or restarts cleanly (evaluation).
 """
 
 import csv
+import hashlib
 import json
 import logging
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,13 +46,15 @@ class DemoSizes:
     chunk_size: int = 16
     n_action_steps: int = 8
     sft_steps: int = 600
-    grpo_steps: int = 64
+    grpo_steps: int = 48
     grpo_generations: int = 4
-    grpo_samples: int = 64
-    score_samples: int = 16
-    vla_steps: int = 3000
+    grpo_samples: int = 48
+    score_samples: int = 48  # frames of held-out episodes scored (greedy, one completion each)
+    vla_steps: int = 1500
     vla_batch_size: int = 8
     eval_episodes_per_task: int = 20
+    holdout_every: int = 5  # every 5th recorded episode is held out of alignment and scored on
+    vla_save_every: int = 500  # lerobot-train checkpoints: a killed VLA stage resumes from the last one
 
 
 QUICK = DemoSizes(
@@ -57,6 +65,8 @@ QUICK = DemoSizes(
     score_samples=4,
     vla_steps=20,
     eval_episodes_per_task=2,
+    holdout_every=4,
+    vla_save_every=10,
 )
 
 
@@ -67,33 +77,67 @@ class DemoConfig:
     sizes: DemoSizes = field(default_factory=DemoSizes)
     seed: int = 0
     eval_seed: int = 1000  # recording uses seeds from 10^7 up: evaluation episodes are held out
+    # CPU threads per process (this one and every stage's subprocess). On a shared 2-core machine two OpenMP
+    # threads per process ran a small MLP 19x slower than one (200 s vs 10.5 s, load 9); 0 = torch's default.
+    cpu_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.quick and self.sizes == DemoSizes():
             self.sizes = QUICK
 
 
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def remove(paths) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 class Stages:
-    """Runs named stages once: a finished stage leaves ``stages/<name>.json`` (result + wall time)."""
+    """Runs named stages once per settings: a finished stage leaves ``stages/<name>.json``.
+
+    Each stage's fingerprint hashes its own settings and its inputs' fingerprints. A finished stage
+    with the same fingerprint is reused; one with another (``--quick`` results under a full run) is
+    redone. A stage that was started (``<name>.started``) with the same fingerprint and killed keeps
+    its outputs so it can resume from them; outputs of unknown or other settings are deleted first.
+    """
 
     def __init__(self, output_dir: Path):
         self.directory = output_dir / "stages"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.order: list[str] = []
+        self.fingerprints: dict[str, str] = {}
 
-    def run(self, name: str, work: Callable[[], dict]) -> dict:
-        marker = self.directory / f"{name}.json"
+    def run(
+        self, name: str, work: Callable[[], dict], settings: dict, after: tuple[str, ...] = (), outputs: tuple = ()
+    ) -> dict:
+        key = fingerprint(name, settings, [self.fingerprints[stage] for stage in after])
+        self.fingerprints[name] = key
         self.order.append(name)
+        marker, started = self.directory / f"{name}.json", self.directory / f"{name}.started"
         if marker.is_file():
-            logger.info("demo: stage %s already complete, skipped", name)
-            return json.loads(marker.read_text())["result"]
+            record = json.loads(marker.read_text())
+            if record.get("fingerprint") == key:
+                logger.info("demo: stage %s already complete with these settings, reused", name)
+                return record["result"]
+            print(f"demo: stage {name} was made with other settings: redoing it", flush=True)
+            marker.unlink()
+        if not (started.is_file() and started.read_text() == key):
+            remove(outputs)  # never resume from another configuration's partial outputs
+        started.write_text(key)
         print(f"\n=== roboalign demo: {name} ===", flush=True)
         start = time.perf_counter()
         result = work()
-        record = {"result": result, "wall_s": time.perf_counter() - start}
+        record = {"result": result, "wall_s": time.perf_counter() - start, "fingerprint": key, "settings": settings}
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2, default=str))
         os.replace(tmp, marker)
+        started.unlink()
         return result
 
     def wall_times(self) -> dict[str, float]:
@@ -112,12 +156,14 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def dataset_args(cfg: DemoConfig) -> list[str]:
+def dataset_args(cfg: DemoConfig, split: str = "all") -> list[str]:
     return [
         f"--dataset.repo_ids=[{REPO_ID}]",
         f"--dataset.roots=[{cfg.output_dir / 'dataset'}]",
         f"--dataset.chunk_size={cfg.sizes.chunk_size}",
         f"--dataset.seed={cfg.seed}",
+        f"--dataset.holdout_every={cfg.sizes.holdout_every}",
+        f"--dataset.split={split}",
     ]
 
 
@@ -171,81 +217,129 @@ def training_args(output_dir: Path, steps: int, batch_size: int, seed: int) -> l
     ]
 
 
+BASELINE_FRAMES = 400  # training frames the blind baselines are fitted on (the sample loader decodes images)
+SFT_LR = 5e-3  # a random tiny backbone has everything to learn (paper: 2e-5 on a pretrained 7B)
+GRPO_LR = 1e-4  # the paper's 1e-6 moves a 7B model; a 1M-parameter one needs more
+
+
 def stage_sft(cfg: DemoConfig, backbone: str, fast: str, reasoning: str) -> dict:
     output = cfg.output_dir / "align_sft"
     roboalign([
-        "align", "sft", *dataset_args(cfg),
+        "align", "sft", *dataset_args(cfg, "train"),
         f"--model.path={backbone}",
         f"--model.fast_tokenizer={fast}",
         f"--reasoning={reasoning}",
-        "--training.learning_rate=5e-3",  # a random tiny backbone has everything to learn
+        f"--training.learning_rate={SFT_LR}",
         *training_args(output, cfg.sizes.sft_steps, 8, cfg.seed),
     ])  # fmt: skip
     return {"path": str(output / "model"), "metrics": str(output / "metrics.csv")}
 
 
-def stage_grpo(cfg: DemoConfig, sft_model: str) -> dict:
+def stage_grpo(cfg: DemoConfig, sft_model: str, reasoning: str) -> dict:
     output = cfg.output_dir / "align_grpo"
     sizes = cfg.sizes
     roboalign([
-        "align", "grpo", *dataset_args(cfg),
+        "align", "grpo", *dataset_args(cfg, "train"),
         f"--dataset.num_samples={sizes.grpo_samples}",
         f"--model.path={sft_model}",
+        f"--reasoning={reasoning}",
         f"--grpo.num_generations={sizes.grpo_generations}",
-        "--grpo.max_completion_length=64",
-        "--training.learning_rate=1e-4",  # the paper's 1e-6 moves a 7B model; a 1M-parameter one needs more
+        "--grpo.max_completion_length=0",  # sized from the longest target completion
+        f"--training.learning_rate={GRPO_LR}",
         *training_args(output, sizes.grpo_steps, sizes.grpo_generations * 2, cfg.seed),
     ])  # fmt: skip
-    return {"path": str(output / "model"), "metrics": str(output / "metrics.csv")}
+    cap = json.loads((output / "completion_cap.json").read_text())
+    return {"path": str(output / "model"), "metrics": str(output / "metrics.csv"), **cap}
 
 
-def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str) -> dict:
-    """Format rate, action-token prefix accuracy and reward of each backbone, same held-out prompts."""
-    from .align.data import AlignDataConfig, load_samples
-    from .align.grpo import score_model
+def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str, reasoning_path: str) -> dict:
+    """Each aligned backbone and the blind baselines on frames of held-out episodes, same frames for all."""
+    from transformers import AutoTokenizer
+
+    from .action_vocab import ActionVocabulary
+    from .align.data import AlignDataConfig, load_samples, longest_target_tokens
+    from .align.grpo import COMPLETION_MARGIN
+    from .align.reason import read_reasoning
+    from .align.score import blind_baselines, paired_bootstrap, score_backbone
     from .fast import FastTokenizer
 
     fast = FastTokenizer.from_pretrained(fast_dir)  # the one both backbones were aligned with
-    data = AlignDataConfig(
-        repo_ids=[REPO_ID],
-        roots=[str(cfg.output_dir / "dataset")],
-        chunk_size=cfg.sizes.chunk_size,
-        num_samples=cfg.sizes.score_samples,
-        seed=cfg.seed + 1,
+    common = dict(
+        repo_ids=[REPO_ID], roots=[str(cfg.output_dir / "dataset")], chunk_size=cfg.sizes.chunk_size,
+        holdout_every=cfg.sizes.holdout_every,
+    )  # fmt: skip
+    heldout = load_samples(AlignDataConfig(**common, split="heldout", num_samples=cfg.sizes.score_samples, seed=cfg.seed + 1), fast)
+    train = load_samples(AlignDataConfig(**common, split="train", num_samples=BASELINE_FRAMES, seed=cfg.seed), fast)
+    first = next(iter(backbones.values()))
+    reasoning = {key: row["reasoning"] for key, row in read_reasoning(Path(reasoning_path)).items()}
+    longest = longest_target_tokens(
+        heldout + train, reasoning, AutoTokenizer.from_pretrained(first), ActionVocabulary.from_pretrained(first)
     )
-    samples = load_samples(data, fast)
-    return {name: score_model(path, samples, seed=cfg.seed) for name, path in backbones.items()}
+    cap = longest + COMPLETION_MARGIN
+    models = {name: score_backbone(path, heldout, cap) for name, path in backbones.items()}
+    sft, grpo = (models[name]["per_frame_action"] for name in backbones)
+    return {
+        "cap": cap,
+        "longest_target": longest,
+        "n_frames": len(heldout),
+        "heldout_episodes": sorted({s["episode_index"] for s in heldout}),
+        "train_episodes": sorted({s["episode_index"] for s in train}),
+        "models": models,
+        "baselines": blind_baselines(train, heldout, fast),
+        "grpo_minus_sft_action": paired_bootstrap(sft, grpo, seed=cfg.seed),
+    }
 
 
 def stage_train_vla(cfg: DemoConfig, name: str, backbone: str) -> dict:
+    """lerobot-train, streamed; resumes from its last checkpoint when a previous run was killed."""
     output = cfg.output_dir / f"vla_{name}"
     sizes = cfg.sizes
-    extra = (
-        f"--policy.chunk_size={sizes.chunk_size}",
-        f"--policy.n_action_steps={sizes.n_action_steps}",
-        f"--policy.scheduler_warmup_steps={max(1, sizes.vla_steps // 20)}",
-        f"--policy.scheduler_decay_steps={sizes.vla_steps}",
-    )
-    dataset = cfg.output_dir / "dataset"
-    args = train_args(dataset, REPO_ID, backbone, output, sizes.vla_steps, sizes.vla_batch_size, cfg.seed, extra)
-    log = run_lerobot("lerobot-train", args)
-    (output / "lerobot-train.log").write_text(log)
-    return {"checkpoint": str(output / "checkpoints" / "last" / "pretrained_model")}
+    last_config = output / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    if last_config.is_file():
+        args = [f"--config_path={last_config}", "--resume=true"]
+        print(f"demo: resuming lerobot-train from {last_config.parent}", flush=True)
+    else:
+        remove([output])  # killed before its first checkpoint: start again
+        extra = (
+            f"--policy.chunk_size={sizes.chunk_size}",
+            f"--policy.n_action_steps={sizes.n_action_steps}",
+            f"--policy.scheduler_warmup_steps={max(1, sizes.vla_steps // 20)}",
+            f"--policy.scheduler_decay_steps={sizes.vla_steps}",
+        )
+        dataset = cfg.output_dir / "dataset"
+        args = train_args(
+            dataset, REPO_ID, backbone, output, sizes.vla_steps, sizes.vla_batch_size, cfg.seed, extra,
+            save_freq=min(sizes.vla_save_every, sizes.vla_steps),
+        )  # fmt: skip
+    log = run_lerobot("lerobot-train", args, stream=True)
+    with (output / "lerobot-train.log").open("a") as file:
+        file.write(log)
+    return {"checkpoint": str(output / "checkpoints" / "last" / "pretrained_model"), "loss": train_losses(log)}
+
+
+_LOSS_RE = re.compile(r"step:\s*(\S+).*?\bloss:\s*([0-9.eE+-]+)")
+
+
+def train_losses(log: str) -> list[float]:
+    """The loss of each of lerobot-train's periodic log lines."""
+    return [float(match.group(2)) for match in _LOSS_RE.finditer(log)]
 
 
 def count_successes(eval_info: dict) -> dict[str, dict]:
-    """Per task: episodes and successes counted from lerobot-eval's per-episode records."""
+    """Per task: episodes, successes and each episode's outcome (seed order) from lerobot-eval's records."""
     counts: dict[str, dict] = {}
     for entry in eval_info["per_task"]:
         successes = [bool(s) for s in entry["metrics"]["successes"]]
-        task = counts.setdefault(entry["task_group"], {"n_episodes": 0, "successes": 0})
+        task = counts.setdefault(entry["task_group"], {"n_episodes": 0, "successes": 0, "episodes": []})
         task["n_episodes"] += len(successes)
         task["successes"] += sum(successes)
+        task["episodes"] += successes
     return counts
 
 
 def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str) -> dict:
     output = cfg.output_dir / f"eval_{name}"
+    remove([output])  # an evaluation killed midway restarts: its episodes are cheap and seeded
     log = run_lerobot("lerobot-eval", [
         f"--policy.path={checkpoint}",
         "--env.type=so101_lang",
@@ -257,7 +351,7 @@ def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str) -> dict:
         "--eval.use_async_envs=false",
         f"--seed={cfg.eval_seed}",
         f"--output_dir={output}",
-    ])  # fmt: skip
+    ], stream=True)  # fmt: skip
     (output / "lerobot-eval.log").write_text(log)
     return count_successes(json.loads((output / "eval_info.json").read_text()))
 
@@ -266,7 +360,10 @@ def stage_expert(cfg: DemoConfig) -> dict:
     from .sim_demos import evaluate_scripted_expert
 
     results = evaluate_scripted_expert(TASKS, cfg.sizes.eval_episodes_per_task, start_seed=cfg.eval_seed)
-    return {task: {"n_episodes": r["n_episodes"], "successes": sum(r["successes"])} for task, r in results.items()}
+    return {
+        task: {"n_episodes": r["n_episodes"], "successes": sum(r["successes"]), "episodes": r["successes"]}
+        for task, r in results.items()
+    }
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -276,25 +373,44 @@ def read_metrics(path: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
-def plot_report(cfg: DemoConfig, evals: dict[str, dict], grpo_metrics: list[dict]) -> list[str]:
+def _curve(axis, rows: list[dict], key: str, title: str, xlabel: str) -> None:
+    points = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "") and r.get("step")]
+    axis.plot([x for x, _ in points], [y for _, y in points], marker=".")
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+
+
+def plot_curves(cfg: DemoConfig, sft_metrics: list[dict], grpo_metrics: list[dict], vla_losses: dict) -> str:
+    """One PNG with a learning curve per training stage: SFT loss, GRPO reward, each VLA's flow-matching loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    reward_key = next((k for k in ("reward", "rewards/mean", "reward_mean") if grpo_metrics and k in grpo_metrics[0]), None)
-    rows = [r for r in grpo_metrics if reward_key and r.get(reward_key)]
-    if rows:
-        figure, axis = plt.subplots(figsize=(5, 3.5))
-        axis.plot([float(r["step"]) for r in rows], [float(r[reward_key]) for r in rows], marker="o")
-        axis.set_xlabel("GRPO step")
-        axis.set_ylabel("mean reward (format + action) / 2")
-        axis.set_title("GRPO reward")
-        figure.tight_layout()
-        figure.savefig(cfg.output_dir / "grpo_reward.png", dpi=120)
-        paths.append("grpo_reward.png")
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    _curve(axes[0], sft_metrics, "loss", "SFT loss (train split)", "SFT step")
+    reward_key = next((k for k in ("reward", "rewards/mean", "reward_mean") if grpo_metrics and k in grpo_metrics[0]), "reward")
+    _curve(axes[1], grpo_metrics, reward_key, "GRPO mean reward (format + action) / 2", "GRPO step")
+    for name, losses in vla_losses.items():
+        every = max(1, cfg.sizes.vla_steps // 10)
+        axes[2].plot([every * (i + 1) for i in range(len(losses))], losses, marker=".", label=name)
+    axes[2].set_title("VLA flow-matching loss (lerobot-train)")
+    axes[2].set_xlabel("lerobot-train step")
+    axes[2].set_yscale("log")
+    axes[2].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(cfg.output_dir / "learning_curves.png", dpi=110)
+    plt.close(figure)
+    return "learning_curves.png"
+
+
+def plot_success(cfg: DemoConfig, evals: dict[str, dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(evals)
     for i, (name, counts) in enumerate(evals.items()):
         rates, errors = [], [[], []]
@@ -302,24 +418,76 @@ def plot_report(cfg: DemoConfig, evals: dict[str, dict], grpo_metrics: list[dict
             n, k = counts[task]["n_episodes"], counts[task]["successes"]
             low, high = wilson_interval(k, n)
             rates.append(k / n if n else 0.0)
-            errors[0].append(rates[-1] - low)
-            errors[1].append(high - rates[-1])
+            errors[0].append(max(0.0, rates[-1] - low))  # rounding can put the bound a hair past the rate
+            errors[1].append(max(0.0, high - rates[-1]))
         axis.bar([t + i * width for t in range(len(TASKS))], rates, width, yerr=errors, capsize=3, label=name)
     axis.set_xticks([t + width * (len(evals) - 1) / 2 for t in range(len(TASKS))], TASKS)
     axis.set_ylabel("success rate (95% Wilson interval)")
     axis.set_ylim(0, 1.05)
-    axis.legend()
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(cfg.output_dir / "success.png", dpi=120)
-    paths.append("success.png")
-    return paths
+    plt.close(figure)
+    return "success.png"
 
 
-def format_report(cfg: DemoConfig, evals: dict[str, dict], scores: dict[str, dict], walls: dict[str, float]) -> str:
+def success_cell(counts: dict) -> str:
+    n, k = counts["n_episodes"], counts["successes"]
+    low, high = wilson_interval(k, n)
+    return f"{k}/{n} = {100 * k / n:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def paired_cell(a: dict, b: dict) -> str:
+    """Same seeds: episodes B won that A lost, and lost that A won."""
+    won = sum(y and not x for x, y in zip(a["episodes"], b["episodes"], strict=True))
+    lost = sum(x and not y for x, y in zip(a["episodes"], b["episodes"], strict=True))
+    return f"+{won} / -{lost}"
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def alignment_lines(scores: dict) -> list[str]:
+    lines = [
+        f"Greedy completions on {scores['n_frames']} frames of held-out episodes {scores['heldout_episodes']} "
+        f"(alignment trained on the other {len(scores['train_episodes'])} episodes). Completion cap: "
+        f"{scores['cap']} tokens; the longest target completion (reasoning + markup + FAST span) is "
+        f"{scores['longest_target']} tokens. L1: mean |decoded - dataset chunk| in FAST's normalised units "
+        "([-1, 1] per action dimension), over the completions that decode. Baselines know the task but neither "
+        "image nor state.",
+        "",
+        "| model | format rate | action-token prefix accuracy | decoded L1 | decodes | reasoning tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in scores["models"].items():
+        lines.append(
+            f"| {name} | {number(s['format'])} | {number(s['action'])} | {number(s['l1'])} | "
+            f"{number(s['decode_rate'], 2)} | {number(s['reasoning_tokens'], 1)} |"
+        )
+    for name, s in scores["baselines"].items():
+        lines.append(f"| {name} | n/a | {number(s['action'])} | {number(s['l1'])} | {number(s['decode_rate'], 2)} | n/a |")
+    d = scores["grpo_minus_sft_action"]
+    lines += [
+        "",
+        f"GRPO minus SFT, action-token prefix accuracy, paired over the same {d['n']} frames: {d['mean']:+.3f} "
+        f"(95% bootstrap interval [{d['low']:+.3f}, {d['high']:+.3f}]); GRPO better on {d['better']} frames, "
+        f"worse on {d['worse']}.",
+    ]
+    return lines
+
+
+def format_report(
+    cfg: DemoConfig, evals: dict[str, dict], scores: dict, walls: dict[str, float], pairs: list[tuple[str, str]]
+) -> str:
     lines = [
         "# RoboAlign demo (simulated SO-101, tiny random backbone)",
         "",
         f"Mode: {'quick' if cfg.quick else 'full'}; sizes: `{json.dumps(asdict(cfg.sizes))}`.",
+        "",
+        "What the policy sees: one 96x96 front camera image, the 14-D robot state (`agent_pos`: joints and "
+        "gripper, no cube or goal position) and the instruction. pick_and_place names its goal in the "
+        "instruction (one of a few places on the table); the cube position is only in the image.",
         "",
         "## Closed-loop success (lerobot-eval, held-out seeds)",
         "",
@@ -327,49 +495,80 @@ def format_report(cfg: DemoConfig, evals: dict[str, dict], scores: dict[str, dic
         "|---|" + "---|" * len(TASKS),
     ]
     for name, counts in evals.items():
-        cells = []
-        for task in TASKS:
-            n, k = counts[task]["n_episodes"], counts[task]["successes"]
-            low, high = wilson_interval(k, n)
-            cells.append(f"{k}/{n} = {100 * k / n:.0f}% [{100 * low:.0f}, {100 * high:.0f}]")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(success_cell(counts[task]) for task in TASKS) + " |")
     lines += [
         "",
-        "## Alignment of each backbone (sampled completions on held-out frames)",
+        "Paired over the same seeds (episodes the second row won that the first lost / lost that it won):",
         "",
-        "| backbone | format rate | action-token prefix accuracy | reward |",
-        "|---|---|---|---|",
+        "| comparison | " + " | ".join(TASKS) + " |",
+        "|---|" + "---|" * len(TASKS),
     ]
-    for name, score in scores.items():
-        lines.append(f"| {name} | {score['format']:.3f} | {score['action']:.3f} | {score['reward']:.3f} |")
+    for a, b in pairs:
+        cells = [paired_cell(evals[a][task], evals[b][task]) for task in TASKS]
+        lines.append(f"| {b} vs {a} | " + " | ".join(cells) + " |")
+    lines += ["", "## Alignment of each backbone (held-out episodes)", "", *alignment_lines(scores)]
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in walls.items()]
     lines += ["", f"Total: {sum(walls.values()) / 60:.1f} min.", ""]
     return "\n".join(lines)
 
 
+def limit_threads(threads: int) -> None:
+    """Set the thread count here and, through the environment, in every subprocess the stages start."""
+    if threads > 0:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def run(cfg: DemoConfig) -> Path:
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    stages = Stages(cfg.output_dir)
-    stages.run("record", lambda: stage_record(cfg))
-    backbone = stages.run("backbone", lambda: stage_backbone(cfg))["path"]
-    fast = stages.run("tokenizer", lambda: stage_tokenizer(cfg))["path"]
-    reasoning = stages.run("reason", lambda: stage_reason(cfg))["path"]
-    sft = stages.run("sft", lambda: stage_sft(cfg, backbone, fast, reasoning))
-    grpo = stages.run("grpo", lambda: stage_grpo(cfg, sft["path"]))
-    backbones = {"RoboAlign without RL (SFT)": sft["path"], "RoboAlign (SFT + GRPO)": grpo["path"]}
-    scores = stages.run("score", lambda: stage_score(cfg, backbones, fast))
-    evals = {}
-    for key, (name, path) in zip(("sft", "roboalign"), backbones.items(), strict=True):
-        checkpoint = stages.run(f"vla_{key}", lambda k=key, p=path: stage_train_vla(cfg, k, p))["checkpoint"]
-        evals[f"VLA on {name}"] = stages.run(f"eval_{key}", lambda k=key, c=checkpoint: stage_eval_vla(cfg, k, c))
-    evals["scripted expert (reference)"] = stages.run("expert", lambda: stage_expert(cfg))
-    report = format_report(cfg, evals, scores, stages.wall_times())
-    plots = plot_report(cfg, evals, read_metrics(Path(grpo["metrics"])))
+    limit_threads(cfg.cpu_threads)
+    out, sizes = cfg.output_dir, cfg.sizes
+    stages = Stages(out)
+    record_settings = {"episodes": sizes.episodes_per_task, "image": sizes.image_size, "seed": cfg.seed, "tasks": TASKS}
+    stages.run("record", lambda: stage_record(cfg), record_settings,
+               outputs=(out / "dataset", out / "dataset.recording", out / "dataset.merging"))  # fmt: skip
+    backbone = stages.run("backbone", lambda: stage_backbone(cfg), {"seed": cfg.seed}, outputs=(out / "backbone",))["path"]
+    fast = stages.run("tokenizer", lambda: stage_tokenizer(cfg), {"chunk": sizes.chunk_size}, ("record",),
+                      outputs=(out / "fast_tokenizer",))["path"]  # fmt: skip
+    reasoning = stages.run("reason", lambda: stage_reason(cfg), {"source": "scripted"}, ("record",),
+                           outputs=(out / "reasoning.jsonl",))["path"]  # fmt: skip
+    align_inputs = ("record", "backbone", "tokenizer", "reason")
+    sft_settings = {"steps": sizes.sft_steps, "lr": SFT_LR, "holdout": sizes.holdout_every, "seed": cfg.seed}
+    sft = stages.run("sft", lambda: stage_sft(cfg, backbone, fast, reasoning), sft_settings, align_inputs,
+                     outputs=(out / "align_sft",))  # fmt: skip
+    grpo_settings = {"steps": sizes.grpo_steps, "lr": GRPO_LR, "samples": sizes.grpo_samples, "g": sizes.grpo_generations}
+    grpo = stages.run("grpo", lambda: stage_grpo(cfg, sft["path"], reasoning), grpo_settings, ("sft",),
+                      outputs=(out / "align_grpo",))  # fmt: skip
+    aligned = {"RoboAlign without RL (SFT)": sft["path"], "RoboAlign (SFT + GRPO)": grpo["path"]}
+    scores = stages.run("score", lambda: stage_score(cfg, aligned, fast, reasoning), {"frames": sizes.score_samples},
+                        ("grpo",))  # fmt: skip
+    backbones = {
+        "base": ("base backbone (unaligned)", backbone, "backbone"),
+        "sft": ("RoboAlign without RL (SFT)", sft["path"], "sft"),
+        "roboalign": ("RoboAlign (SFT + GRPO)", grpo["path"], "grpo"),
+    }
+    vla_settings = {k: getattr(sizes, k) for k in ("vla_steps", "vla_batch_size", "chunk_size", "n_action_steps")}
+    eval_settings = {"episodes": sizes.eval_episodes_per_task, "seed": cfg.eval_seed, "image": sizes.image_size}
+    evals, losses = {}, {}
+    for key, (name, path, source) in backbones.items():
+        vla = stages.run(f"vla_{key}", lambda k=key, p=path: stage_train_vla(cfg, k, p), vla_settings,
+                         ("record", source), outputs=(out / f"vla_{key}",))  # fmt: skip
+        losses[name] = vla["loss"]
+        evals[f"VLA on {name}"] = stages.run(
+            f"eval_{key}", lambda k=key, c=vla["checkpoint"]: stage_eval_vla(cfg, k, c), eval_settings, (f"vla_{key}",)
+        )
+    evals["scripted expert (reference)"] = stages.run("expert", lambda: stage_expert(cfg), eval_settings)
+    rows = [f"VLA on {name}" for name, _, _ in backbones.values()]
+    pairs = [(rows[0], rows[1]), (rows[0], rows[2]), (rows[1], rows[2])]
+    report = format_report(cfg, evals, scores, stages.wall_times(), pairs)
+    plots = [plot_success(cfg, evals), plot_curves(cfg, read_metrics(Path(sft["metrics"])), read_metrics(Path(grpo["metrics"])), losses)]
     report += "\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
-    (cfg.output_dir / "report.md").write_text(report)
+    (out / "report.md").write_text(report)
     print(report)
-    return cfg.output_dir / "report.md"
+    return out / "report.md"
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,7 +1,7 @@
 """Run LeRobot's own console commands (lerobot-train, lerobot-eval, ...) as subprocesses.
 
 The demo and the end-to-end tests drive the exact commands a user types, so they share
-this one launcher: it forces offline mode, streams nothing unless asked, and on failure
+this one launcher: it forces offline mode, echoes the output line by line when asked (long stages show progress), and on failure
 raises with the command line and the tail of its output instead of a bare exit code.
 """
 
@@ -32,18 +32,42 @@ def lerobot_command(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def run_lerobot(name: str, args: list[str], cwd: Path | None = None, timeout: float | None = None) -> str:
-    """Run ``name args...`` offline; return its combined output or raise LeRobotCommandError."""
+def run_lerobot(
+    name: str, args: list[str], cwd: Path | None = None, timeout: float | None = None, stream: bool = False
+) -> str:
+    """Run ``name args...`` offline; return its combined output or raise LeRobotCommandError.
+
+    With ``stream`` every output line is also echoed to the console as it comes (progress of
+    long stages), while the whole output is still kept for the log file and the error tail.
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [lerobot_command(name), *args]
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
+    if stream:
+        returncode, output = _run_streamed(command, cwd, env, timeout)
+    else:
+        result = subprocess.run(
+            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        returncode, output = result.returncode, result.stdout + result.stderr
+    if returncode != 0:
         tail = "\n".join(output.splitlines()[-40:])
-        raise LeRobotCommandError(f"{' '.join(command)} exited with {result.returncode}:\n{tail}")
+        raise LeRobotCommandError(f"{' '.join(command)} exited with {returncode}:\n{tail}")
     return output
+
+
+def _run_streamed(command: list[str], cwd: Path | None, env: dict, timeout: float | None) -> tuple[int, str]:
+    """Tee the merged stdout/stderr of ``command`` to our stdout, line by line."""
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            sys.stdout.write(f"  [{Path(command[0]).name}] {line}")
+            sys.stdout.flush()
+        returncode = process.wait(timeout=timeout)
+    return returncode, "".join(lines)
 
 
 def train_args(
@@ -55,6 +79,7 @@ def train_args(
     batch_size: int = 4,
     seed: int = 0,
     extra: tuple[str, ...] = (),
+    save_freq: int | None = None,
 ) -> list[str]:
     """lerobot-train arguments for a small roboalign run on a local dataset (``extra`` appended)."""
     return [
@@ -65,7 +90,7 @@ def train_args(
         *TINY_POLICY_ARGS,
         f"--steps={steps}",
         f"--batch_size={batch_size}",
-        f"--save_freq={steps}",
+        f"--save_freq={save_freq or steps}",
         f"--log_freq={max(1, steps // 10)}",
         "--num_workers=0",
         f"--output_dir={output_dir}",

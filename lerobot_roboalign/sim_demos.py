@@ -34,6 +34,7 @@ RECORD_SEED_BASE = 10**7
 MAX_ATTEMPTS_PER_CHUNK = 1000
 MAX_CHUNKS_PER_TASK = 100
 SUMMARY_FILE = "recording_summary.json"
+SETTINGS_FILE = "settings.json"
 STATE_NAMES = list(OBS_FIELD_NAMES[:14])  # agent_pos: joint positions, velocities, gripper, end effector
 ACTION_NAMES = ["dx", "dy", "dz", "grasp"]
 
@@ -73,13 +74,23 @@ def record_scripted_demos(
     """
     root = Path(root)
     _check_record_args(tasks, episodes_per_task, chunk_episodes, fps)
+    settings = {
+        "tasks": list(tasks), "episodes_per_task": episodes_per_task, "seed": seed, "image_hw": list(image_hw),
+        "fps": fps, "chunk_episodes": chunk_episodes, "use_videos": use_videos,
+    }  # fmt: skip
     if (root / SUMMARY_FILE).exists():
-        return json.loads((root / SUMMARY_FILE).read_text())
+        summary = json.loads((root / SUMMARY_FILE).read_text())
+        _check_same_settings(root, summary.get("settings"), settings)
+        return summary
     if root.exists():
         raise FileExistsError(
             f"{root} exists but is not a finished recording; delete it or choose another root."
         )
     work = root.with_name(root.name + ".recording")
+    work.mkdir(parents=True, exist_ok=True)
+    if (work / SETTINGS_FILE).exists():  # an interrupted recording resumes only with the same settings
+        _check_same_settings(work, json.loads((work / SETTINGS_FILE).read_text()), settings)
+    (work / SETTINGS_FILE).write_text(json.dumps(settings))
     chunk_plan = [(task, k) for task in tasks for k in range(-(-episodes_per_task // chunk_episodes))]
     progress = tqdm(total=episodes_per_task * len(tasks), desc="Recording scripted SO-101 demos", unit="ep")
     for task, k in chunk_plan:
@@ -87,10 +98,22 @@ def record_scripted_demos(
         stats = _record_chunk(work, task, k, n_kept, seed, image_hw, fps, use_videos, progress)
         progress.update(0 if stats["fresh"] else n_kept)
     progress.close()
-    summary = _summarize(work, chunk_plan, repo_id)
+    summary = {**_summarize(work, chunk_plan, repo_id), "settings": settings}
     _merge_chunks(work, chunk_plan, root, repo_id, summary)
     shutil.rmtree(work)
     return summary
+
+
+def _check_same_settings(path: Path, recorded: dict | None, asked: dict) -> None:
+    """Never silently keep (or extend) a recording made with other settings."""
+    if recorded == asked:
+        return
+    changed = {k: (recorded or {}).get(k) for k in asked if (recorded or {}).get(k) != asked[k]}
+    raise FileExistsError(
+        f"{path} holds a recording made with other settings ({changed} there, "
+        f"{ {k: asked[k] for k in changed} } asked). Fix: delete it (rm -r {path}) to record again, "
+        "or choose another --root."
+    )
 
 
 def _check_record_args(tasks, episodes_per_task: int, chunk_episodes: int, fps: int) -> None:

@@ -21,6 +21,7 @@ from lerobot_roboalign.fast import FastTokenizer
 logger = logging.getLogger(__name__)
 
 CAMERA_PREFIX = "observation.images."
+SPLITS = ("all", "train", "heldout")
 
 ALIGN_INSTRUCTION = (
     "Task: {task}.{state}\nThink about how the robot arm should move, then give the next actions. "
@@ -46,6 +47,10 @@ class AlignDataConfig:
     include_state: bool = False  # add the robot state to the prompt as text
     image_size: int | None = None  # resize images to a square of this side; None keeps the dataset's size
     seed: int = 0
+    # Episode split so a score never sees a training frame: with holdout_every=k, episodes whose index
+    # is k-1 mod k are held out; split=train uses the others, split=heldout only those, split=all every one.
+    holdout_every: int = 0
+    split: str = "all"  # all | train | heldout
 
     def __post_init__(self) -> None:
         if self.roots is not None and len(self.roots) != len(self.repo_ids):
@@ -53,6 +58,32 @@ class AlignDataConfig:
                 f"Got {len(self.roots)} --dataset.roots for {len(self.repo_ids)} --dataset.repo_ids: give one root "
                 "per repo id, in the same order (or none to use the LeRobot cache)."
             )
+        if self.split not in SPLITS:
+            raise ValueError(f"--dataset.split={self.split!r}: choose one of {SPLITS}.")
+        if self.split != "all" and self.holdout_every < 2:
+            raise ValueError(
+                f"--dataset.split={self.split} needs --dataset.holdout_every=K (K >= 2: every K-th episode held out)."
+            )
+
+
+def target_completion(reasoning: str, fast_tokens: list[int], vocabulary) -> str:
+    """The full SFT target of a sample (what a completion cap must be able to hold)."""
+    return answer_text(reasoning, vocabulary.format_span(fast_tokens))
+
+
+def longest_target_tokens(samples: list[dict], reasoning: dict[str, str], tokenizer, vocabulary) -> int:
+    """Tokens in the longest target completion (reasoning + markup + FAST span) over ``samples``."""
+    texts = [target_completion(reasoning.get(s["id"], ""), s["fast_tokens"], vocabulary) for s in samples]
+    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) + 1  # + end of turn
+
+
+def check_completion_cap(cap: int, longest: int, option: str) -> None:
+    """A cap that cannot hold a full target measures (and rewards) brevity, not actions: refuse it."""
+    if cap < longest:
+        raise ValueError(
+            f"{option}={cap} cannot hold the longest target completion ({longest} tokens: reasoning, markup "
+            f"and FAST span). Fix: set {option}={longest + 16} or more, or 0 to size it from the data."
+        )
 
 
 def sample_id(repo_id: str, episode_index: int, frame_index: int) -> str:
@@ -128,9 +159,27 @@ def open_dataset(repo_id: str, root: str | None, cfg: AlignDataConfig, fast: Fas
     return dataset, cameras
 
 
-def choose_frames(sizes: list[int], num_samples: int | None, seed: int) -> list[tuple[int, int]]:
-    """(dataset index, frame index) pairs: all frames, or ``num_samples`` drawn without replacement."""
-    pairs = [(d, i) for d, size in enumerate(sizes) for i in range(size)]
+def is_heldout(episode_index: int, holdout_every: int) -> bool:
+    return holdout_every >= 2 and episode_index % holdout_every == holdout_every - 1
+
+
+def split_frames(dataset: LeRobotDataset, cfg: AlignDataConfig) -> list[int]:
+    """Frame indices of the episodes in ``cfg.split`` (every frame for split=all)."""
+    if cfg.split == "all":
+        return list(range(len(dataset)))
+    episodes = dataset.meta.episodes
+    keep = []
+    for episode, start, stop in zip(
+        episodes["episode_index"], episodes["dataset_from_index"], episodes["dataset_to_index"], strict=True
+    ):
+        if is_heldout(int(episode), cfg.holdout_every) == (cfg.split == "heldout"):
+            keep.extend(range(int(start), int(stop)))
+    return keep
+
+
+def choose_frames(frames: list[list[int]], num_samples: int | None, seed: int) -> list[tuple[int, int]]:
+    """(dataset index, frame index) pairs: all given frames, or ``num_samples`` drawn without replacement."""
+    pairs = [(d, i) for d, indices in enumerate(frames) for i in indices]
     if num_samples is None or num_samples >= len(pairs):
         return pairs
     picks = np.random.default_rng(seed).choice(len(pairs), size=num_samples, replace=False)
@@ -143,7 +192,7 @@ def load_samples(cfg: AlignDataConfig, fast: FastTokenizer | None = None) -> lis
         raise ValueError("No dataset given: pass --dataset.repo_ids='[user/name]' (and --dataset.roots for local ones).")
     roots = cfg.roots or [None] * len(cfg.repo_ids)
     opened = [open_dataset(repo_id, root, cfg, fast) for repo_id, root in zip(cfg.repo_ids, roots)]
-    frames = choose_frames([len(dataset) for dataset, _ in opened], cfg.num_samples, cfg.seed)
+    frames = choose_frames([split_frames(dataset, cfg) for dataset, _ in opened], cfg.num_samples, cfg.seed)
     samples = []
     for dataset_index, frame in tqdm(frames, desc="alignment samples", unit="frame"):
         dataset, cameras = opened[dataset_index]

@@ -11,6 +11,7 @@ top_p 0.99, all parameters trained. The model must already speak the action voca
         align grpo ... --grpo.use_vllm=true
 """
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,14 @@ from lerobot_roboalign.align.common import (
     save_final,
     stop_token_ids,
 )
-from lerobot_roboalign.align.data import AlignDataConfig, align_messages, load_samples
+from lerobot_roboalign.align.data import (
+    AlignDataConfig,
+    align_messages,
+    check_completion_cap,
+    load_samples,
+    longest_target_tokens,
+)
+from lerobot_roboalign.align.reason import describe_motion, read_reasoning
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
@@ -52,6 +60,8 @@ class GRPOSection:
     beta: float = 0.01  # KL coefficient
     temperature: float = 1.0
     top_p: float = 0.99
+    # Must hold the longest target completion (reasoning + markup + FAST span), or GRPO rewards brevity;
+    # 0 = size it from the data (longest target + 16; --reasoning gives the SFT reasoning, else scripted motion).
     max_completion_length: int = 512
     reward: str = "prefix"  # prefix (paper: longest matching FAST prefix) | l1 (decoded-action error)
     l1_scale: float = 0.2
@@ -78,6 +88,7 @@ class AlignGRPOConfig:
     training: TrainingConfig = field(default_factory=grpo_training_defaults)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
+    reasoning: Path | None = None  # `align reason` output used at SFT: sizes/checks the completion cap
 
 
 def load_aligned(
@@ -130,6 +141,7 @@ def train(cfg: AlignGRPOConfig) -> Path:
         freeze_vision_encoder(model)
     stop_ids = stop_token_ids(processor.tokenizer, model.generation_config)
     fmt = AlignmentFormat.from_data_config(cfg.dataset)
+    cfg.grpo.max_completion_length = completion_cap(cfg, samples, processor.tokenizer, vocabulary)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=make_reward_funcs(cfg.grpo.reward, processor.tokenizer, vocabulary, fast, stop_ids, cfg.grpo.l1_scale),
@@ -147,6 +159,29 @@ def train(cfg: AlignGRPOConfig) -> Path:
             push_backbone(final, cfg.push_to_hub)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+COMPLETION_MARGIN = 16
+
+
+def completion_cap(cfg: AlignGRPOConfig, samples: list[dict], tokenizer, vocabulary: ActionVocabulary) -> int:
+    """The configured cap, checked against the longest target, or (cap 0) that length plus a margin."""
+    if cfg.reasoning is not None:
+        reasoning = {key: row["reasoning"] for key, row in read_reasoning(Path(cfg.reasoning)).items()}
+    else:  # what `align sft` trains on without --reasoning
+        reasoning = {s["id"]: describe_motion(s) for s in samples}
+    longest = longest_target_tokens(samples, reasoning, tokenizer, vocabulary)
+    cap = cfg.grpo.max_completion_length or longest + COMPLETION_MARGIN
+    if cfg.reasoning is not None:
+        check_completion_cap(cap, longest, "--grpo.max_completion_length")
+    elif cap < longest:  # the SFT reasoning is unknown: warn, the actual targets may be shorter
+        logger.warning("--grpo.max_completion_length=%d may not hold a full target (scripted reasoning: %d tokens); "
+                       "pass --reasoning=FILE to check.", cap, longest)
+    logger.info("GRPO completion cap: %d tokens (longest target completion: %d).", cap, longest)
+    output = Path(cfg.training.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "completion_cap.json").write_text(json.dumps({"cap": cap, "longest_target": longest}))
+    return cap
 
 
 def score_model(

@@ -36,8 +36,14 @@ class SO101Task:
 # 44-55 steps at 10 Hz), so a slower learned policy still has room and a failing one ends soon.
 TASKS: dict[str, SO101Task] = {
     "reach_and_close": SO101Task(SO101PickCubeGymEnv, "reach the cube and close the gripper", 30),
-    "pick_and_place": SO101Task(SO101PickPlaceGymEnv, "pick up the cube and place it on the target", 100),
+    "pick_and_place": SO101Task(SO101PickPlaceGymEnv, "pick up the cube and place it {place}", 100),
 }
+
+# pick_and_place's goal, named in the instruction: the package samples it anywhere on the table and draws
+# nothing there, so a policy could not know it. Two places (x forward, y to the robot's left, metres).
+GOAL_PLACES: dict[str, tuple[float, float]] = {"on the left": (0.20, 0.08), "on the right": (0.20, -0.08)}
+_BLOCK_BOUNDS = np.asarray([[0.15, -0.1], [0.3, 0.1]])  # the package's block sampling box
+_MIN_GOAL_DISTANCE = 0.08  # the package's minimum block-goal distance
 
 
 def check_task(task: str) -> SO101Task:
@@ -70,7 +76,7 @@ class SO101LangEnv(gym.Env):
     ):
         spec = check_task(task)
         self.task = task
-        self.task_description = spec.instruction
+        self.task_description = spec.instruction.format(place=next(iter(GOAL_PLACES)))
         self.render_mode = render_mode
         self.sim = spec.env_cls(
             image_obs=False, random_block_position=random_block_position, action_scale=DEFAULT_ACTION_SCALE
@@ -91,7 +97,25 @@ class SO101LangEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         obs, _ = self.sim.reset(seed=seed)
+        if self.task == "pick_and_place":
+            obs = self._place_goal()
         return self._observe(obs), {"is_success": False}
+
+    def _place_goal(self) -> dict:
+        """Move the goal to a named place (in the instruction) and the block away from it if too close."""
+        import mujoco
+
+        place = list(GOAL_PLACES)[int(self.np_random.integers(len(GOAL_PLACES)))]
+        self.task_description = TASKS[self.task].instruction.format(place=place)
+        goal = np.asarray(GOAL_PLACES[place])
+        sim = self.sim
+        sim._goal_pos = np.asarray([*goal, sim._block_z])
+        block = sim._data.jnt("block").qpos
+        while np.linalg.norm(block[:2] - goal) < _MIN_GOAL_DISTANCE:
+            block[:2] = self.np_random.uniform(*_BLOCK_BOUNDS)
+        mujoco.mj_forward(sim._model, sim._data)
+        sim._z_init = sim._data.sensor("block_pos").data[2]
+        return sim._compute_observation()
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=np.float32).reshape(-1)

@@ -1,25 +1,71 @@
 """`roboalign demo --quick` end to end; every number in the report must come from the run's outputs."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from lerobot_roboalign.demo import TASKS, count_successes, wilson_interval
+from lerobot_roboalign.demo import TASKS, count_successes, number, paired_cell, success_cell
 
 pytestmark = pytest.mark.slow
+
+VLA_ROWS = {
+    "base": "VLA on base backbone (unaligned)",
+    "sft": "VLA on RoboAlign without RL (SFT)",
+    "roboalign": "VLA on RoboAlign (SFT + GRPO)",
+}
+
+
+def demo_command(output: Path) -> list[str]:
+    return [str(Path(sys.executable).with_name("roboalign")), "demo", "--quick", f"--output_dir={output}"]
+
+
+# Where the demo is SIGKILLed (whole process group) before it is run again: one kind of stage each.
+KILL_POINTS = {
+    "recording": lambda d: any(p.is_dir() for p in (d / "dataset.recording").glob("*")),
+    "alignment (SFT)": lambda d: (d / "stages" / "sft.started").is_file(),
+    "VLA training after a checkpoint": lambda d: (d / "vla_base" / "checkpoints" / "last" / "pretrained_model"
+                                                  / "train_config.json").is_file(),
+    "evaluation": lambda d: (d / "stages" / "eval_base.started").is_file(),
+}
+
+
+def run_until(output: Path, condition, log) -> None:
+    process = subprocess.Popen(demo_command(output), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while not condition(output):
+        assert process.poll() is None, "the demo ended before reaching the kill point"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
+    """The quick demo, killed once in each kind of stage and re-run: the outputs tested below are the resumed run's."""
     output = tmp_path_factory.mktemp("demo")
-    command = [str(Path(sys.executable).with_name("roboalign")), "demo", "--quick", f"--output_dir={output}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500, check=False)
+    with (output.parent / "killed_runs.log").open("w") as log:
+        for condition in KILL_POINTS.values():
+            run_until(output, condition, log)
+    result = subprocess.run(demo_command(output), capture_output=True, text=True, timeout=1500, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[lerobot-train]" in result.stdout and "[lerobot-eval]" in result.stdout  # streamed progress
     return output
+
+
+def test_killed_stages_resumed_or_restarted(demo_dir):
+    log = (demo_dir.parent / "killed_runs.log").read_text()
+    assert "resuming lerobot-train from" in log  # the VLA stage killed after its checkpoint went on from it
+    assert not list((demo_dir / "stages").glob("*.started"))
+    assert not (demo_dir / "dataset.recording").exists()
+    assert json.loads((demo_dir / "stages" / "vla_base.json").read_text())["result"]["loss"]
 
 
 def report_rows(report: str, header: str) -> dict[str, list[str]]:
@@ -28,45 +74,74 @@ def report_rows(report: str, header: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
 
 
-def test_success_table_counts_episodes_from_lerobot_eval_output(demo_dir):
+def stage(demo_dir: Path, name: str) -> dict:
+    return json.loads((demo_dir / "stages" / f"{name}.json").read_text())["result"]
+
+
+def test_success_table_and_paired_comparison_come_from_lerobot_eval_output(demo_dir):
     report = (demo_dir / "report.md").read_text()
     rows = report_rows(report, "## Closed-loop success")
-    for key, label in (("sft", "VLA on RoboAlign without RL (SFT)"), ("roboalign", "VLA on RoboAlign (SFT + GRPO)")):
-        counts = count_successes(json.loads((demo_dir / f"eval_{key}" / "eval_info.json").read_text()))
-        for task, cell in zip(TASKS, rows[label], strict=True):
-            n, k = counts[task]["n_episodes"], counts[task]["successes"]
-            assert n >= 1
-            low, high = wilson_interval(k, n)
-            assert cell == f"{k}/{n} = {100 * k / n:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
-    expert = json.loads((demo_dir / "stages" / "expert.json").read_text())["result"]
-    assert rows["scripted expert (reference)"][0].startswith(f"{expert[TASKS[0]]['successes']}/")
+    counts = {}
+    for key, label in VLA_ROWS.items():
+        counts[label] = count_successes(json.loads((demo_dir / f"eval_{key}" / "eval_info.json").read_text()))
+        assert rows[label][: len(TASKS)] == [success_cell(counts[label][task]) for task in TASKS]
+        assert all(counts[label][task]["n_episodes"] >= 1 for task in TASKS)
+    expert = stage(demo_dir, "expert")
+    assert rows["scripted expert (reference)"] == [success_cell(expert[task]) for task in TASKS]
+    base, sft = VLA_ROWS["base"], VLA_ROWS["sft"]
+    assert rows[f"{sft} vs {base}"] == [paired_cell(counts[base][task], counts[sft][task]) for task in TASKS]
 
 
-def test_alignment_scores_and_wall_times_come_from_stage_records(demo_dir):
+def test_alignment_table_comes_from_the_score_stage_on_heldout_episodes(demo_dir):
     report = (demo_dir / "report.md").read_text()
-    scores = json.loads((demo_dir / "stages" / "score.json").read_text())["result"]
+    scores = stage(demo_dir, "score")
     rows = report_rows(report, "## Alignment of each backbone")
-    assert set(rows) == set(scores)
-    for name, score in scores.items():
-        assert rows[name] == [f"{score['format']:.3f}", f"{score['action']:.3f}", f"{score['reward']:.3f}"]
+    for name, s in scores["models"].items():
+        assert rows[name] == [number(s["format"]), number(s["action"]), number(s["l1"]),
+                              number(s["decode_rate"], 2), number(s["reasoning_tokens"], 1)]  # fmt: skip
+        assert len(s["per_frame_action"]) == scores["n_frames"]
+    for name, s in scores["baselines"].items():
+        assert rows[name][1:3] == [number(s["action"]), number(s["l1"])]
+    d = scores["grpo_minus_sft_action"]
+    assert f"{d['mean']:+.3f} (95% bootstrap interval [{d['low']:+.3f}, {d['high']:+.3f}])" in report
+    assert not set(scores["heldout_episodes"]) & set(scores["train_episodes"])  # truly held out
+
+
+def test_completion_caps_hold_the_longest_target_completion(demo_dir):
+    """Recount the longest target (reasoning + markup + FAST span) over every frame, independently."""
+    from transformers import AutoTokenizer
+
+    from lerobot_roboalign.action_vocab import ActionVocabulary
+    from lerobot_roboalign.align.data import AlignDataConfig, answer_text, load_samples
+    from lerobot_roboalign.fast import FastTokenizer
+
+    model = demo_dir / "align_sft" / "model"
+    tokenizer, vocabulary = AutoTokenizer.from_pretrained(model), ActionVocabulary.from_pretrained(model)
+    samples = load_samples(
+        AlignDataConfig(repo_ids=["local/so101_scripted"], roots=[str(demo_dir / "dataset")], chunk_size=16),
+        FastTokenizer.from_pretrained(demo_dir / "fast_tokenizer"),
+    )
+    reasoning = {json.loads(line)["id"]: json.loads(line)["reasoning"] for line in (demo_dir / "reasoning.jsonl").open()}
+    texts = [answer_text(reasoning[s["id"]], vocabulary.format_span(s["fast_tokens"])) for s in samples]
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert stage(demo_dir, "score")["cap"] > longest
+    assert stage(demo_dir, "grpo")["cap"] > longest
+    assert f"Completion cap: {stage(demo_dir, 'score')['cap']} tokens" in (demo_dir / "report.md").read_text()
+
+
+def test_wall_times_plots_and_outputs(demo_dir):
+    report = (demo_dir / "report.md").read_text()
     walls = report_rows(report, "## Wall time per stage")
-    for stage, (seconds,) in walls.items():
-        recorded = json.loads((demo_dir / "stages" / f"{stage}.json").read_text())["wall_s"]
-        assert seconds == f"{recorded:.0f}"
-    assert {"record", "sft", "grpo", "vla_sft", "vla_roboalign", "eval_sft", "eval_roboalign"} <= set(walls)
-
-
-def test_plots_and_pipeline_outputs_exist(demo_dir):
-    for name in ("success.png", "grpo_reward.png"):
+    for name, (seconds,) in walls.items():
+        assert seconds == f"{json.loads((demo_dir / 'stages' / f'{name}.json').read_text())['wall_s']:.0f}"
+    assert {"record", "sft", "grpo", "score", *(f"vla_{k}" for k in VLA_ROWS), *(f"eval_{k}" for k in VLA_ROWS)} <= set(walls)
+    for name in ("success.png", "learning_curves.png"):
         assert (demo_dir / name).stat().st_size > 1000
-    for model in ("align_sft/model", "align_grpo/model"):
-        assert (demo_dir / model / "config.json").is_file() and (demo_dir / model / "fast_tokenizer").is_dir()
-    assert re.search(r"Total: [0-9.]+ min", (demo_dir / "report.md").read_text())
+    assert re.search(r"Total: [0-9.]+ min", report)
 
 
-def test_rerun_skips_completed_stages(demo_dir):
+def test_rerun_reuses_stages_made_with_the_same_settings(demo_dir):
     before = {p.name: p.stat().st_mtime for p in (demo_dir / "stages").glob("*.json")}
-    command = [str(Path(sys.executable).with_name("roboalign")), "demo", "--quick", f"--output_dir={demo_dir}"]
-    subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    subprocess.run(demo_command(demo_dir), capture_output=True, text=True, timeout=600, check=True)
     after = {p.name: p.stat().st_mtime for p in (demo_dir / "stages").glob("*.json")}
     assert before == after

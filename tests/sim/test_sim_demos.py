@@ -38,7 +38,9 @@ def test_recording_writes_both_tasks_and_resumes_without_rerecording(tmp_path, m
 
     dataset = LeRobotDataset("local/so101_test", root=root)
     assert dataset.num_episodes == 4
-    assert set(dataset.meta.tasks.index) == {spec.instruction for spec in TASKS.values()}
+    assert {task.split(" place it")[0] for task in dataset.meta.tasks.index} == {
+        spec.instruction.split(" place it")[0] for spec in TASKS.values()
+    }
     frame = dataset[0]
     assert frame["observation.images.front"].shape == (3, 24, 32)
     assert frame["observation.state"].shape == (14,)
@@ -59,6 +61,21 @@ def test_recording_rejects_bad_arguments_with_the_fix(tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(FileExistsError, match="delete it"):
         _record(tmp_path / "c")
+
+
+def test_recording_refuses_a_root_recorded_with_other_settings(tmp_path):
+    root = tmp_path / "demos"
+    record = dict(tasks=("reach_and_close",), chunk_episodes=1, image_hw=(24, 32), seed=0)
+    summary = sim_demos.record_scripted_demos(root, "local/so101_test", episodes_per_task=1, **record)
+    with pytest.raises(FileExistsError, match="episodes_per_task.*rm -r"):
+        sim_demos.record_scripted_demos(root, "local/so101_test", episodes_per_task=2, **record)
+    assert LeRobotDataset("local/so101_test", root=root).num_episodes == 1  # the old recording is kept
+    assert sim_demos.record_scripted_demos(root, "local/so101_test", episodes_per_task=1, **record) == summary
+    work = tmp_path / "other.recording"  # an interrupted recording resumes only with its own settings
+    work.mkdir()
+    (work / sim_demos.SETTINGS_FILE).write_text(json.dumps({"episodes_per_task": 5}))
+    with pytest.raises(FileExistsError, match="other.recording"):
+        sim_demos.record_scripted_demos(tmp_path / "other", "local/so101_test", episodes_per_task=1, **record)
 
 
 def test_expert_evaluation_counts_match_episodes_run():

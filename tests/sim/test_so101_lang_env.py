@@ -11,7 +11,7 @@ from lerobot.envs.utils import close_envs, env_to_policy_features, preprocess_ob
 
 from lerobot_roboalign.envs import SO101LangEnvConfig
 from lerobot_roboalign.envs.fast_render import make_renderer, mesh_face_count
-from lerobot_roboalign.envs.so101_lang import TASKS, ScriptedExpert, SO101LangEnv
+from lerobot_roboalign.envs.so101_lang import GOAL_PLACES, TASKS, ScriptedExpert, SO101LangEnv
 
 
 def test_config_is_registered_and_maps_features():
@@ -36,13 +36,41 @@ def test_make_env_gives_image_state_and_instruction_per_task():
             batch = preprocess_observation(obs)
             assert batch["observation.images.front"].shape == (1, 3, 32, 32)
             assert batch["observation.state"].shape == (1, 14)
-            assert list(vec.call("task_description")) == [TASKS[task].instruction]
+            assert list(vec.call("task_description"))[0] in instructions(task)
             assert vec.call("_max_episode_steps")[0] == TASKS[task].max_steps
             _, _, _, _, info = vec.step(np.zeros((1, 4), dtype=np.float32))
             assert info["is_success"].tolist() == [False]
     finally:
         close_envs(envs)
     assert len({spec.instruction for spec in TASKS.values()}) == len(TASKS)
+
+
+def instructions(task: str) -> set[str]:
+    return {TASKS[task].instruction.format(place=place) for place in GOAL_PLACES}
+
+
+def test_pick_and_place_goal_is_named_in_the_instruction_and_the_expert_reaches_it():
+    env = SO101LangEnv("pick_and_place", images=False)
+    named = {}
+    try:
+        for seed in range(8):
+            env.reset(seed=seed)
+            place = next(p for p in GOAL_PLACES if env.task_description.endswith(p))
+            np.testing.assert_allclose(env.sim.goal_pos[:2], GOAL_PLACES[place])
+            assert np.linalg.norm(env.block_pos[:2] - env.sim.goal_pos[:2]) >= 0.08
+            named[place] = seed
+        assert set(named) == set(GOAL_PLACES)  # both places occur
+        expert = ScriptedExpert(env)
+        for seed in named.values():  # the expert still solves each named place
+            env.reset(seed=seed)
+            expert.reset()
+            done, info = False, {}
+            while not done:
+                _, _, terminated, truncated, info = env.step(expert.act())
+                done = terminated or truncated
+            assert info["is_success"]
+    finally:
+        env.close()
 
 
 def test_bad_task_and_bad_action_name_the_fix():

@@ -1,0 +1,51 @@
+"""Stage bookkeeping of `roboalign demo`: reuse only with the same settings, never resume other settings' outputs."""
+
+import json
+
+from lerobot_roboalign.demo import DemoConfig, QUICK, DemoSizes, Stages
+
+
+def test_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
+    calls = []
+    work = lambda: calls.append(1) or {"n": len(calls)}  # noqa: E731
+    assert Stages(tmp_path).run("train", work, {"steps": 30}) == {"n": 1}
+    assert Stages(tmp_path).run("train", work, {"steps": 30}) == {"n": 1}  # reused
+    assert Stages(tmp_path).run("train", work, {"steps": 600}) == {"n": 2}  # quick -> full: redone
+    record = json.loads((tmp_path / "stages" / "train.json").read_text())
+    assert record["settings"] == {"steps": 600} and not (tmp_path / "stages" / "train.started").exists()
+
+
+def test_a_changed_input_redoes_the_stages_after_it(tmp_path):
+    calls = []
+    for settings in ({"episodes": 4}, {"episodes": 4}, {"episodes": 30}):
+        stages = Stages(tmp_path)
+        stages.run("record", lambda: {}, settings)
+        stages.run("sft", lambda: calls.append(1) or {}, {"steps": 30}, after=("record",))
+    assert len(calls) == 2
+
+
+def test_killed_stage_keeps_its_outputs_to_resume_but_not_another_configurations(tmp_path):
+    output = tmp_path / "vla"
+
+    def killed():
+        output.mkdir(exist_ok=True)
+        (output / "checkpoint").write_text("step 10")
+        raise KeyboardInterrupt  # stands in for SIGKILL: no stage record is written
+
+    for _ in range(2):
+        try:
+            Stages(tmp_path).run("vla", killed, {"steps": 20}, outputs=(output,))
+        except KeyboardInterrupt:
+            pass
+    seen = []
+    Stages(tmp_path).run("vla", lambda: seen.append(output.exists()) or {}, {"steps": 20}, outputs=(output,))
+    assert seen == [True]  # same settings: the checkpoint is there to resume from
+    (output).mkdir(exist_ok=True)
+    (tmp_path / "stages" / "vla.json").unlink()
+    (tmp_path / "stages" / "vla.started").write_text("another fingerprint")
+    Stages(tmp_path).run("vla", lambda: seen.append(output.exists()) or {}, {"steps": 3000}, outputs=(output,))
+    assert seen == [True, False]  # other settings: deleted before the stage starts
+
+
+def test_quick_sizes_differ_from_full_so_fingerprints_differ():
+    assert DemoConfig(quick=True).sizes == QUICK != DemoSizes()
