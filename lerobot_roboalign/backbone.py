@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-
 TOKEN_CACHE_SIZE = 64  # distinct (instructions, image shapes) prompts kept tokenised
 TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # what the processor derives from the prompt
 

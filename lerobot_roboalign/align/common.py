@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, FAST_TOKENIZER_DIR, ActionVocabulary
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
+from lerobot_roboalign.hub import push_backbone
 from lerobot_roboalign.precision import PrecisionPlan, align_precision, training_device
 
 logger = logging.getLogger(__name__)
@@ -195,6 +196,20 @@ def save_final(
         raise
     return final
 
+
+def finish_training(trainer, processor, vocabulary: ActionVocabulary, output_dir: Path, fmt: AlignmentFormat,
+                    push_to_hub: str | None) -> Path:
+    """Write (and push) the final model from the main process only; the other ranks wait for it.
+
+    One writer: ranks renaming into the same directory would collide.
+    """
+    final = output_dir / FINAL_SUBDIR
+    if trainer.accelerator.is_main_process:
+        save_final(trainer.model, processor, vocabulary, output_dir, fmt)
+        if push_to_hub:
+            push_backbone(final, push_to_hub)
+    trainer.accelerator.wait_for_everyone()
+    return final
 
 class VocabularyCallback(TrainerCallback):
     """Store the action vocabulary, FAST tokenizer and input format in every checkpoint: each is a usable backbone."""

@@ -23,17 +23,16 @@ from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
 from lerobot_roboalign.align.common import (
-    FINAL_SUBDIR,
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
     VocabularyCallback,
     cast_reference_model,
+    finish_training,
     freeze_vision_encoder,
     generate_completions,
     last_complete_checkpoint,
     load_model_and_processor,
-    save_final,
     stop_token_ids,
 )
 from lerobot_roboalign.align.data import (
@@ -47,7 +46,7 @@ from lerobot_roboalign.align.reason import describe_motion, read_reasoning
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
-from lerobot_roboalign.hub import check_repo_id, push_backbone
+from lerobot_roboalign.hub import check_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -152,13 +151,7 @@ def train(cfg: AlignGRPOConfig) -> Path:
     )
     cast_reference_model(trainer, cfg.model.precision().frozen)
     trainer.train(resume_from_checkpoint=resume)
-    final = cfg.training.output_dir / FINAL_SUBDIR
-    if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
-        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir, fmt)
-        if cfg.push_to_hub:
-            push_backbone(final, cfg.push_to_hub)
-    trainer.accelerator.wait_for_everyone()
-    return final
+    return finish_training(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub)
 
 
 COMPLETION_MARGIN = 16

@@ -23,16 +23,15 @@ from PIL import Image
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
 from lerobot_roboalign.align.common import (
-    FINAL_SUBDIR,
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
     VocabularyCallback,
+    finish_training,
     freeze_vision_encoder,
     last_complete_checkpoint,
     load_fast_tokenizer,
     load_model_and_processor,
-    save_final,
 )
 from lerobot_roboalign.align.data import (
     AlignDataConfig,
@@ -44,7 +43,7 @@ from lerobot_roboalign.align.data import (
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
-from lerobot_roboalign.hub import check_repo_id, push_backbone
+from lerobot_roboalign.hub import check_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -172,13 +171,7 @@ def train(cfg: AlignSFTConfig) -> Path:
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    final = cfg.training.output_dir / FINAL_SUBDIR
-    if trainer.accelerator.is_main_process:  # one writer: ranks renaming into the same directory would collide
-        save_final(trainer.model, processor, vocabulary, cfg.training.output_dir, fmt)
-        if cfg.push_to_hub:
-            push_backbone(final, cfg.push_to_hub)
-    trainer.accelerator.wait_for_everyone()
-    return final
+    return finish_training(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 import json
 
-from lerobot_roboalign.demo import DemoConfig, QUICK, DemoSizes, Stages
+from lerobot_roboalign.demo import QUICK, DemoConfig, DemoSizes, Stages
 
 
 def test_finished_stage_is_reused_only_with_the_same_settings(tmp_path):

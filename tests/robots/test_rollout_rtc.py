@@ -132,9 +132,9 @@ def test_slow_backbone_switches_chunks_without_a_jump(mode, roboalign_checkpoint
 
     monkeypatch.setattr(RoboAlignPolicy, "predict_action_chunk", slow)
     bound = tmp_path / "pretrained_model"
-    from lerobot_roboalign.calibration import main_check
-
     import shutil
+
+    from lerobot_roboalign.calibration import main_check
 
     shutil.copytree(roboalign_checkpoint, bound)
     # no rate limit: the stream shows the policy's own continuity (limits still clamp)

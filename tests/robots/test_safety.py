@@ -10,8 +10,6 @@ from lerobot.processor.converters import policy_action_to_transition, transition
 from lerobot_roboalign.safety import (
     ChunkBlender,
     RoboAlignActionSafetyStep,
-    RoboAlignMeasuredStateStep,
-    safety_context,
 )
 
 NAN = float("nan")
