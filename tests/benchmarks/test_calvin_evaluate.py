@@ -50,20 +50,6 @@ class CalvinShapedEnv:
         return self.steps >= 2
 
 
-@pytest.fixture(scope="module")
-def calvin_checkpoint(roboalign_checkpoint_factory):
-    """A roboalign checkpoint from lerobot-train (1 step) on a dataset with CALVIN's state and action sizes."""
-    return roboalign_checkpoint_factory(
-        steps=1,
-        cameras=("image", "image2"),
-        image_hw=(32, 32),
-        state_dim=15,
-        action_dim=7,
-        num_episodes=2,
-        episode_length=8,
-    )
-
-
 @pytest.mark.slow
 def test_calvin_eval_runs_a_real_policy_and_resumes(calvin_checkpoint, tmp_path):
     cfg = CalvinEvalConfig(

@@ -184,20 +184,6 @@ def test_chain_moves_on_after_a_real_success_and_stops_at_the_first_failure(sim)
     assert policy.instructions[-1] == INSTRUCTIONS["open_drawer"]
 
 
-@pytest.fixture(scope="module")
-def calvin_checkpoint(roboalign_checkpoint_factory):
-    """Same as test_calvin_evaluate's (the session cache trains it once): CALVIN's 15-D state, 7-D action."""
-    return roboalign_checkpoint_factory(
-        steps=1,
-        cameras=("image", "image2"),
-        image_hw=(32, 32),
-        state_dim=15,
-        action_dim=7,
-        num_episodes=2,
-        episode_length=8,
-    )
-
-
 @pytest.mark.slow
 @needs_calvin_env
 def test_real_observations_reach_a_roboalign_checkpoint_and_its_actions_move_the_arm(calvin_checkpoint, sim):
