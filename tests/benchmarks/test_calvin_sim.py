@@ -26,6 +26,10 @@ CALVIN_SRC = (REPO / os.environ.get("CALVIN_SRC", "../shared/calvin")).resolve()
 needs_calvin_env = pytest.mark.skipif(
     importlib.util.find_spec("calvin_env") is None, reason=f"calvin_env is not installed. {INSTALL_FIX}"
 )
+EVAL_TARBALLS = sorted(CALVIN_SRC.glob("calvin-eval-*.tar.gz"))
+needs_calvin_eval = pytest.mark.skipif(
+    not EVAL_TARBALLS, reason=f"no calvin-eval-*.tar.gz in {CALVIN_SRC} (set CALVIN_SRC)"
+)
 # A scene with the LED off, two blocks in the cabinet: pressing the button turns the LED on.
 LED_OFF = {
     "led": 0,
@@ -45,14 +49,12 @@ RENAME = {
 
 
 def official_file(member: str) -> str:
-    """A file of CALVIN's official evaluation, read from the tarball in CALVIN_SRC (skip without it)."""
-    tarballs = sorted(CALVIN_SRC.glob("calvin-eval-*.tar.gz"))
-    if not tarballs:
-        pytest.skip(f"no calvin-eval-*.tar.gz in {CALVIN_SRC} (set CALVIN_SRC)")
-    with tarfile.open(tarballs[0]) as tar:
+    """A file of CALVIN's official evaluation, read from the tarball in CALVIN_SRC."""
+    with tarfile.open(EVAL_TARBALLS[0]) as tar:
         return tar.extractfile(f"calvin/{member}").read().decode()
 
 
+@needs_calvin_eval
 def test_instructions_are_the_official_validation_annotations():
     import yaml
 
@@ -61,6 +63,7 @@ def test_instructions_are_the_official_validation_annotations():
     assert {task: texts[0] for task, texts in annotations.items()} == INSTRUCTIONS
 
 
+@needs_calvin_eval
 def test_initial_scenes_match_the_official_function_on_all_192_states():
     """The official get_env_state_for_initial_condition, executed from its source with pyhash2's FNV-1."""
     pyhash = pytest.importorskip("pyhash", reason="pyhash2 (dev extra) gives the official hasher")

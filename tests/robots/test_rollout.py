@@ -44,10 +44,15 @@ def _cameras(checkpoint: Path) -> dict[str, tuple[int, int]]:
 
 
 def _rollout(arm: str, checkpoint: Path, tmp_path: Path, follower, virtual_hw, *extra: str) -> None:
-    from lerobot.scripts.lerobot_rollout import main
-
     config = virtualize(ROOT / "robots" / arm / "rollout.yaml", tmp_path, _cameras(checkpoint))
     argv = [f"--config_path={config}", f"--policy.path={checkpoint}", "--device=cpu", "--duration=5", *extra]
+    _run_rollout(argv, follower, virtual_hw)
+
+
+def _run_rollout(argv: list[str], follower, virtual_hw) -> None:
+    """``lerobot-rollout argv...`` in this process, the follower's serial port virtual."""
+    from lerobot.scripts.lerobot_rollout import main
+
     saved, sys.argv = sys.argv, ["lerobot-rollout", *argv]
     try:
         with virtual_hw.virtual_ports({FOLLOWER_PORT: follower}):

@@ -5,15 +5,14 @@ bypassing ``select_action`` and its blender; these tests check what reached the 
 """
 
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FOLLOWER_PORT, ROOT, virtualize
-from test_rollout import MAX_DELTA, TICK, _cameras, _checkpoint_for, _max_step, _Recorder
+from conftest import ROOT, virtualize
+from test_rollout import MAX_DELTA, TICK, _cameras, _checkpoint_for, _max_step, _Recorder, _run_rollout
 
 pytestmark = pytest.mark.slow
 BOUNDARY_FACTOR = 2.0  # a chunk switch may move at most this times the largest step inside a chunk
@@ -69,8 +68,6 @@ class _Spy:
 
 
 def _rollout_rtc(arm: str, checkpoint: Path, tmp_path: Path, follower, virtual_hw, *extra: str, rtc: bool = True) -> None:
-    from lerobot.scripts.lerobot_rollout import main
-
     name = "rollout_rtc.yaml" if rtc else "rollout.yaml"
     config = virtualize(ROOT / "robots" / arm / name, tmp_path, _cameras(checkpoint))
     # 5 fps: a chunk (16 steps) lasts 3.2 s, longer than one inference of the tiny model even on a busy
@@ -78,12 +75,7 @@ def _rollout_rtc(arm: str, checkpoint: Path, tmp_path: Path, follower, virtual_h
     # queue runs dry and the arm (safely) waits. The spy ends the rollout early; 240 s is a cap.
     argv = [f"--config_path={config}", f"--policy.path={checkpoint}", "--device=cpu", "--duration=240", "--fps=5",
             "--return_to_initial_position=false", *extra]  # fmt: skip
-    saved, sys.argv = sys.argv, ["lerobot-rollout", *argv]
-    try:
-        with virtual_hw.virtual_ports({FOLLOWER_PORT: follower}):
-            main()
-    finally:
-        sys.argv = saved
+    _run_rollout(argv, follower, virtual_hw)
 
 
 @pytest.mark.parametrize(
