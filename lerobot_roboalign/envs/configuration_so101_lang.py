@@ -14,8 +14,9 @@ from lerobot.envs.configs import EnvConfig
 from lerobot.envs.utils import freeze_after_episode_end
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
-from .fast_render import DEFAULT_MAX_FACES
-
+# Faces per mesh of the drawn arm (fast_render.py); here so that registering the env needs no MuJoCo (the `sim`
+# extra): the plugin must import without it.
+DEFAULT_MAX_FACES = 400
 AGENT_POS_DIM = 14
 ACTION_DIM = 4
 PIXELS_KEY = "pixels/front"

@@ -17,8 +17,9 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from .configuration_so101_lang import DEFAULT_MAX_FACES
+
 SCENE_FILES = ("pick_scene.xml", "so101_new_calib.xml")
-DEFAULT_MAX_FACES = 400
 # Vertices are first snapped to this grid (metres): far below one pixel of a 128x128 frame
 # (about 5 mm at the front camera's distance), and it removes the CAD meshes' slivers that
 # stop quadric decimation at about a quarter of their faces.

@@ -1,8 +1,9 @@
 """The inference path a GPU needs: images stay on the policy's device, instructions are tokenised once.
 
-No GPU here, so these check what the path configures: the device every tensor is created on
-(the image processor is asked for the images' device; nothing is copied to the CPU once the
-instruction is cached), dtypes, and that the cached path gives the same features.
+They check what the path configures: the device every tensor is created on (the image processor
+is asked for the images' device; nothing is copied to the CPU once the instruction is cached),
+dtypes, and that the cached path gives the same features. On a machine with a GPU the device test
+also runs on CUDA.
 """
 
 import pytest
@@ -11,13 +12,17 @@ import torch
 from lerobot_roboalign.backbone import VLMBackbone
 
 
-def backbone(path, dtype=torch.float32) -> VLMBackbone:
-    return VLMBackbone(str(path), layer=2, dtype=dtype, image_resolution=(56, 56), prompt_template="{task}").eval()
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
-def images(batch_size: int = 2, seed: int = 0) -> list[torch.Tensor]:
+def backbone(path, dtype=torch.float32, device: str = "cpu") -> VLMBackbone:
+    model = VLMBackbone(str(path), layer=2, dtype=dtype, image_resolution=(56, 56), prompt_template="{task}")
+    return model.to(device).eval()
+
+
+def images(batch_size: int = 2, seed: int = 0, device: str = "cpu") -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.rand(batch_size, 3, 40, 48, generator=generator) for _ in range(2)]
+    return [torch.rand(batch_size, 3, 40, 48, generator=generator).to(device) for _ in range(2)]
 
 
 TASKS = ["pick up the red cube", "push the blue block left"]
@@ -48,10 +53,11 @@ def test_instruction_is_tokenised_once_per_episode(tiny_qwen25_backbone, monkeyp
     assert len(calls) == 2
 
 
-def test_cached_path_keeps_every_tensor_on_the_images_device(tiny_qwen25_backbone, monkeypatch):
-    model = backbone(tiny_qwen25_backbone, dtype=torch.bfloat16)
+@pytest.mark.parametrize("device", DEVICES)
+def test_cached_path_keeps_every_tensor_on_the_images_device(tiny_qwen25_backbone, monkeypatch, device):
+    model = backbone(tiny_qwen25_backbone, dtype=torch.bfloat16, device=device)
     with torch.no_grad():
-        model(images(), TASKS)  # cache the instruction
+        model(images(device=device), TASKS)  # cache the instruction
     seen, copies = {}, []
     processor_call = type(model.processor.image_processor).__call__
 
@@ -63,10 +69,10 @@ def test_cached_path_keeps_every_tensor_on_the_images_device(tiny_qwen25_backbon
     tensor_cpu = torch.Tensor.cpu
     monkeypatch.setattr(type(model.processor.image_processor), "__call__", spy_processor)
     monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a, **k: copies.append(t.shape) or tensor_cpu(t, *a, **k))
-    inputs = model.prepare(images(), TASKS)
+    inputs = model.prepare(images(device=device), TASKS)
     monkeypatch.undo()
 
-    device = images()[0].device
+    device = images(device=device)[0].device
     assert seen["device"] == device and seen["image_devices"] == {device}
     assert copies == [], "no image is copied to the CPU for the Hugging Face processor"
     assert {t.device for t in inputs.values()} == {device}
