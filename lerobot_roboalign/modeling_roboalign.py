@@ -215,7 +215,10 @@ class RoboAlignPolicy(PreTrainedPolicy):
             return chunk
         context = safety_context(self.config.safety_link)
         context.hold_from = None
-        offset = None if inpainting is None else prefix_offset(self._rtc_last_chunk, inpainting.prefix)
+        if prev_chunk_left_over is None:  # the engine's first chunk: offset 0 tells the safety step to hold
+            offset = 0
+        else:
+            offset = None if inpainting is None else prefix_offset(self._rtc_last_chunk, inpainting.prefix)
         context.chunk_link = None if offset is None else (offset, int(inference_delay))
         self._rtc_last_chunk = chunk.detach().float().clone()
         if torch.isfinite(chunk).all():

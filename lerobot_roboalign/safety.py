@@ -17,8 +17,8 @@ Three pieces:
   does not know (about the inference delay), is time-aligned with the previous chunk by the
   policy and kept within ``max_delta`` of the previous chunk's targets one and two steps earlier
   on the rows where the switch can happen, so the switch is within the rate limit; it is not pulled
-  back to the measured joints, which lag behind the targets while the arm moves. The first such
-  chunk after a reset holds the measured joints (the next one moves off at the rate limit).
+  back to the measured joints, which lag behind the targets while the arm moves. The engine's
+  first chunk holds the measured joints (the next one moves off at the rate limit).
 
 The pre- and post-processor are saved and loaded separately by LeRobot, so they meet in a
 :class:`SafetyContext` keyed by ``link`` (a random id written into both at training and into
@@ -117,7 +117,8 @@ class SafetyContext:
     episode: int = 0
     hold_from: int | None = None  # the next action (or chunk rows from this index) holds the last safe target
     # RTC: (row of the policy's previous chunk at which the next chunk starts, the inference delay in control
-    # steps the policy was given); None: unknown (first chunk, or the prefix was not the previous chunk's)
+    # steps the policy was given); offset 0: the engine's first chunk; None: unknown (other policies, or the
+    # prefix was not the previous chunk's)
     chunk_link: tuple[int, int] | None = None
 
     def take_hold(self) -> int | None:
@@ -253,9 +254,10 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     row ``k`` = the delay of this inference (``d`` or less unless it is slower than the recent ones)
     after the old chunk up to row ``o + k - 1``, or ``o + k - 2`` when the loop ran one step less than
     the delay it computes, so the switch is rate-limited too; later rows are free to turn at the rate
-    limit. Without such a note (other policies) the chunk starts from the measured joints, and the first
-    chunk after a reset holds them: the engine sends it from a row the step cannot know, before its
-    loop and the control loop are in step, so any moving row could be the first action sent.
+    limit. The engine's first chunk (offset 0) holds the measured joints: the engine sends it from a
+    row the step cannot know, before its loop and the control loop are in step, so any moving row
+    could be the first action sent. Without a note (other callers) a chunk starts from the measured
+    joints.
     Limits are plain lists in the saved config
     so an arm's calibrated ranges can be bound to a checkpoint (``roboalign calibration check
     --checkpoint``); the policy's ``--policy.safety_*`` settings override them at load time.
@@ -377,10 +379,10 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         self, chunk: torch.Tensor, context: SafetyContext, hold_from: int | None, link: tuple[int, int] | None
     ) -> torch.Tensor:
         """A (B, T, A) chunk in time order, continuing the previous chunk as ``link`` says if known."""
-        previous, (offset, delay) = self._last_chunk, link or (0, 0)
+        previous, (offset, delay) = self._last_chunk, link or (-1, 0)
         if previous is None or previous.shape != chunk.shape or not 0 < offset < chunk.shape[1]:
             anchor = self._anchor(chunk[:, 0], context)  # no alignment: start from where the arm is
-            if anchor is not None and previous is None:  # the first chunk after a reset: hold there
+            if anchor is not None and offset == 0:  # the RTC engine's first chunk: hold there
                 self._last_safe, self._last_chunk = anchor, anchor[:, None].expand_as(chunk).clone()
                 return self._last_chunk.to(chunk.dtype)
             if anchor is not None:

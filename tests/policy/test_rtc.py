@@ -102,7 +102,7 @@ def test_policy_tells_the_safety_step_where_its_chunk_continues(tiny_qwen25_back
     policy, batch = rtc_policy(tiny_qwen25_backbone, "hard"), make_batch(1)
     context = safety_context(policy.config.safety_link)
     first = chunk(policy, batch, 0, inference_delay=0, prev_chunk_left_over=None)
-    assert context.take_chunk_link() is None
+    assert context.take_chunk_link() == (0, 0)  # the engine's first chunk
     leftover = torch.cat([first[0, 4:], torch.zeros(4, ACTION_DIM)])  # as LeRobot's engine pads it
     chunk(policy, batch, 1, inference_delay=DELAY, prev_chunk_left_over=leftover)
     assert context.take_chunk_link() == (4, DELAY)

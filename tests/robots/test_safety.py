@@ -139,8 +139,9 @@ def _rtc_step(link: str) -> tuple[RoboAlignActionSafetyStep, torch.Tensor]:
     context.new_episode()
     step = RoboAlignActionSafetyStep(max_delta=RTC_MAX_DELTA, link=link)
     context.measured_state = torch.zeros(1, 2)
+    context.chunk_link = (0, 0)  # the policy marks the engine's first chunk
     held = step.action(torch.full((1, 16, 2), 7.0))
-    assert (held == 0).all(), "the first chunk after a reset holds the measured joints, whichever row is sent"
+    assert (held == 0).all(), "the engine's first chunk holds the measured joints, whichever row is sent"
     context.chunk_link = (OFFSET, 0)
     moving = SPEED * torch.arange(16.0)[None, :, None].expand(1, 16, 2)
     torch.testing.assert_close(step.action(moving), moving)
