@@ -26,7 +26,7 @@ from .dataset_mapping import check_dataset_features, cli_rename_map
 from .hub import backbone_reference, peft_base_reference, shared_backbone_name
 from .precision import cast_trainable, vla_precision
 from .processor_roboalign import InputSpec, safety_overrides, validate_batch
-from .rtc import hold_chunk, make_inpainting, prefix_batch
+from .rtc import freeze_loaded_heap, hold_chunk, make_inpainting, prefix_batch, prefix_offset
 from .safety import ChunkBlender, safety_context
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         ``lerobot-eval`` resets only the policy, not its postprocessor, hence the shared context.
         """
         self._blender = ChunkBlender(self.config.chunk_blend_steps)
+        self._rtc_last_chunk: Tensor | None = None  # the last RTC chunk, in which to find the next prefix
         safety_context(self.config.safety_link).new_episode()
 
     # ---- model --------------------------------------------------------------------
@@ -176,6 +177,8 @@ class RoboAlignPolicy(PreTrainedPolicy):
         """LeRobot's RTC engine calls this after setting ``config.rtc_config``."""
         config = self.config.rtc_config
         self.rtc_processor = RTCProcessor(config) if config is not None and config.enabled else None
+        if self.rtc_processor is not None:
+            freeze_loaded_heap()
 
     def _inpainting(self, prev_chunk_left_over: Tensor | None, inference_delay: int | None, batch_size: int):
         rtc = self.config.rtc_config
@@ -200,7 +203,9 @@ class RoboAlignPolicy(PreTrainedPolicy):
         Under RTC (``inference_delay`` given) the chunk continues ``prev_chunk_left_over``, and since
         RTC bypasses ``select_action`` and its blender, a non-finite chunk is caught here: the arm
         finishes the previous chunk and holds its last action; with no previous chunk it raises, so
-        LeRobot's engine retries and nothing reaches the motors.
+        LeRobot's engine retries and nothing reaches the motors. The safety step is told which row of
+        the previous chunk this one continues (``SafetyContext.chunk_link``), so it rate-limits the
+        switch against the targets the arm was sent rather than the lagging measured joints.
         """
         validate_batch(self._input_spec, batch, require_action=False)
         features, mask = self._features(batch)
@@ -210,6 +215,12 @@ class RoboAlignPolicy(PreTrainedPolicy):
             return chunk
         context = safety_context(self.config.safety_link)
         context.hold_from = None
+        if prev_chunk_left_over is None:  # the engine's first chunk: offset 0 tells the safety step to hold
+            offset = 0
+        else:
+            offset = None if inpainting is None else prefix_offset(self._rtc_last_chunk, inpainting.prefix)
+        context.chunk_link = None if offset is None else (offset, int(inference_delay))
+        self._rtc_last_chunk = chunk.detach().float().clone()
         if torch.isfinite(chunk).all():
             return chunk
         self.rtc_dropped_chunks += 1
@@ -220,7 +231,8 @@ class RoboAlignPolicy(PreTrainedPolicy):
             )
         logger.warning("RoboAlign safety: non-finite RTC chunk dropped; finishing the previous chunk, then holding.")
         context.hold_from = min(inpainting.prefix.shape[1], self.config.chunk_size)
-        return hold_chunk(inpainting.prefix.to(chunk), self.config.chunk_size)
+        self._rtc_last_chunk = hold_chunk(inpainting.prefix.to(chunk), self.config.chunk_size)
+        return self._rtc_last_chunk.clone()
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:

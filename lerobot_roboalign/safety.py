@@ -11,9 +11,14 @@ Three pieces:
 * :class:`RoboAlignActionSafetyStep` is the last word before the robot (postprocessor,
   joint units after unnormalisation): non-finite targets are replaced by the last safe
   target, targets are clamped to the joint limits (calibrated ranges, or the dataset's
-  action range) and rate-limited per control step. After a reset (every episode), and for
-  every whole chunk, the rate limit starts from the measured joint position, so neither a
-  stale target nor a chunk computed from an older observation can make the arm jump.
+  action range) and rate-limited per control step. After a reset (every episode) the rate
+  limit starts from the measured joint position, so a stale target cannot make the arm jump.
+  A whole (B, T, A) chunk from LeRobot's RTC engine, which executes it from an index the step
+  does not know (about the inference delay), is time-aligned with the previous chunk by the
+  policy and kept within ``max_delta`` of the previous chunk's targets one and two steps earlier
+  on the rows where the switch can happen, so the switch is within the rate limit; it is not pulled
+  back to the measured joints, which lag behind the targets while the arm moves. The engine's
+  first chunk holds the measured joints (the next one moves off at the rate limit).
 
 The pre- and post-processor are saved and loaded separately by LeRobot, so they meet in a
 :class:`SafetyContext` keyed by ``link`` (a random id written into both at training and into
@@ -111,11 +116,20 @@ class SafetyContext:
     overrides_version: int = 0
     episode: int = 0
     hold_from: int | None = None  # the next action (or chunk rows from this index) holds the last safe target
+    # RTC: (row of the policy's previous chunk at which the next chunk starts, the inference delay in control
+    # steps the policy was given); offset 0: the engine's first chunk; None: unknown (other policies, or the
+    # prefix was not the previous chunk's)
+    chunk_link: tuple[int, int] | None = None
 
     def take_hold(self) -> int | None:
         """Consume the policy's hold request for the next action or chunk."""
         hold_from, self.hold_from = self.hold_from, None
         return hold_from
+
+    def take_chunk_link(self) -> tuple[int, int] | None:
+        """Consume the policy's note of where the next chunk continues the previous one."""
+        link, self.chunk_link = self.chunk_link, None
+        return link
 
     def publish_overrides(self, overrides: dict[str, Any]) -> None:
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -124,6 +138,7 @@ class SafetyContext:
     def new_episode(self) -> None:
         """The env / arm was reset: forget the last observation; safety steps restart at their next action."""
         self.measured_state = None
+        self.chunk_link = None
         self.episode += 1
 
 
@@ -229,10 +244,21 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
 
     Works on (B, A) actions (one per control step: LeRobot's sync engine, ``lerobot-eval``,
     each action of the async server's chunk) and on (B, T, A) chunks (RTC engine; processed in
-    time order). The "previous" target is the last emitted one, except after :meth:`reset`,
-    after ``policy.reset()`` and at the start of a (B, T, A) chunk: then it is the joint position
-    measured in the latest observation (when ``anchor_to_state`` and the state has the action's
-    shape; otherwise the first target is only clamped). Limits are plain lists in the saved config
+    time order). The "previous" target is the last emitted one, except after :meth:`reset` and
+    ``policy.reset()``: then it is the joint position measured in the latest observation (when
+    ``anchor_to_state`` and the state has the action's shape; otherwise the first target is only
+    clamped). A (B, T, A) chunk that the policy says continues the previous chunk from row ``o``
+    with an inference delay of ``d`` steps (``SafetyContext.chunk_link``) starts from the previous
+    chunk's row ``o - 1``, and each row ``k <= d + 1`` also stays within ``max_delta`` of the
+    previous chunk's rows ``o + k - 2`` and ``o + k - 1``: LeRobot's engine sends the new chunk from
+    row ``k`` = the delay of this inference (``d`` or less unless it is slower than the recent ones)
+    after the old chunk up to row ``o + k - 1``, or ``o + k - 2`` when the loop ran one step less than
+    the delay it computes, so the switch is rate-limited too; later rows are free to turn at the rate
+    limit. The engine's first chunk (offset 0) holds the measured joints: the engine sends it from a
+    row the step cannot know, before its loop and the control loop are in step, so any moving row
+    could be the first action sent. Without a note (other callers) a chunk starts from the measured
+    joints.
+    Limits are plain lists in the saved config
     so an arm's calibrated ranges can be bound to a checkpoint (``roboalign calibration check
     --checkpoint``); the policy's ``--policy.safety_*`` settings override them at load time.
 
@@ -263,6 +289,7 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     _seen_episode: int = field(default=0, init=False, repr=False)
     _warned_no_state: bool = field(default=False, init=False, repr=False)
     _pin_next: bool = field(default=False, init=False, repr=False)
+    _last_chunk: torch.Tensor | None = field(default=None, init=False, repr=False)  # (B, T, A) as emitted
 
     def __post_init__(self) -> None:
         validate_limits(None, self.joint_min, self.joint_max)
@@ -313,6 +340,7 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         """Forget the last target: the next one is rate-limited against the measured joint position."""
         self._last_safe = None
         self._pin_next = False
+        self._last_chunk = None
 
     def start_chunk_at_observation(self) -> None:
         """The next actions are a chunk whose first one is for the observation's own time step.
@@ -335,20 +363,43 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         if context.episode != self._seen_episode:
             self._seen_episode = context.episode
             self.reset()
-        hold_from = context.take_hold()
+        hold_from, link = context.take_hold(), context.take_chunk_link()
         if not self.enabled:
             return action
-        if action.ndim == 3:  # a chunk computed from the latest observation: start from where the arm is
-            if self._anchor(action[:, 0], context) is not None:
-                self.reset()
-            rows = action.unbind(dim=1)
-            holds = [hold_from is not None and i >= hold_from for i in range(len(rows))]
-            safe = torch.stack([self._safe(a, context, hold) for a, hold in zip(rows, holds)], dim=1)
+        if action.ndim == 3:
+            safe = self._safe_chunk(action, context, hold_from, link)
         else:
+            self._last_chunk = None
             safe = self._safe(action, context, hold_from is not None)
         if not torch.isfinite(safe).all():  # cannot happen with validated limits; never let it reach a motor
             raise RuntimeError("RoboAlign safety: a non-finite target survived the safety step; not sent.")
         return safe
+
+    def _safe_chunk(
+        self, chunk: torch.Tensor, context: SafetyContext, hold_from: int | None, link: tuple[int, int] | None
+    ) -> torch.Tensor:
+        """A (B, T, A) chunk in time order, continuing the previous chunk as ``link`` says if known."""
+        previous, (offset, delay) = self._last_chunk, link or (-1, 0)
+        if previous is None or previous.shape != chunk.shape or not 0 < offset < chunk.shape[1]:
+            anchor = self._anchor(chunk[:, 0], context)  # no alignment: start from where the arm is
+            if anchor is not None and offset == 0:  # the RTC engine's first chunk: hold there
+                self._last_safe, self._last_chunk = anchor, anchor[:, None].expand_as(chunk).clone()
+                return self._last_chunk.to(chunk.dtype)
+            if anchor is not None:
+                self.reset()
+            previous = None
+        else:
+            self._last_safe = previous[:, offset - 1].clone()
+        rows = []
+        for k, row in enumerate(chunk.unbind(dim=1)):
+            # the previous chunk's targets the arm may have been sent just before this row: the engine drops
+            # ceil(latency / period) rows, one more than the loop executed when the latency is not a whole
+            # number of periods (measured: almost every chunk), so both the step before and the one before it
+            before = range(max(offset + k - 2, 0), min(offset + k, chunk.shape[1]))
+            near = tuple(previous[:, i] for i in before) if previous is not None and k <= delay + 1 else ()
+            rows.append(self._safe(row, context, hold_from is not None and k >= hold_from, near))
+        self._last_chunk = torch.stack(rows, dim=1)
+        return self._last_chunk.clone()
 
     def _anchor(self, like: torch.Tensor, context: SafetyContext) -> torch.Tensor | None:
         """The measured joint position, when it is usable as the previous target of ``like``."""
@@ -368,9 +419,22 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         anchor = state.reshape(-1, like.shape[-1]).to(like.device).expand_as(like).clone()
         return anchor if torch.isfinite(anchor).all() else None
 
-    def _safe(self, action: torch.Tensor, context: SafetyContext, hold: bool = False) -> torch.Tensor:
+    def _safe(
+        self,
+        action: torch.Tensor,
+        context: SafetyContext,
+        hold: bool = False,
+        near: tuple[torch.Tensor, ...] = (),
+    ) -> torch.Tensor:
         """One control step: hold if the policy dropped its chunk, else replace non-finite rows, clamp,
-        rate-limit, remember."""
+        rate-limit (against the previous target and, under RTC, also each of ``near``: targets the arm
+        may have been sent just before this one), remember.
+
+        The bounds always meet: they are intervals of half-width ``max_delta`` around the previous target
+        and up to two consecutive targets of the previous chunk, each pair at most 2 ``max_delta`` apart
+        (by induction over the rows), so in one dimension they share a point (Helly) and clamping into
+        them one after the other ends in it.
+        """
         dim = action.shape[-1]
         safe = action.detach().to(torch.float32).clone()
         if self._last_safe is not None and self._last_safe.shape != safe.shape:
@@ -399,6 +463,8 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         if max_delta is not None and previous is not None:
             step = max_delta.to(safe.device)
             safe = torch.maximum(torch.minimum(safe, previous + step), previous - step)
+            for target in near:
+                safe = torch.maximum(torch.minimum(safe, target.to(safe) + step), target.to(safe) - step)
         self._last_safe = safe.clone()
         return safe.to(action.dtype)
 

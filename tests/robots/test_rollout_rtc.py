@@ -137,7 +137,9 @@ def test_slow_backbone_switches_chunks_without_a_jump(mode, roboalign_checkpoint
     _rollout_rtc("so101", bound, tmp_path, follower, virtual_hw, f"--policy.rtc_mode={mode}")
 
     steps = spy.actions(list(virtual_hw.MOTOR_NAMES)).diff(dim=0).abs().amax(dim=-1)  # step k: sent[k] - sent[k-1]
-    boundaries = sorted({k - 1 for k in spy.merged_at if 2 <= k < len(spy.sent)})
+    # switches between policy chunks: the first chunk holds the arm at rest (safety), so the second one's
+    # switch is the move from the rest pose into the policy's range, which max_delta=1000 does not limit
+    boundaries = sorted({k - 1 for k in spy.merged_at[2:] if 2 <= k < len(spy.sent)})
     inside = [s for k, s in enumerate(steps.tolist()) if k not in boundaries]
     assert len(boundaries) >= 3, spy.merged_at
     worst = max(steps[k].item() for k in boundaries)
