@@ -10,13 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The smallest head that still learns the synthetic and simulated tasks in a few hundred steps.
+# The smallest head that still learns the synthetic and simulated tasks in a few hundred steps. Image size and prompt
+# are not set: they come from the backbone's alignment record (alignment_format.py), as for a user's backbone.
 TINY_POLICY_ARGS = (
     "--policy.vlm_layer=2",
     "--policy.head_hidden_size=64",
     "--policy.head_num_layers=2",
     "--policy.head_num_heads=4",
-    "--policy.image_resolution=[112,112]",
     "--policy.device=cpu",
     "--policy.push_to_hub=false",
 )
