@@ -33,17 +33,19 @@ def lerobot_command(name: str) -> str:
 
 
 def run_lerobot(
-    name: str, args: list[str], cwd: Path | None = None, timeout: float | None = None, stream: bool = False
+    name: str, args: list[str], cwd: Path | None = None, timeout: float | None = None, stream: bool = False,
+    label: str | None = None,
 ) -> str:
     """Run ``name args...`` offline; return its combined output or raise LeRobotCommandError.
 
     With ``stream`` every output line is also echoed to the console as it comes (progress of
-    long stages), while the whole output is still kept for the log file and the error tail.
+    long stages), prefixed with ``label`` (default: the command) so parallel stages stay readable,
+    while the whole output is still kept for the log file and the error tail.
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [lerobot_command(name), *args]
     if stream:
-        returncode, output = _run_streamed(command, cwd, env, timeout)
+        returncode, output = _run_streamed(command, cwd, env, timeout, label or name)
     else:
         result = subprocess.run(
             command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
@@ -55,7 +57,9 @@ def run_lerobot(
     return output
 
 
-def _run_streamed(command: list[str], cwd: Path | None, env: dict, timeout: float | None) -> tuple[int, str]:
+def _run_streamed(
+    command: list[str], cwd: Path | None, env: dict, timeout: float | None, label: str
+) -> tuple[int, str]:
     """Tee the merged stdout/stderr of ``command`` to our stdout, line by line."""
     lines: list[str] = []
     with subprocess.Popen(
@@ -64,7 +68,7 @@ def _run_streamed(command: list[str], cwd: Path | None, env: dict, timeout: floa
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
-            sys.stdout.write(f"  [{Path(command[0]).name}] {line}")
+            sys.stdout.write(f"  [{label}] {line}")
             sys.stdout.flush()
         returncode = process.wait(timeout=timeout)
     return returncode, "".join(lines)

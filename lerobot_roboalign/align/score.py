@@ -38,14 +38,27 @@ def decoded_l1(fast: FastTokenizer, tokens: list[list[int] | None], samples: lis
     return errors
 
 
-def summarise(action: list[float], l1: list[float | None], extra: dict | None = None) -> dict:
+def l1_with_fallback(fast: FastTokenizer, l1: list[float | None], samples: list[dict]) -> list[float]:
+    """Per frame L1 over every frame: a span that does not decode counts as the all-zero normalised chunk
+    (openpi's fallback for undecodable FAST output), so a model cannot look accurate by decoding only on easy
+    frames."""
+    return [
+        e if e is not None else chunk_l1(fast, fast.denormalize(np.zeros_like(s["actions"])), s["actions"])
+        for e, s in zip(l1, samples, strict=True)
+    ]
+
+
+def summarise(action: list[float], l1: list[float | None], extra: dict | None = None,
+              l1_all: list[float] | None = None) -> dict:
     valid = [e for e in l1 if e is not None]
     return {
         "action": float(np.mean(action)) if action else None,
         "l1": float(np.mean(valid)) if valid else None,
+        "l1_all": float(np.mean(l1_all)) if l1_all else None,
         "decode_rate": len(valid) / len(l1),
         "per_frame_action": [float(a) for a in action],
         "per_frame_l1": l1,
+        "per_frame_l1_all": l1_all,
         **(extra or {}),
     }
 
@@ -68,15 +81,17 @@ def score_backbone(model_path: str, samples: list[dict], max_new_tokens: int) ->
     action = prefix(None, ids, targets)
     think = [_THINK_RE.search(format_reward.text(row)) for row in ids]
     reasoning_tokens = [len(processor.tokenizer(m.group(1), add_special_tokens=False)["input_ids"]) for m in think if m]
+    l1 = decoded_l1(fast, [prefix.action_tokens(row) for row in ids], samples)
     return summarise(
         action,
-        decoded_l1(fast, [prefix.action_tokens(row) for row in ids], samples),
+        l1,
         {
             "format": float(np.mean(format_reward(None, ids))),
             "reasoning_tokens": float(np.mean(reasoning_tokens)) if reasoning_tokens else 0.0,
             "completion_tokens": float(np.mean([len(row) for row in ids])),
             "hit_cap": int(sum(len(row) >= max_new_tokens for row in ids)),
         },
+        l1_with_fallback(fast, l1, samples),
     )
 
 
@@ -88,14 +103,15 @@ def blind_baselines(train: list[dict], heldout: list[dict], fast: FastTokenizer)
     mode = {task: list(Counter(tuple(s["fast_tokens"]) for s in rows).most_common(1)[0][0]) for task, rows in by_task.items()}
     mean = {task: np.mean([s["actions"] for s in rows], axis=0) for task, rows in by_task.items()}
     mode_tokens = [mode.get(s["task"], []) for s in heldout]
+    mode_l1 = decoded_l1(fast, mode_tokens, heldout)
+    mean_l1 = [chunk_l1(fast, mean[s["task"]], s["actions"]) if s["task"] in mean else None for s in heldout]
     return {
         "most frequent FAST sequence per task (blind)": summarise(
             [prefix_match_reward(t, s["fast_tokens"]) for t, s in zip(mode_tokens, heldout, strict=True)],
-            decoded_l1(fast, mode_tokens, heldout),
+            mode_l1, l1_all=l1_with_fallback(fast, mode_l1, heldout),
         ),
         "mean chunk per task (blind)": summarise(
-            [],
-            [chunk_l1(fast, mean[s["task"]], s["actions"]) if s["task"] in mean else None for s in heldout],
+            [], mean_l1, l1_all=l1_with_fallback(fast, mean_l1, heldout)
         ),
     }
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lerobot_roboalign.demo import TASKS, count_successes, number, paired_cell, success_cell
+from lerobot_roboalign.demo import TASKS, count_successes, interval, number, paired_cell, success_cell
 
 pytestmark = pytest.mark.slow
 
@@ -97,11 +97,13 @@ def test_alignment_table_comes_from_the_score_stage_on_heldout_episodes(demo_dir
     scores = stage(demo_dir, "score")
     rows = report_rows(report, "## Alignment of each backbone")
     for name, s in scores["models"].items():
-        assert rows[name] == [number(s["format"]), number(s["action"]), number(s["l1"]),
+        assert rows[name] == [number(s["format"]), number(s["action"]), number(s["l1"]), number(s["l1_all"]),
                               number(s["decode_rate"], 2), number(s["reasoning_tokens"], 1)]  # fmt: skip
-        assert len(s["per_frame_action"]) == scores["n_frames"]
+        assert len(s["per_frame_action"]) == len(s["per_frame_l1_all"]) == scores["n_frames"]
+        versus = scores["versus_blind"][name]["action"]
+        assert f"- {name}: prefix accuracy minus the most frequent sequence's {interval(versus)}" in report
     for name, s in scores["baselines"].items():
-        assert rows[name][1:3] == [number(s["action"]), number(s["l1"])]
+        assert rows[name][1:4] == [number(s["action"]), number(s["l1"]), number(s["l1_all"])]
     d = scores["grpo_minus_sft_action"]
     assert f"{d['mean']:+.3f} (95% bootstrap interval [{d['low']:+.3f}, {d['high']:+.3f}])" in report
     assert not set(scores["heldout_episodes"]) & set(scores["train_episodes"])  # truly held out
@@ -137,7 +139,7 @@ def test_wall_times_plots_and_outputs(demo_dir):
     assert {"record", "sft", "grpo", "score", *(f"vla_{k}" for k in VLA_ROWS), *(f"eval_{k}" for k in VLA_ROWS)} <= set(walls)
     for name in ("success.png", "learning_curves.png"):
         assert (demo_dir / name).stat().st_size > 1000
-    assert re.search(r"Total: [0-9.]+ min", report)
+    assert re.search(r"Elapsed: [0-9.]+ min for this invocation", report)
 
 
 def test_rerun_reuses_stages_made_with_the_same_settings(demo_dir):

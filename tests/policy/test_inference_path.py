@@ -11,7 +11,6 @@ import torch
 
 from lerobot_roboalign.backbone import VLMBackbone
 
-
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
