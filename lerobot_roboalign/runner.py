@@ -5,9 +5,12 @@ this one launcher: it forces offline mode, echoes the output line by line when a
 raises with the command line and the tail of its output instead of a bare exit code.
 """
 
+import math
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # The smallest head that still learns the synthetic and simulated tasks in a few hundred steps. Image size and prompt
@@ -57,17 +60,30 @@ def run_lerobot(
     return output
 
 
+PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm refresh: tqdm's carriage returns arrive as one line per update
+PROGRESS_EVERY_S = 2.0
+
+
 def _run_streamed(
     command: list[str], cwd: Path | None, env: dict, timeout: float | None, label: str
 ) -> tuple[int, str]:
-    """Tee the merged stdout/stderr of ``command`` to our stdout, line by line."""
+    """Tee the merged stdout/stderr of ``command`` to our stdout, line by line.
+
+    Progress-bar refreshes are echoed at most every ``PROGRESS_EVERY_S`` seconds (two stages stream at once in
+    the demo); every other line is echoed, and the returned output keeps every line.
+    """
     lines: list[str] = []
+    last_bar = -math.inf
     with subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
+            if PROGRESS_BAR.search(line):
+                if time.monotonic() - last_bar < PROGRESS_EVERY_S:
+                    continue
+                last_bar = time.monotonic()
             sys.stdout.write(f"  [{label}] {line}")
             sys.stdout.flush()
         returncode = process.wait(timeout=timeout)

@@ -1,5 +1,6 @@
 """`roboalign` as people probe it: help for the whole tool and for a command group, clear unknown-command errors."""
 
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,14 @@ def test_unknown_or_incomplete_commands_stop_with_a_clear_message(args, message)
     text = str(stop.value.code)  # a string code: Python prints it to stderr and exits with 1
     assert text.splitlines()[0] == message
     assert "commands:" in text  # followed by what exists
+
+
+def test_streamed_command_echoes_progress_bars_sparsely_but_keeps_every_line(capsys):
+    from lerobot_roboalign.runner import _run_streamed
+
+    script = "import sys\nfor i in range(200): print(f'Training: {i // 2}%|#| {i}/200')\nprint('loss: 0.5')"
+    code, output = _run_streamed([sys.executable, "-c", script], None, dict(os.environ), 60, "train base")
+    echoed = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(output.splitlines()) == 201  # everything kept for the log and the loss parser
+    assert echoed[0] == "  [train base] Training: 0%|#| 0/200" and echoed[-1] == "  [train base] loss: 0.5"
+    assert len(echoed) < 10  # 200 refreshes in well under 2 s: the first one and the final line

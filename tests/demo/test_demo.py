@@ -56,7 +56,7 @@ def demo_dir(tmp_path_factory) -> Path:
             run_until(output, condition, log)
     result = subprocess.run(demo_command(output), capture_output=True, text=True, timeout=1500, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[lerobot-train]" in result.stdout and "[lerobot-eval]" in result.stdout  # streamed progress
+    assert "[lerobot-train sft]" in result.stdout and "[lerobot-eval roboalign]" in result.stdout  # streamed, labelled
     return output
 
 
