@@ -46,11 +46,11 @@ class DemoSizes:
     image_size: int = 96
     chunk_size: int = 16
     n_action_steps: int = 8
-    sft_steps: int = 1500
-    grpo_steps: int = 32
+    sft_steps: int = 2000
+    grpo_steps: int = 64
     grpo_generations: int = 4
     grpo_samples: int = 64
-    score_samples: int = 64  # frames of held-out episodes scored (greedy, one completion each)
+    score_samples: int = 128  # frames of held-out episodes scored (greedy, one completion each)
     vla_steps: int = 1200
     vla_batch_size: int = 8
     eval_episodes_per_task: int = 20
