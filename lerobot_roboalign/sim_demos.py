@@ -28,7 +28,14 @@ from lerobot_env_so101.policy import OBS_FIELD_NAMES
 from tqdm import tqdm
 
 from lerobot_roboalign.envs.configuration_so101_lang import IMAGE_KEY, make_so101_lang_env
-from lerobot_roboalign.envs.so101_lang import CAMERA, TASKS, ScriptedExpert, SO101LangEnv, check_task
+from lerobot_roboalign.envs.so101_lang import (
+    CAMERA,
+    GOAL_PLACES,
+    TASKS,
+    ScriptedExpert,
+    SO101LangEnv,
+    check_task,
+)
 
 RECORD_SEED_BASE = 10**7
 MAX_ATTEMPTS_PER_CHUNK = 1000
@@ -226,12 +233,18 @@ def _record_episode(env, expert: ScriptedExpert, dataset, reset_seed: int) -> in
     return steps
 
 
+def instructions(task: str) -> list[str]:
+    """The instructions a task's episodes can carry: one per goal place where the goal is named in it."""
+    template = TASKS[task].instruction
+    return sorted({template.format(place=place) for place in GOAL_PLACES})
+
+
 def _summarize(work: Path, chunk_plan, repo_id: str) -> dict:
     per_task: dict[str, dict] = {}
     for task, k in chunk_plan:
         stats = json.loads((_chunk_dir(work, task, k) / SUMMARY_FILE).read_text())
         entry = per_task.setdefault(
-            task, {"instruction": TASKS[task].instruction, "kept": 0, "attempts": 0, "lengths": []}
+            task, {"instructions": instructions(task), "kept": 0, "attempts": 0, "lengths": []}
         )
         entry["kept"] += stats["kept"]
         entry["attempts"] += stats["attempts"]

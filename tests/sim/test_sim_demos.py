@@ -49,6 +49,11 @@ def test_recording_writes_both_tasks_and_resumes_without_rerecording(tmp_path, m
     for entry in summary["tasks"].values():
         assert entry["kept"] == 2 and entry["attempts"] >= 2
         assert entry["expert_success_rate"] == entry["kept"] / entry["attempts"]
+    recorded_tasks = set(dataset.meta.tasks.index)  # the summary names real instructions, no "{place}" template
+    assert recorded_tasks <= {i for entry in summary["tasks"].values() for i in entry["instructions"]}
+    assert summary["tasks"]["pick_and_place"]["instructions"] == [
+        "pick up the cube and place it on the left", "pick up the cube and place it on the right"
+    ]
     assert json.loads((root / sim_demos.SUMMARY_FILE).read_text()) == summary
     assert _record(root) == summary  # finished: not recorded again
 
