@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import draccus
@@ -230,6 +231,7 @@ BASELINE_FRAMES = 400  # training frames the blind baselines are fitted on (the 
 # is written into the prompt (the tiny model cannot read the arm's pose off 96x96 pixels in minutes); FAST's scale
 # is 4 (FAST's default 10): coarser coefficients, shorter spans, which the tiny model learns sooner.
 SFT_LR = 2e-3
+FREEZE_VISION = False
 ALIGN_WITH_STATE = True
 FAST_SCALE = 4.0
 GRPO_LR = 1e-4  # the paper's 1e-6 moves a 7B model; a 1M-parameter one needs more
@@ -243,7 +245,7 @@ def stage_sft(cfg: DemoConfig, backbone: str, fast: str, reasoning: str) -> dict
         f"--model.path={backbone}",
         f"--model.fast_tokenizer={fast}",
         f"--reasoning={reasoning}",
-        "--model.freeze_vision=false",
+        f"--model.freeze_vision={FREEZE_VISION}",
         f"--training.learning_rate={SFT_LR}",
         *training_args(output, cfg.sizes.sft_steps, 8, cfg.seed),
     ])  # fmt: skip
@@ -563,14 +565,18 @@ def limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def eval_settings(cfg: DemoConfig) -> dict:
+    """What an evaluation's outcome depends on (the VLA rows' and the expert's)."""
+    return {"episodes": cfg.sizes.eval_episodes_per_task, "seed": cfg.eval_seed, "image": cfg.sizes.image_size}
+
+
 def vla_row(cfg: DemoConfig, stages: Stages, key: str, path: str, source: str) -> tuple[dict, dict]:
     """Train one VLA on ``path`` with lerobot-train, then evaluate it with lerobot-eval: (train result, eval counts)."""
     sizes, out = cfg.sizes, cfg.output_dir
     settings = {k: getattr(sizes, k) for k in ("vla_steps", "vla_batch_size", "chunk_size", "n_action_steps")}
     vla = stages.run(f"vla_{key}", lambda: stage_train_vla(cfg, key, path), {**settings, "lr": VLA_LR},
                      ("record", source), outputs=(out / f"vla_{key}",))  # fmt: skip
-    eval_settings = {"episodes": sizes.eval_episodes_per_task, "seed": cfg.eval_seed, "image": sizes.image_size}
-    counts = stages.run(f"eval_{key}", lambda: stage_eval_vla(cfg, key, vla["checkpoint"]), eval_settings,
+    counts = stages.run(f"eval_{key}", lambda: stage_eval_vla(cfg, key, vla["checkpoint"]), eval_settings(cfg),
                         (f"vla_{key}",))  # fmt: skip
     return vla, counts
 
@@ -596,7 +602,7 @@ def run(cfg: DemoConfig) -> Path:
                                outputs=(out / "reasoning.jsonl",))["path"]  # fmt: skip
         align_inputs = ("record", "backbone", "tokenizer", "reason")
         sft_settings = {"steps": sizes.sft_steps, "lr": SFT_LR, "holdout": sizes.holdout_every, "seed": cfg.seed,
-                        "state": ALIGN_WITH_STATE, "vision": "trained"}  # fmt: skip
+                        "state": ALIGN_WITH_STATE, "freeze_vision": FREEZE_VISION}  # fmt: skip
         sft = stages.run("sft", lambda: stage_sft(cfg, backbone, fast, reasoning), sft_settings, align_inputs,
                          outputs=(out / "align_sft",))  # fmt: skip
         grpo_settings = {"steps": sizes.grpo_steps, "lr": GRPO_LR, "samples": sizes.grpo_samples,
@@ -609,12 +615,10 @@ def run(cfg: DemoConfig) -> Path:
         scores = stages.run("score", lambda: stage_score(cfg, aligned, fast, reasoning),
                             {"frames": sizes.score_samples}, ("grpo",))  # fmt: skip
         results = {key: future.result() for key, future in rows.items()}
-    eval_settings = {"episodes": sizes.eval_episodes_per_task, "seed": cfg.eval_seed, "image": sizes.image_size}
     evals = {f"VLA on {names[key]}": counts for key, (_, counts) in results.items()}
     losses = {names[key]: vla["loss"] for key, (vla, _) in results.items()}
-    evals["scripted expert (reference)"] = stages.run("expert", lambda: stage_expert(cfg), eval_settings)
-    rows_order = [f"VLA on {names[key]}" for key in ("base", "sft", "roboalign")]
-    pairs = [(rows_order[0], rows_order[1]), (rows_order[0], rows_order[2]), (rows_order[1], rows_order[2])]
+    pairs = list(combinations(evals, 2))  # base-SFT, base-GRPO, SFT-GRPO, in the rows' order
+    evals["scripted expert (reference)"] = stages.run("expert", lambda: stage_expert(cfg), eval_settings(cfg))
     report = format_report(cfg, evals, scores, stages.wall_times(), pairs, time.perf_counter() - start)
     plots = [plot_success(cfg, evals),
              plot_curves(cfg, read_metrics(Path(sft["metrics"])), read_metrics(Path(grpo["metrics"])), losses)]
