@@ -96,6 +96,15 @@ def test_prefix_offset_finds_the_engine_leftover_in_the_last_chunk():
     assert prefix_offset(None, last[:, :3]) is None
 
 
+def test_prefix_offset_of_a_held_chunk_is_not_matched_early():
+    # a dropped chunk is replaced by the prefix and its last row held: every window of the held tail looks alike,
+    # and the engine's leftover is the chunk's tail, so the match is the latest one (an early match made the
+    # safety step restart one row back at every chunk: the sent targets alternated instead of holding)
+    held = hold_chunk(previous_chunk(1, 16)[:, :6], 16)
+    assert prefix_offset(held, held[:, 10:]) == 10
+    assert prefix_offset(hold_chunk(held[:, :1], 16), held[:, :1].expand(-1, 7, -1)) == 9
+
+
 def test_policy_tells_the_safety_step_where_its_chunk_continues(tiny_qwen25_backbone):
     from lerobot_roboalign.safety import safety_context
 

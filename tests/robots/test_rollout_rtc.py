@@ -147,19 +147,10 @@ def test_slow_backbone_switches_chunks_without_a_jump(mode, roboalign_checkpoint
 
 
 NAN_FROM, NAN_UNTIL = 3, 23  # control steps with NaN camera frames: longer than a chunk
+CHUNK_SIZE = 16  # the test checkpoints' chunk
 
 
-# Known defect (found 2026-11-22 after the RTC chunk alignment landed, issue 12 left open): under RTC, during a
-# long run of NaN frames the targets sent alternate between two values each step (within max_delta, so the rate
-# limit holds, but the arm does not hold still). It passed in the RTC branch's runs, before the test checkpoints'
-# images went from 112x112 to 64x64 (faster chunks); since then it fails every time. Not strict: it still runs and
-# reports XPASS once fixed.
-RTC_NAN_HOLD_DEFECT = pytest.mark.xfail(
-    reason="RTC + NaN frames: targets alternate instead of holding (issue 12, open)", strict=False
-)
-
-
-@pytest.mark.parametrize("inference", [pytest.param("rtc", marks=RTC_NAN_HOLD_DEFECT), "sync"])
+@pytest.mark.parametrize("inference", ["rtc", "sync"])
 def test_nan_frames_mid_rollout_hold_the_arm(inference, roboalign_checkpoint, tmp_path, virtual_hw, monkeypatch):
     from lerobot_roboalign.modeling_roboalign import RoboAlignPolicy
 
@@ -188,5 +179,7 @@ def test_nan_frames_mid_rollout_hold_the_arm(inference, roboalign_checkpoint, tm
     assert calls[-1] >= NAN_UNTIL and any("non-finite" in m for m in warnings.messages)
     assert virtual_hw.goal_ticks_within(follower)
     held = [a == b for a, b in zip(follower.goal_log, follower.goal_log[1:])]
-    assert sum(held[NAN_FROM:NAN_UNTIL]) >= 1, "the arm held its last safe target while the frames were NaN"
+    # once the last valid chunk has run out (at most a chunk after the NaN frames began), the target stays put
+    # while the frames are NaN; under RTC a held chunk must not be re-aligned one row early (it alternated)
+    assert all(held[NAN_FROM + CHUNK_SIZE : NAN_UNTIL - 1]), follower.goal_log[:NAN_UNTIL]
     assert not all(held[NAN_UNTIL:]), "and moved again once the frames were valid"
