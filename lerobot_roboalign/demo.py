@@ -30,7 +30,7 @@ from pathlib import Path
 import draccus
 
 from .cli import main as roboalign
-from .runner import run_lerobot, train_args
+from .runner import TINY_VLM_LAYER, run_lerobot, train_args
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +317,16 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str, reaso
     }
 
 
+def stage_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
+    """Linear probes of every backbone's image tokens for the action chunk, on the alignment's held-out episodes."""
+    from .align.data import AlignDataConfig
+    from .probe import probe_backbones
+
+    data = AlignDataConfig(repo_ids=[REPO_ID], roots=[str(cfg.output_dir / "dataset")], chunk_size=cfg.sizes.chunk_size,
+                           holdout_every=cfg.sizes.holdout_every, image_size=cfg.sizes.image_size)  # fmt: skip
+    return probe_backbones(backbones, data)
+
+
 def stage_train_vla(cfg: DemoConfig, name: str, backbone: str) -> dict:
     """lerobot-train, streamed; resumes from its last checkpoint when a previous run was killed."""
     output = cfg.output_dir / f"vla_{name}"
@@ -459,6 +469,29 @@ def plot_success(cfg: DemoConfig, evals: dict[str, dict]) -> str:
     return "success.png"
 
 
+def plot_success_curves(cfg: DemoConfig, curves: dict[str, dict[int, dict]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.5), squeeze=False)
+    for axis, task in zip(axes[0], TASKS, strict=True):
+        for name, curve in curves.items():
+            steps = sorted(curve)
+            rates = [curve[s][task]["successes"] / max(1, curve[s][task]["n_episodes"]) for s in steps]
+            axis.plot(steps, rates, marker="o", label=name)
+        axis.set_title(f"{task}: success vs training steps")
+        axis.set_xlabel("lerobot-train step")
+        axis.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("success rate (same seeds)")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(cfg.output_dir / "success_vs_steps.png", dpi=110)
+    plt.close(figure)
+    return "success_vs_steps.png"
+
+
 def success_cell(counts: dict) -> str:
     n, k = counts["n_episodes"], counts["successes"]
     low, high = wilson_interval(k, n)
@@ -518,9 +551,39 @@ def alignment_lines(scores: dict) -> list[str]:
     return lines
 
 
+def curve_lines(curves: dict[str, dict[int, dict]]) -> list[str]:
+    """Success of each row's checkpoints on the same seeds: is a row still improving when training stops?"""
+    steps = sorted(next(iter(curves.values())))
+    lines = ["| policy | task | " + " | ".join(f"step {step}" for step in steps) + " |", "|---|---|" + "---|" * len(steps)]
+    for name, curve in curves.items():
+        for task in TASKS:
+            cells = [f"{curve[step][task]['successes']}/{curve[step][task]['n_episodes']}" for step in steps]
+            lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def probe_lines(probe: dict) -> list[str]:
+    layers = sorted(next(iter(probe["backbones"].values())), key=int)
+    lines = [
+        f"Ridge regression from features to the dataset's action chunk ({probe['n_frames']} frames; fitted on the "
+        f"alignment's training episodes, R^2 on its {probe['n_heldout']} held-out frames; regularisation chosen on "
+        "training episodes only). Image tokens are taken as the VLA reads them (its prompt and image size, the "
+        "cut layer after the final norm). The head also gets the robot state and the instruction: from those alone "
+        f"the probe reaches R^2 {probe['state_and_task']:.3f}. Cells: image tokens alone / state + task + image "
+        f"tokens. The VLA's head reads layer {TINY_VLM_LAYER}.",
+        "",
+        "| backbone | " + " | ".join(f"layer {layer}" for layer in layers) + " |",
+        "|---|" + "---|" * len(layers),
+    ]
+    for name, by_layer in probe["backbones"].items():
+        cells = [f"{by_layer[layer]['image']:.3f} / {by_layer[layer]['with_context']:.3f}" for layer in layers]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def format_report(
     cfg: DemoConfig, evals: dict[str, dict], scores: dict, walls: dict[str, float], pairs: list[tuple[str, str]],
-    elapsed_s: float,
+    elapsed_s: float, curves: dict[str, dict[int, dict]], probe: dict,
 ) -> str:
     lines = [
         "# RoboAlign demo (simulated SO-101, tiny random backbone)",
@@ -548,7 +611,9 @@ def format_report(
     for a, b in pairs:
         cells = [paired_cell(evals[a][task], evals[b][task]) for task in TASKS]
         lines.append(f"| {b} vs {a} | " + " | ".join(cells) + " |")
+    lines += ["", "## Success against VLA training steps (same seeds)", "", *curve_lines(curves)]
     lines += ["", "## Alignment of each backbone (held-out episodes)", "", *alignment_lines(scores)]
+    lines += ["", "## What the head can read: linear probes for the action chunk", "", *probe_lines(probe)]
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in walls.items()]
     lines += ["", f"Elapsed: {elapsed_s / 60:.1f} min for this invocation (stages run two at a time, so the stage "
@@ -570,15 +635,28 @@ def eval_settings(cfg: DemoConfig) -> dict:
     return {"episodes": cfg.sizes.eval_episodes_per_task, "seed": cfg.eval_seed, "image": cfg.sizes.image_size}
 
 
-def vla_row(cfg: DemoConfig, stages: Stages, key: str, path: str, source: str) -> tuple[dict, dict]:
-    """Train one VLA on ``path`` with lerobot-train, then evaluate it with lerobot-eval: (train result, eval counts)."""
+def checkpoint_steps(sizes: DemoSizes) -> list[int]:
+    """The training steps lerobot-train saves a checkpoint at (every ``vla_save_every`` and the last)."""
+    every = min(sizes.vla_save_every, sizes.vla_steps)
+    return sorted({*range(every, sizes.vla_steps, every), sizes.vla_steps}, reverse=True)  # the row's result first
+
+
+def vla_row(cfg: DemoConfig, stages: Stages, key: str, path: str, source: str) -> tuple[dict, dict[int, dict]]:
+    """Train one VLA on ``path`` with lerobot-train, then evaluate each of its checkpoints with lerobot-eval on the
+    same seeds: (train result, eval counts per training step; the last step is the row's result)."""
+    from lerobot.common.train_utils import get_step_checkpoint_dir
+
     sizes, out = cfg.sizes, cfg.output_dir
     settings = {k: getattr(sizes, k) for k in ("vla_steps", "vla_batch_size", "chunk_size", "n_action_steps")}
     vla = stages.run(f"vla_{key}", lambda: stage_train_vla(cfg, key, path), {**settings, "lr": VLA_LR},
                      ("record", source), outputs=(out / f"vla_{key}",))  # fmt: skip
-    counts = stages.run(f"eval_{key}", lambda: stage_eval_vla(cfg, key, vla["checkpoint"]), eval_settings(cfg),
-                        (f"vla_{key}",))  # fmt: skip
-    return vla, counts
+    curve = {}
+    for step in checkpoint_steps(sizes):
+        name = key if step == sizes.vla_steps else f"{key}_{step}"
+        checkpoint = get_step_checkpoint_dir(out / f"vla_{key}", sizes.vla_steps, step) / "pretrained_model"
+        curve[step] = stages.run(f"eval_{name}", lambda n=name, c=checkpoint: stage_eval_vla(cfg, n, str(c)),
+                                 eval_settings(cfg), (f"vla_{key}",))  # fmt: skip
+    return vla, curve
 
 
 def run(cfg: DemoConfig) -> Path:
@@ -614,13 +692,16 @@ def run(cfg: DemoConfig) -> Path:
         aligned = {names["sft"]: sft["path"], names["roboalign"]: grpo["path"]}
         scores = stages.run("score", lambda: stage_score(cfg, aligned, fast, reasoning),
                             {"frames": sizes.score_samples}, ("grpo",))  # fmt: skip
+        probe = stages.run("probe", lambda: stage_probe(cfg, {names["base"]: backbone, **aligned}),
+                           {"holdout": sizes.holdout_every, "layer": TINY_VLM_LAYER}, ("grpo",))  # fmt: skip
         results = {key: future.result() for key, future in rows.items()}
-    evals = {f"VLA on {names[key]}": counts for key, (_, counts) in results.items()}
+    curves = {f"VLA on {names[key]}": curve for key, (_, curve) in results.items()}
+    evals = {name: curve[sizes.vla_steps] for name, curve in curves.items()}
     losses = {names[key]: vla["loss"] for key, (vla, _) in results.items()}
     pairs = list(combinations(evals, 2))  # base-SFT, base-GRPO, SFT-GRPO, in the rows' order
     evals["scripted expert (reference)"] = stages.run("expert", lambda: stage_expert(cfg), eval_settings(cfg))
-    report = format_report(cfg, evals, scores, stages.wall_times(), pairs, time.perf_counter() - start)
-    plots = [plot_success(cfg, evals),
+    report = format_report(cfg, evals, scores, stages.wall_times(), pairs, time.perf_counter() - start, curves, probe)
+    plots = [plot_success(cfg, evals), plot_success_curves(cfg, curves),
              plot_curves(cfg, read_metrics(Path(sft["metrics"])), read_metrics(Path(grpo["metrics"])), losses)]
     report += "\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"
     (out / "report.md").write_text(report)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 # The smallest head that still learns the synthetic and simulated tasks in a few hundred steps. Image size and prompt
 # are not set: they come from the backbone's alignment record (alignment_format.py), as for a user's backbone.
+TINY_VLM_LAYER = 2  # of the tiny backbone's 4: the middle layer, as the paper's head reads a 7B's middle layer
 TINY_POLICY_ARGS = (
-    "--policy.vlm_layer=2",
+    f"--policy.vlm_layer={TINY_VLM_LAYER}",
     "--policy.head_hidden_size=64",
     "--policy.head_num_layers=2",
     "--policy.head_num_heads=4",

@@ -92,6 +92,30 @@ def test_success_table_and_paired_comparison_come_from_lerobot_eval_output(demo_
     assert rows[f"{sft} vs {base}"] == [paired_cell(counts[base][task], counts[sft][task]) for task in TASKS]
 
 
+def test_success_against_steps_comes_from_evaluating_every_checkpoint(demo_dir):
+    report = (demo_dir / "report.md").read_text()
+    section = report.split("## Success against VLA training steps", 1)[1].split("\n## ", 1)[0]
+    for key, label in VLA_ROWS.items():
+        steps = sorted(int(p.name) for p in (demo_dir / f"vla_{key}" / "checkpoints").iterdir() if p.name.isdigit())
+        assert len(steps) >= 2  # at least one checkpoint before the last
+        outcomes = [count_successes(json.loads((demo_dir / f"eval_{key}{'' if step == steps[-1] else f'_{step}'}"
+                                               / "eval_info.json").read_text())) for step in steps]  # fmt: skip
+        for task in TASKS:
+            cells = [f"{o[task]['successes']}/{o[task]['n_episodes']}" for o in outcomes]
+            assert f"| {label} | {task} | " + " | ".join(cells) + " |" in section
+
+
+def test_probe_table_comes_from_the_probe_stage(demo_dir):
+    report = (demo_dir / "report.md").read_text()
+    probe = stage(demo_dir, "probe")
+    rows = report_rows(report, "## What the head can read")
+    assert len(probe["backbones"]) == 3 and 0 < probe["n_heldout"] < probe["n_frames"]
+    for name, by_layer in probe["backbones"].items():
+        layers = sorted(by_layer, key=int)
+        assert rows[name] == [f"{by_layer[k]['image']:.3f} / {by_layer[k]['with_context']:.3f}" for k in layers]
+    assert f"the probe reaches R^2 {probe['state_and_task']:.3f}" in report
+
+
 def test_alignment_table_comes_from_the_score_stage_on_heldout_episodes(demo_dir):
     report = (demo_dir / "report.md").read_text()
     scores = stage(demo_dir, "score")
@@ -136,8 +160,8 @@ def test_wall_times_plots_and_outputs(demo_dir):
     walls = report_rows(report, "## Wall time per stage")
     for name, (seconds,) in walls.items():
         assert seconds == f"{json.loads((demo_dir / 'stages' / f'{name}.json').read_text())['wall_s']:.0f}"
-    assert {"record", "sft", "grpo", "score", *(f"vla_{k}" for k in VLA_ROWS), *(f"eval_{k}" for k in VLA_ROWS)} <= set(walls)
-    for name in ("success.png", "learning_curves.png"):
+    assert {"record", "sft", "grpo", "score", "probe", *(f"vla_{k}" for k in VLA_ROWS), *(f"eval_{k}" for k in VLA_ROWS)} <= set(walls)
+    for name in ("success.png", "success_vs_steps.png", "learning_curves.png"):
         assert (demo_dir / name).stat().st_size > 1000
     assert re.search(r"Elapsed: [0-9.]+ min for this invocation", report)
 
