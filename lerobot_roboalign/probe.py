@@ -24,9 +24,8 @@ BATCH_SIZE = 32
 
 @dataclass
 class ProbeData:
-    """Per-layer image features, with the inputs and targets every probe shares."""
+    """The inputs and targets every probe shares, whatever the backbone."""
 
-    layers: dict[int, np.ndarray]  # layer -> (N, image tokens x hidden)
     context: np.ndarray  # (N, state + task one-hot): what the head gets besides the backbone
     actions: np.ndarray  # (N, chunk x action dim), the dataset's chunks
     episodes: np.ndarray  # (N,) episode index of each frame
@@ -69,11 +68,11 @@ def layer_features(backbone_path: str, samples: list[dict]) -> dict[int, np.ndar
 
 
 def ridge_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, alpha: float) -> float:
-    """R^2 on the test rows of a ridge fit (inputs and targets standardised on the training rows)."""
+    """R^2 on the test rows of a ridge fit (inputs standardised and targets centred on the training rows)."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     xs, xt = (x_train - mean) / std, (x_test - mean) / std
     y_mean = y_train.mean(0)
-    gram = xs @ xs.T + alpha * np.eye(len(xs))  # dual form: far fewer frames than features
+    gram = xs @ xs.T + alpha * np.eye(len(xs))  # dual form: image tokens give more features than frames
     weights = xs.T @ np.linalg.solve(gram, y_train - y_mean)
     residual = y_test - (xt @ weights + y_mean)
     return float(1.0 - (residual**2).sum() / ((y_test - y_mean) ** 2).sum())
@@ -88,10 +87,10 @@ def probe_r2(inputs: np.ndarray, data: ProbeData, heldout: np.ndarray) -> float:
     return ridge_r2(inputs[~heldout], data.actions[~heldout], inputs[heldout], data.actions[heldout], best)
 
 
-def probe_data(samples: list[dict], backbone_path: str, tasks: list[str]) -> ProbeData:
+def probe_data(samples: list[dict]) -> ProbeData:
+    tasks = sorted({s["task"] for s in samples})
     task_onehot = np.eye(len(tasks))[[tasks.index(s["task"]) for s in samples]]
     return ProbeData(
-        layers=layer_features(backbone_path, samples),
         context=np.concatenate([np.stack([s["state"] for s in samples]), task_onehot], axis=1),
         actions=np.stack([s["actions"].reshape(-1) for s in samples]),
         episodes=np.array([s["episode_index"] for s in samples]),
@@ -102,15 +101,15 @@ def probe_backbones(backbones: dict[str, str], data_cfg: AlignDataConfig) -> dic
     """Held-out R^2 of the action chunk from state + task (the baseline) and, per backbone and layer, from the
     image tokens alone and from state + task + image tokens."""
     samples = load_samples(replace(data_cfg, split="all", include_state=True))
-    tasks = sorted({s["task"] for s in samples})
+    data = probe_data(samples)
     heldout = np.array([is_heldout(s["episode_index"], data_cfg.holdout_every) for s in samples])
-    rows, baseline = {}, None
-    for name, path in backbones.items():
-        data = probe_data(samples, path, tasks)
-        baseline = probe_r2(data.context, data, heldout)
-        rows[name] = {
+    rows = {
+        name: {
             layer: {"image": probe_r2(f, data, heldout),
                     "with_context": probe_r2(np.concatenate([data.context, f], axis=1), data, heldout)}
-            for layer, f in data.layers.items()
-        }  # fmt: skip
-    return {"state_and_task": baseline, "backbones": rows, "n_frames": len(samples), "n_heldout": int(heldout.sum())}
+            for layer, f in layer_features(path, samples).items()
+        }
+        for name, path in backbones.items()
+    }  # fmt: skip
+    return {"state_and_task": probe_r2(data.context, data, heldout), "backbones": rows, "n_frames": len(samples),
+            "n_heldout": int(heldout.sum())}  # fmt: skip

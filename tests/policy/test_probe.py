@@ -20,12 +20,12 @@ def test_probe_picks_its_regularisation_without_the_heldout_frames():
     episodes = np.repeat(np.arange(20), 10)
     x = rng.normal(size=(200, 30))
     actions = x[:, :2] @ rng.normal(size=(2, 3))
-    data = ProbeData(layers={}, context=x, actions=actions, episodes=episodes)
+    data = ProbeData(context=x, actions=actions, episodes=episodes)
     heldout = episodes % 5 == 4
     assert probe_r2(x, data, heldout) > 0.95
     scrambled = actions.copy()
     scrambled[heldout] = rng.permutation(scrambled[heldout])  # held-out targets no longer follow the inputs
-    assert probe_r2(x, ProbeData(layers={}, context=x, actions=scrambled, episodes=episodes), heldout) < 0.2
+    assert probe_r2(x, ProbeData(context=x, actions=scrambled, episodes=episodes), heldout) < 0.2
 
 
 def test_layer_features_are_the_image_tokens_of_every_layer(tiny_qwen25_backbone):
