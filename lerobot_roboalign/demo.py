@@ -418,14 +418,29 @@ def _curve(axis, rows: list[dict], key: str, title: str, xlabel: str) -> None:
     axis.set_xlabel(xlabel)
 
 
-def plot_curves(cfg: DemoConfig, sft_metrics: list[dict], grpo_metrics: list[dict], vla_losses: dict) -> str:
-    """One PNG with a learning curve per training stage: SFT loss, GRPO reward, each VLA's flow-matching loss."""
+def subplots(*args, **kwargs):
+    """matplotlib's ``subplots`` on the headless Agg backend (imported here: only the report needs it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(cfg: DemoConfig, figure, name: str, dpi: int) -> str:
+    """Write ``figure`` next to the report and free it; the file name, for the report's image link."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(cfg.output_dir / name, dpi=dpi)
+    plt.close(figure)
+    return name
+
+
+def plot_curves(cfg: DemoConfig, sft_metrics: list[dict], grpo_metrics: list[dict], vla_losses: dict) -> str:
+    """One PNG with a learning curve per training stage: SFT loss, GRPO reward, each VLA's flow-matching loss."""
+    figure, axes = subplots(1, 3, figsize=(13, 3.5))
     _curve(axes[0], sft_metrics, "loss", "SFT loss (train split)", "SFT step")
     reward_key = next((k for k in ("reward", "rewards/mean", "reward_mean") if grpo_metrics and k in grpo_metrics[0]), "reward")
     _curve(axes[1], grpo_metrics, reward_key, "GRPO mean reward (format + action) / 2", "GRPO step")
@@ -436,19 +451,11 @@ def plot_curves(cfg: DemoConfig, sft_metrics: list[dict], grpo_metrics: list[dic
     axes[2].set_xlabel("lerobot-train step")
     axes[2].set_yscale("log")
     axes[2].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(cfg.output_dir / "learning_curves.png", dpi=110)
-    plt.close(figure)
-    return "learning_curves.png"
+    return save_figure(cfg, figure, "learning_curves.png", dpi=110)
 
 
 def plot_success(cfg: DemoConfig, evals: dict[str, dict]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 4))
+    figure, axis = subplots(figsize=(8, 4))
     width = 0.8 / len(evals)
     for i, (name, counts) in enumerate(evals.items()):
         rates, errors = [], [[], []]
@@ -463,19 +470,11 @@ def plot_success(cfg: DemoConfig, evals: dict[str, dict]) -> str:
     axis.set_ylabel("success rate (95% Wilson interval)")
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(cfg.output_dir / "success.png", dpi=120)
-    plt.close(figure)
-    return "success.png"
+    return save_figure(cfg, figure, "success.png", dpi=120)
 
 
 def plot_success_curves(cfg: DemoConfig, curves: dict[str, dict[int, dict]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.5), squeeze=False)
+    figure, axes = subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.5), squeeze=False)
     for axis, task in zip(axes[0], TASKS, strict=True):
         for name, curve in curves.items():
             steps = sorted(curve)
@@ -486,10 +485,7 @@ def plot_success_curves(cfg: DemoConfig, curves: dict[str, dict[int, dict]]) -> 
         axis.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel("success rate (same seeds)")
     axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(cfg.output_dir / "success_vs_steps.png", dpi=110)
-    plt.close(figure)
-    return "success_vs_steps.png"
+    return save_figure(cfg, figure, "success_vs_steps.png", dpi=110)
 
 
 def success_cell(counts: dict) -> str:
