@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 TASKS = ("reach_and_close", "pick_and_place")
 REPO_ID = "local/so101_scripted"
 Z_95 = 1.959963984540054
+CUBE_PROBE_SEED_OFFSET = 10_000  # the cube probe's first frames: past the evaluation's seeds, before recording's
 
 
 @dataclass
@@ -56,7 +57,9 @@ class DemoSizes:
     vla_batch_size: int = 8
     eval_episodes_per_task: int = 20
     holdout_every: int = 5  # every 5th recorded episode is held out of alignment and scored on
-    vla_save_every: int = 500  # lerobot-train checkpoints: a killed VLA stage resumes from the last one
+    vla_save_every: int = 600  # lerobot-train checkpoints: a killed VLA stage resumes from the last one
+    cube_probe_frames: int = 300  # most first frames the cube-position probe fits on (fewer: the recording's count)
+    cube_probe_test: int = 100  # first frames it is scored on
 
 
 QUICK = DemoSizes(
@@ -69,6 +72,8 @@ QUICK = DemoSizes(
     eval_episodes_per_task=2,
     holdout_every=4,
     vla_save_every=10,
+    cube_probe_frames=24,
+    cube_probe_test=16,
 )
 
 
@@ -327,6 +332,16 @@ def stage_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
     return probe_backbones(backbones, data)
 
 
+def stage_cube_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
+    """Linear probes of every backbone's image tokens for the cube's position, on fresh first frames."""
+    from .probe import probe_cube_position
+
+    sizes = cfg.sizes
+    train_sizes = tuple(sorted({min(len(TASKS) * sizes.episodes_per_task, sizes.cube_probe_frames), sizes.cube_probe_frames}))
+    return probe_cube_position(backbones, TINY_VLM_LAYER, sizes.image_size, train_sizes, sizes.cube_probe_test,
+                               seed=cfg.eval_seed + CUBE_PROBE_SEED_OFFSET)  # fmt: skip
+
+
 def stage_train_vla(cfg: DemoConfig, name: str, backbone: str) -> dict:
     """lerobot-train, streamed; resumes from its last checkpoint when a previous run was killed."""
     output = cfg.output_dir / f"vla_{name}"
@@ -375,7 +390,8 @@ def count_successes(eval_info: dict) -> dict[str, dict]:
     return counts
 
 
-def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str) -> dict:
+def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str, camera_off: bool = False) -> dict:
+    """lerobot-eval on the demo's seeds; ``camera_off``: the same episodes with a grey camera frame (a control)."""
     output = cfg.output_dir / f"eval_{name}"
     remove([output])  # an evaluation killed midway restarts: its episodes are cheap and seeded
     log = run_lerobot("lerobot-eval", [
@@ -389,6 +405,7 @@ def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str) -> dict:
         "--eval.use_async_envs=false",
         f"--seed={cfg.eval_seed}",
         f"--output_dir={output}",
+        f"--env.camera_off={str(camera_off).lower()}",
     ], stream=True, label=f"lerobot-eval {name}")  # fmt: skip
     (output / "lerobot-eval.log").write_text(log)
     return count_successes(json.loads((output / "eval_info.json").read_text()))
@@ -577,9 +594,43 @@ def probe_lines(probe: dict) -> list[str]:
     return lines
 
 
+def camera_off_lines(evals: dict[str, dict], camera_off: dict[str, dict]) -> list[str]:
+    lines = [
+        "Each VLA's final checkpoint again, on the same seeds, with the camera sending a uniform grey frame "
+        "(`--env.camera_off=true`). Cells: successes with the camera / with it off (episodes won only with the "
+        "camera / only without it). Success that survives the grey frame came from the state and instruction.",
+        "",
+        "| policy | " + " | ".join(TASKS) + " |",
+        "|---|" + "---|" * len(TASKS),
+    ]
+    for name, off in camera_off.items():
+        cells = [f"{evals[name][task]['successes']}/{evals[name][task]['n_episodes']} / "
+                 f"{off[task]['successes']}/{off[task]['n_episodes']} ({paired_cell(off[task], evals[name][task])})"
+                 for task in TASKS]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cube_probe_lines(cube: dict) -> list[str]:
+    sizes = cube["train_sizes"]
+    lines = [
+        f"Ridge regression from the image tokens of layer {TINY_VLM_LAYER} (kept apart, one block of weights per "
+        f"token) to the cube's (x, y), on first frames of fresh reach_and_close episodes, where the arm is at home "
+        f"and only the cube moves; R^2 on {cube['n_test']} held-out frames, fitted on {' or '.join(map(str, sizes))} "
+        f"frames ({sizes[0]} = as many cube positions as the recording holds). With the camera off the same probe "
+        f"gives R^2 {next(iter(cube['camera_off'].values())):.3f}.",
+        "",
+        "| backbone | " + " | ".join(f"fitted on {n} frames" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for name, by_size in cube["backbones"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{by_size[n]:.3f}" for n in sorted(by_size, key=int)) + " |")
+    return lines
+
+
 def format_report(
     cfg: DemoConfig, evals: dict[str, dict], scores: dict, walls: dict[str, float], pairs: list[tuple[str, str]],
-    elapsed_s: float, curves: dict[str, dict[int, dict]], probe: dict,
+    elapsed_s: float, curves: dict[str, dict[int, dict]], probe: dict, camera_off: dict[str, dict],
 ) -> str:
     lines = [
         "# RoboAlign demo (simulated SO-101, tiny random backbone)",
@@ -607,9 +658,11 @@ def format_report(
     for a, b in pairs:
         cells = [paired_cell(evals[a][task], evals[b][task]) for task in TASKS]
         lines.append(f"| {b} vs {a} | " + " | ".join(cells) + " |")
+    lines += ["", "## Does the VLA use the camera? (camera off, same seeds)", "", *camera_off_lines(evals, camera_off)]
     lines += ["", "## Success against VLA training steps (same seeds)", "", *curve_lines(curves)]
     lines += ["", "## Alignment of each backbone (held-out episodes)", "", *alignment_lines(scores)]
     lines += ["", "## What the head can read: linear probes for the action chunk", "", *probe_lines(probe)]
+    lines += ["", "## Is the cube in the image tokens? Linear probes for its position", "", *cube_probe_lines(probe["cube"])]
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in walls.items()]
     lines += ["", f"Elapsed: {elapsed_s / 60:.1f} min for this invocation (stages run two at a time, so the stage "
@@ -637,9 +690,10 @@ def checkpoint_steps(sizes: DemoSizes) -> list[int]:
     return sorted({*range(every, sizes.vla_steps, every), sizes.vla_steps}, reverse=True)  # the row's result first
 
 
-def vla_row(cfg: DemoConfig, stages: Stages, key: str, path: str, source: str) -> tuple[dict, dict[int, dict]]:
+def vla_row(cfg: DemoConfig, stages: Stages, key: str, path: str, source: str) -> tuple[dict, dict[int, dict], dict]:
     """Train one VLA on ``path`` with lerobot-train, then evaluate each of its checkpoints with lerobot-eval on the
-    same seeds: (train result, eval counts per training step; the last step is the row's result)."""
+    same seeds, and the last one again with the camera off: (train result, eval counts per training step, the last
+    step being the row's result; eval counts with the camera off)."""
     from lerobot.common.train_utils import get_step_checkpoint_dir
 
     sizes, out = cfg.sizes, cfg.output_dir
@@ -652,7 +706,10 @@ def vla_row(cfg: DemoConfig, stages: Stages, key: str, path: str, source: str) -
         checkpoint = get_step_checkpoint_dir(out / f"vla_{key}", sizes.vla_steps, step) / "pretrained_model"
         curve[step] = stages.run(f"eval_{name}", lambda n=name, c=checkpoint: stage_eval_vla(cfg, n, str(c)),
                                  eval_settings(cfg), (f"vla_{key}",))  # fmt: skip
-    return vla, curve
+    final = str(get_step_checkpoint_dir(out / f"vla_{key}", sizes.vla_steps, sizes.vla_steps) / "pretrained_model")
+    camera_off = stages.run(f"eval_{key}_camera_off", lambda: stage_eval_vla(cfg, f"{key}_camera_off", final, True),
+                            {**eval_settings(cfg), "camera_off": True}, (f"vla_{key}",))  # fmt: skip
+    return vla, curve, camera_off
 
 
 def run(cfg: DemoConfig) -> Path:
@@ -690,13 +747,19 @@ def run(cfg: DemoConfig) -> Path:
                             {"frames": sizes.score_samples}, ("grpo",))  # fmt: skip
         probe = stages.run("probe", lambda: stage_probe(cfg, {names["base"]: backbone, **aligned}),
                            {"holdout": sizes.holdout_every, "layer": TINY_VLM_LAYER}, ("grpo",))  # fmt: skip
+        cube_settings = {"layer": TINY_VLM_LAYER, "frames": sizes.cube_probe_frames, "test": sizes.cube_probe_test,
+                         "episodes": sizes.episodes_per_task, "image": sizes.image_size, "seed": cfg.eval_seed}  # fmt: skip
+        probe["cube"] = stages.run("cube_probe", lambda: stage_cube_probe(cfg, {names["base"]: backbone, **aligned}),
+                                   cube_settings, ("grpo",))  # fmt: skip
         results = {key: future.result() for key, future in rows.items()}
-    curves = {f"VLA on {names[key]}": curve for key, (_, curve) in results.items()}
+    curves = {f"VLA on {names[key]}": curve for key, (_, curve, _) in results.items()}
     evals = {name: curve[sizes.vla_steps] for name, curve in curves.items()}
-    losses = {names[key]: vla["loss"] for key, (vla, _) in results.items()}
+    camera_off = {f"VLA on {names[key]}": counts for key, (_, _, counts) in results.items()}
+    losses = {names[key]: vla["loss"] for key, (vla, _, _) in results.items()}
     pairs = list(combinations(evals, 2))  # base-SFT, base-GRPO, SFT-GRPO, in the rows' order
     evals["scripted expert (reference)"] = stages.run("expert", lambda: stage_expert(cfg), eval_settings(cfg))
-    report = format_report(cfg, evals, scores, stages.wall_times(), pairs, time.perf_counter() - start, curves, probe)
+    report = format_report(cfg, evals, scores, stages.wall_times(), pairs, time.perf_counter() - start, curves, probe,
+                           camera_off)  # fmt: skip
     plots = [plot_success(cfg, evals), plot_success_curves(cfg, curves),
              plot_curves(cfg, read_metrics(Path(sft["metrics"])), read_metrics(Path(grpo["metrics"])), losses)]
     report += "\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"

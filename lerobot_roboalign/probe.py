@@ -5,6 +5,8 @@ layer carries what the action depends on beyond the robot state (where the cube 
 probe fitted on training episodes and scored on held-out ones measures it per layer, as the
 VLA sees the observation (its prompt, image size and the final norm it applies to the cut
 layer); the same probe on the state and task alone is the baseline the features must beat.
+A second probe asks the narrower question directly: can the cube's position be read from the
+image tokens of first frames, where nothing else moves?
 """
 
 from dataclasses import dataclass, replace
@@ -113,3 +115,52 @@ def probe_backbones(backbones: dict[str, str], data_cfg: AlignDataConfig) -> dic
     }  # fmt: skip
     return {"state_and_task": probe_r2(data.context, data, heldout), "backbones": rows, "n_frames": len(samples),
             "n_heldout": int(heldout.sum())}  # fmt: skip
+
+
+def cube_frames(n_frames: int, image_size: int, seed: int, camera_off: bool = False) -> tuple[list[dict], np.ndarray]:
+    """First frames of reach_and_close episodes, where the arm is at home and only the cube moves, and the
+    cube's (x, y) in metres: the one thing in the image the robot state cannot tell the head."""
+    from PIL import Image
+
+    from .envs.so101_lang import SO101LangEnv
+
+    env = SO101LangEnv("reach_and_close", image_size, image_size, camera_off=camera_off)
+    samples, positions = [], []
+    try:
+        for episode in range(n_frames):
+            observation, _ = env.reset(seed=seed + episode)
+            samples.append({"images": [Image.fromarray(observation["pixels"]["front"])], "task": env.task_description})
+            positions.append(env.block_pos[:2])
+    finally:
+        env.close()
+    return samples, np.stack(positions)
+
+
+def cube_position_r2(
+    features: np.ndarray, positions: np.ndarray, train_sizes: tuple[int, ...], n_test: int
+) -> dict[int, float]:
+    """Held-out R^2 of the cube's (x, y) from a frame's image tokens (kept apart, as flattened), per number of
+    training frames; the last ``n_test`` frames are the held-out ones."""
+    test = np.arange(len(features)) >= len(features) - n_test
+    results = {}
+    for n_train in train_sizes:
+        rows = (np.arange(len(features)) < n_train) | test
+        data = ProbeData(context=np.empty((rows.sum(), 0)), actions=positions[rows], episodes=np.arange(rows.sum()))
+        results[n_train] = probe_r2(features[rows], data, test[rows])
+    return results
+
+
+def probe_cube_position(
+    backbones: dict[str, str], layer: int, image_size: int, train_sizes: tuple[int, ...], n_test: int, seed: int
+) -> dict:
+    """Is the cube's position in the layer the head reads? Per backbone and number of training frames, held-out
+    R^2 of its (x, y) from the image tokens; with the camera off (a grey frame) the probe must find nothing."""
+    samples, positions = cube_frames(max(train_sizes) + n_test, image_size, seed)
+    blank, _ = cube_frames(len(samples), image_size, seed, camera_off=True)
+    results: dict = {"train_sizes": list(train_sizes), "n_test": n_test, "backbones": {}}
+    for name, path in backbones.items():
+        features = layer_features(path, samples)[layer]
+        results["backbones"][name] = cube_position_r2(features, positions, train_sizes, n_test)
+    blank_features = layer_features(next(iter(backbones.values())), blank)[layer]
+    results["camera_off"] = cube_position_r2(blank_features, positions, train_sizes[-1:], n_test)
+    return results

@@ -35,6 +35,8 @@ class SO101LangEnvConfig(EnvConfig):
     observation_width: int = 96
     random_block_position: bool = True
     render_max_faces: int = DEFAULT_MAX_FACES  # per mesh of the drawn (not simulated) arm
+    # A control: the camera sends a uniform grey frame, so success that survives it did not come from vision.
+    camera_off: bool = False
     features: dict[str, PolicyFeature] = field(default_factory=dict)
     features_map: dict[str, str] = field(
         default_factory=lambda: {ACTION: ACTION, "agent_pos": OBS_STATE, PIXELS_KEY: IMAGE_KEY}
@@ -72,6 +74,7 @@ class SO101LangEnvConfig(EnvConfig):
             "image_width": self.observation_width,
             "random_block_position": self.random_block_position,
             "render_max_faces": self.render_max_faces,
+            "camera_off": self.camera_off,
         }
 
     def create_envs(

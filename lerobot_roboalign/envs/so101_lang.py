@@ -21,6 +21,7 @@ from lerobot_env_so101.scripted import PickPlaceController, is_reach_close_succe
 from .fast_render import DEFAULT_MAX_FACES, SceneCamera
 
 CAMERA = "front"
+CAMERA_OFF_GREY = 128  # the frame a switched-off camera sends (``camera_off``): mid-grey, no scene
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class SO101LangEnv(gym.Env):
         render_max_faces: int = DEFAULT_MAX_FACES,
         images: bool = True,
         render_mode: str = "rgb_array",
+        camera_off: bool = False,
     ):
         spec = check_task(task)
         self.task = task
@@ -85,6 +87,7 @@ class SO101LangEnv(gym.Env):
         self._image_hw = (image_height, image_width)
         self._render_max_faces = render_max_faces
         self._images = images
+        self._camera_off = camera_off
         self._camera: SceneCamera | None = None
         self._frame: np.ndarray | None = None
         obs_space = {"agent_pos": self.sim.observation_space["agent_pos"]}
@@ -158,6 +161,8 @@ class SO101LangEnv(gym.Env):
         self.sim.close()
 
     def _draw(self) -> np.ndarray:
+        if self._camera_off:
+            return np.full((*self._image_hw, 3), CAMERA_OFF_GREY, dtype=np.uint8)
         if self._camera is None:
             self._camera = SceneCamera(*self._image_hw, camera=CAMERA, max_faces=self._render_max_faces)
         return self._camera.render(self.sim.data)

@@ -116,6 +116,30 @@ def test_probe_table_comes_from_the_probe_stage(demo_dir):
     assert f"the probe reaches R^2 {probe['state_and_task']:.3f}" in report
 
 
+def test_camera_off_table_comes_from_lerobot_eval_with_a_grey_camera(demo_dir):
+    rows = report_rows((demo_dir / "report.md").read_text(), "## Does the VLA use the camera?")
+    for key, label in VLA_ROWS.items():
+        on = count_successes(json.loads((demo_dir / f"eval_{key}" / "eval_info.json").read_text()))
+        off_dir = demo_dir / f"eval_{key}_camera_off"
+        off = count_successes(json.loads((off_dir / "eval_info.json").read_text()))
+        assert json.loads((demo_dir / "stages" / f"eval_{key}_camera_off.json").read_text())["settings"]["camera_off"]
+        assert rows[label] == [
+            f"{on[t]['successes']}/{on[t]['n_episodes']} / {off[t]['successes']}/{off[t]['n_episodes']} "
+            f"({paired_cell(off[t], on[t])})"
+            for t in TASKS
+        ]
+
+
+def test_cube_probe_table_comes_from_the_cube_probe_stage(demo_dir):
+    report = (demo_dir / "report.md").read_text()
+    cube = stage(demo_dir, "cube_probe")
+    rows = report_rows(report, "## Is the cube in the image tokens?")
+    assert len(cube["backbones"]) == 3 and len(cube["train_sizes"]) == 2
+    for name, by_size in cube["backbones"].items():
+        assert rows[name] == [f"{by_size[n]:.3f}" for n in sorted(by_size, key=int)]
+    assert f"gives R^2 {next(iter(cube['camera_off'].values())):.3f}" in report
+
+
 def test_alignment_table_comes_from_the_score_stage_on_heldout_episodes(demo_dir):
     report = (demo_dir / "report.md").read_text()
     scores = stage(demo_dir, "score")
@@ -160,7 +184,8 @@ def test_wall_times_plots_and_outputs(demo_dir):
     walls = report_rows(report, "## Wall time per stage")
     for name, (seconds,) in walls.items():
         assert seconds == f"{json.loads((demo_dir / 'stages' / f'{name}.json').read_text())['wall_s']:.0f}"
-    assert {"record", "sft", "grpo", "score", "probe", *(f"vla_{k}" for k in VLA_ROWS), *(f"eval_{k}" for k in VLA_ROWS)} <= set(walls)
+    assert {"record", "sft", "grpo", "score", "probe", "cube_probe", *(f"vla_{k}" for k in VLA_ROWS),
+            *(f"eval_{k}" for k in VLA_ROWS), *(f"eval_{k}_camera_off" for k in VLA_ROWS)} <= set(walls)
     for name in ("success.png", "success_vs_steps.png", "learning_curves.png"):
         assert (demo_dir / name).stat().st_size > 1000
     assert re.search(r"Elapsed: [0-9.]+ min for this invocation", report)

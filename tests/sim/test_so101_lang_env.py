@@ -118,3 +118,20 @@ def test_decimated_camera_draws_the_same_scene_with_fewer_triangles():
     assert np.abs(fast - reference).mean() < 5.0  # a wrong pose or camera differs by ~50
     full.close()
     env.close()
+
+
+def test_camera_off_sends_a_grey_frame_of_the_same_episode():
+    """The control the demo evaluates with: nothing of the scene in the frame, everything else unchanged."""
+    cfg = SO101LangEnvConfig(observation_height=32, observation_width=32, camera_off=True)
+    envs = {on: make_env(SO101LangEnvConfig(observation_height=32, observation_width=32, camera_off=not on), 1)
+            for on in (True, False)}  # fmt: skip
+    try:
+        observations = {on: group["reach_and_close"][0].reset(seed=[3])[0] for on, group in envs.items()}
+        frames = {on: obs["pixels"]["front"] for on, obs in observations.items()}
+        assert frames[False].shape == frames[True].shape == (1, 32, 32, 3)
+        assert np.unique(frames[False]).tolist() == [128] and np.unique(frames[True]).size > 10
+        assert np.array_equal(observations[True]["agent_pos"], observations[False]["agent_pos"])
+    finally:
+        for group in envs.values():
+            close_envs(group)
+    assert cfg.gym_kwargs["camera_off"] is True
