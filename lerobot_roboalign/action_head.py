@@ -77,14 +77,12 @@ class DiTBlock(nn.Module):
             nn.Linear(4 * hidden_size, hidden_size),
         )
 
-    def forward(
-        self, x: Tensor, time_embedding: Tensor, context: Tensor, context_pad: Tensor, token_pad: Tensor | None
-    ) -> Tensor:
+    def forward(self, x: Tensor, time_embedding: Tensor, context: Tensor, context_pad: Tensor) -> Tensor:
         query = self.norm_attention(x, time_embedding)
         if self.cross_attention:
             attended, _ = self.attention(query, context, context, key_padding_mask=context_pad, need_weights=False)
         else:
-            attended, _ = self.attention(query, query, query, key_padding_mask=token_pad, need_weights=False)
+            attended, _ = self.attention(query, query, query, need_weights=False)
         x = x + attended
         return x + self.feed_forward(self.norm_ff(x))
 
@@ -121,12 +119,13 @@ class FlowMatchingActionHead(nn.Module):
         state: Tensor | None,
         noisy_actions: Tensor,
         time: Tensor,
-        action_is_pad: Tensor | None = None,
     ) -> Tensor:
         """Velocity field v(x_t, t | features, state), shape (B, chunk, action_dim).
 
-        Padded action steps (past the episode end) are hidden from self-attention, so their
-        content cannot leak into the prediction for real steps.
+        Every action step attends to every other, in training as in sampling. Steps past the episode
+        end (LeRobot pads them with the last action: the arm holds) stay visible in training too;
+        hiding them there while sampling shows all 16 left a short task's chunks (8-11 steps of
+        reach_and_close in a 16-step chunk) conditioned on a tail the head had never attended to.
         """
         buckets = (time * self.spec.num_timestep_buckets).long().clamp(max=self.spec.num_timestep_buckets - 1)
         time_embedding = self.time_mlp(sinusoidal_embedding(buckets, self.spec.hidden_size))
@@ -135,17 +134,14 @@ class FlowMatchingActionHead(nn.Module):
             torch.cat([action_tokens, time_embedding[:, None].expand_as(action_tokens)], dim=-1)
         )
         tokens = [action_tokens]
-        token_pad = action_is_pad
         if self.state_encoder is not None:
             tokens.insert(0, self.state_encoder(state)[:, None])
-            if action_is_pad is not None:
-                token_pad = torch.cat([torch.zeros_like(action_is_pad[:, :1]), action_is_pad], dim=1)
         x = torch.cat(tokens, dim=1)
         x = x + self.position_embedding.weight[: x.shape[1]]
         context = self.feature_projection(features)
         context_pad = ~feature_mask
         for block in self.blocks:
-            x = block(x, time_embedding, context, context_pad, token_pad)
+            x = block(x, time_embedding, context, context_pad)
         x = self.norm_out(x, time_embedding)
         return self.action_out(x[:, -self.spec.chunk_size :])
 
@@ -167,7 +163,7 @@ class FlowMatchingActionHead(nn.Module):
         time = self.sample_time(actions.shape[0], actions.device)
         t = time[:, None, None]
         noisy = (1 - t) * noise + t * actions
-        predicted = self.velocity(features, feature_mask, state, noisy, time, action_is_pad)
+        predicted = self.velocity(features, feature_mask, state, noisy, time)
         per_element = F.mse_loss(predicted, actions - noise, reduction="none")
         if action_is_pad is None:
             return per_element.mean()
