@@ -105,15 +105,16 @@ def time_chunk(policy, repeats: int, device: str) -> dict:
     stages: dict[str, list[float]] = {name: [] for name in ("preprocess_cached", "preprocess_uncached",
                                                             "backbone", "head")}
     with torch.no_grad():
-        features, mask = backbone.encode(backbone.prepare(images, TASK))  # warm-up, caches the instruction
-        head.sample(features.float(), mask, state)
+        # warm-up, caches the instruction
+        features, mask, image_tokens = backbone.encode(backbone.prepare(images, TASK))
+        head.sample(policy.standardize_image_tokens(features.float(), image_tokens), mask, state)
         for _ in range(repeats):
             t0 = clock(device)
             inputs = backbone.prepare(images, TASK)
             t1 = clock(device)
-            features, mask = backbone.encode(inputs)
+            features, mask, image_tokens = backbone.encode(inputs)
             t2 = clock(device)
-            head.sample(features.float(), mask, state)
+            head.sample(policy.standardize_image_tokens(features.float(), image_tokens), mask, state)
             t3 = clock(device)
             backbone._token_cache.clear()  # the peer: the full processor call, every chunk
             backbone.prepare(images, TASK)

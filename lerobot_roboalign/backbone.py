@@ -90,6 +90,7 @@ class VLMBackbone(nn.Module):
             )
         language_model.layers = language_model.layers[:layer]
         self.hidden_size = model.config.get_text_config().hidden_size
+        self.image_token_id = model.config.image_token_id
         self.image_resolution = tuple(image_resolution)
         self.prompt_template = prompt_template
         self.dtype = dtype
@@ -141,11 +142,19 @@ class VLMBackbone(nn.Module):
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
 
-    def encode(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Hidden states of the cut layer and their padding mask."""
-        hidden = self.vlm(**inputs, use_cache=False).last_hidden_state
-        return hidden, inputs["attention_mask"].bool()
+    def image_token_count(self, num_cameras: int) -> int:
+        """Image tokens per sample: fixed by the camera count and the resolution (one tokenisation of blanks)."""
+        blank = [torch.zeros(3, *self.image_resolution)] * num_cameras
+        inputs = self.processor(
+            text=self.build_prompts(["-"], num_cameras), images=[blank], return_tensors="pt", do_rescale=False
+        )
+        return int((inputs["input_ids"] == self.image_token_id).sum())
 
-    def forward(self, images: list[Tensor], tasks: list[str]) -> tuple[Tensor, Tensor]:
-        """images: one (B, 3, H, W) float tensor in [0, 1] per camera. Returns features and mask."""
+    def encode(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Hidden states of the cut layer, their padding mask and which of them are image tokens."""
+        hidden = self.vlm(**inputs, use_cache=False).last_hidden_state
+        return hidden, inputs["attention_mask"].bool(), inputs["input_ids"] == self.image_token_id
+
+    def forward(self, images: list[Tensor], tasks: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """images: one (B, 3, H, W) float tensor in [0, 1] per camera. Returns features, mask, image-token mask."""
         return self.encode(self.prepare(images, tasks))

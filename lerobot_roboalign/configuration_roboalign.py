@@ -48,6 +48,10 @@ class RoboAlignConfig(PreTrainedConfig):
     image_resolution: tuple[int, int] | None = None  # (H, W) every camera is resized to
     prompt_template: str | None = None  # the user turn ({task}, {state} left empty); the chat template wraps it
 
+    # Standardise each image token per (patch, channel) with running statistics saved with the head
+    # (feature_norm.py): what moves in the scene is a small change on top of what is always there.
+    standardize_image_tokens: bool = True
+
     # Flow-matching DiT action head (GR00T N1.5 style).
     head_hidden_size: int = 512
     head_num_layers: int = 8

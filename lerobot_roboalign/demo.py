@@ -42,33 +42,42 @@ CUBE_PROBE_SEED_OFFSET = 10_000  # the cube probe's first frames: past the evalu
 
 @dataclass
 class DemoSizes:
-    """How much of everything; the defaults fit about 20 minutes on 2 CPU cores."""
+    """How much of everything; the defaults fit about 25 minutes on 2 CPU cores."""
 
-    episodes_per_task: int = 30
+    # reach_and_close episodes are ~9 frames and depend on the cube's position alone: a head needs many positions
+    # (and a fair share of the frames) to learn to find the cube in the image; pick_and_place's are ~48 frames.
+    reach_episodes: int = 300
+    pick_episodes: int = 30
     image_size: int = 96
     chunk_size: int = 16
     n_action_steps: int = 8
-    sft_steps: int = 2000
+    sft_steps: int = 1400
     grpo_steps: int = 64
     grpo_generations: int = 4
     grpo_samples: int = 64
     score_samples: int = 128  # frames of held-out episodes scored (greedy, one completion each)
-    vla_steps: int = 1200
+    vla_steps: int = 3000
     vla_batch_size: int = 8
+    vla_head_hidden_size: int = 128  # two tasks in one head: 64x2 (the tests' size) underfits them
+    vla_head_layers: int = 4
     eval_episodes_per_task: int = 20
     holdout_every: int = 5  # every 5th recorded episode is held out of alignment and scored on
-    vla_save_every: int = 600  # lerobot-train checkpoints: a killed VLA stage resumes from the last one
+    vla_save_every: int = 1500  # lerobot-train checkpoints: a killed VLA stage resumes from the last one
+    probe_frames: int = 800  # frames the action-chunk probes draw from the whole recording
     cube_probe_frames: int = 300  # most first frames the cube-position probe fits on (fewer: the recording's count)
     cube_probe_test: int = 100  # first frames it is scored on
 
 
 QUICK = DemoSizes(
-    episodes_per_task=4,
+    reach_episodes=4,
+    pick_episodes=4,
     sft_steps=30,
     grpo_steps=4,
     grpo_samples=16,
     score_samples=4,
     vla_steps=20,
+    vla_head_hidden_size=64,
+    vla_head_layers=2,
     eval_episodes_per_task=2,
     holdout_every=4,
     vla_save_every=10,
@@ -177,6 +186,11 @@ def dataset_args(cfg: DemoConfig, split: str = "all") -> list[str]:
     ]
 
 
+def recorded_episodes(sizes: DemoSizes) -> dict[str, int]:
+    """Scripted episodes recorded per task, in TASKS order."""
+    return dict(zip(TASKS, (sizes.reach_episodes, sizes.pick_episodes), strict=True))
+
+
 def stage_record(cfg: DemoConfig) -> dict:
     from .sim_demos import record_scripted_demos
 
@@ -185,7 +199,7 @@ def stage_record(cfg: DemoConfig) -> dict:
         cfg.output_dir / "dataset",
         REPO_ID,
         tasks=TASKS,
-        episodes_per_task=cfg.sizes.episodes_per_task,
+        episodes_per_task=recorded_episodes(cfg.sizes),
         seed=cfg.seed,
         image_hw=(size, size),
     )
@@ -327,8 +341,10 @@ def stage_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
     from .align.data import AlignDataConfig
     from .probe import probe_backbones
 
-    data = AlignDataConfig(repo_ids=[REPO_ID], roots=[str(cfg.output_dir / "dataset")], chunk_size=cfg.sizes.chunk_size,
-                           holdout_every=cfg.sizes.holdout_every, image_size=cfg.sizes.image_size)  # fmt: skip
+    sizes = cfg.sizes
+    data = AlignDataConfig(repo_ids=[REPO_ID], roots=[str(cfg.output_dir / "dataset")], chunk_size=sizes.chunk_size,
+                           holdout_every=sizes.holdout_every, image_size=sizes.image_size,
+                           num_samples=sizes.probe_frames, seed=cfg.seed)  # fmt: skip
     return probe_backbones(backbones, data)
 
 
@@ -337,7 +353,7 @@ def stage_cube_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
     from .probe import probe_cube_position
 
     sizes = cfg.sizes
-    train_sizes = tuple(sorted({min(len(TASKS) * sizes.episodes_per_task, sizes.cube_probe_frames), sizes.cube_probe_frames}))
+    train_sizes = tuple(sorted({min(sizes.reach_episodes, sizes.cube_probe_frames), sizes.cube_probe_frames}))
     return probe_cube_position(backbones, TINY_VLM_LAYER, sizes.image_size, train_sizes, sizes.cube_probe_test,
                                seed=cfg.eval_seed + CUBE_PROBE_SEED_OFFSET)  # fmt: skip
 
@@ -358,6 +374,8 @@ def stage_train_vla(cfg: DemoConfig, name: str, backbone: str) -> dict:
             f"--policy.scheduler_warmup_steps={max(1, sizes.vla_steps // 20)}",
             f"--policy.scheduler_decay_steps={sizes.vla_steps}",
             f"--policy.optimizer_lr={VLA_LR}",
+            f"--policy.head_hidden_size={sizes.vla_head_hidden_size}",
+            f"--policy.head_num_layers={sizes.vla_head_layers}",
         )
         dataset = cfg.output_dir / "dataset"
         args = train_args(
@@ -617,7 +635,7 @@ def cube_probe_lines(cube: dict) -> list[str]:
         f"Ridge regression from the image tokens of layer {TINY_VLM_LAYER} (kept apart, one block of weights per "
         f"token) to the cube's (x, y), on first frames of fresh reach_and_close episodes, where the arm is at home "
         f"and only the cube moves; R^2 on {cube['n_test']} held-out frames, fitted on {' or '.join(map(str, sizes))} "
-        f"frames ({sizes[0]} = as many cube positions as the recording holds). With the camera off the same probe "
+        f"frames ({sizes[0]}: at most as many as the recording's reach_and_close episodes). With the camera off the same probe "
         f"gives R^2 {next(iter(cube['camera_off'].values())):.3f}.",
         "",
         "| backbone | " + " | ".join(f"fitted on {n} frames" for n in sizes) + " |",
@@ -697,7 +715,8 @@ def vla_row(cfg: DemoConfig, stages: Stages, key: str, path: str, source: str) -
     from lerobot.common.train_utils import get_step_checkpoint_dir
 
     sizes, out = cfg.sizes, cfg.output_dir
-    settings = {k: getattr(sizes, k) for k in ("vla_steps", "vla_batch_size", "chunk_size", "n_action_steps")}
+    keys = ("vla_steps", "vla_batch_size", "chunk_size", "n_action_steps", "vla_head_hidden_size", "vla_head_layers")
+    settings = {k: getattr(sizes, k) for k in keys}
     vla = stages.run(f"vla_{key}", lambda: stage_train_vla(cfg, key, path), {**settings, "lr": VLA_LR},
                      ("record", source), outputs=(out / f"vla_{key}",))  # fmt: skip
     curve = {}
@@ -718,7 +737,7 @@ def run(cfg: DemoConfig) -> Path:
     limit_threads(cfg.cpu_threads)
     out, sizes = cfg.output_dir, cfg.sizes
     stages = Stages(out)
-    record_settings = {"episodes": sizes.episodes_per_task, "image": sizes.image_size, "seed": cfg.seed, "tasks": TASKS}
+    record_settings = {"episodes": recorded_episodes(sizes), "image": sizes.image_size, "seed": cfg.seed}
     stages.run("record", lambda: stage_record(cfg), record_settings,
                outputs=(out / "dataset", out / "dataset.recording", out / "dataset.merging"))  # fmt: skip
     backbone = stages.run("backbone", lambda: stage_backbone(cfg), {"seed": cfg.seed}, outputs=(out / "backbone",))["path"]
@@ -746,9 +765,10 @@ def run(cfg: DemoConfig) -> Path:
         scores = stages.run("score", lambda: stage_score(cfg, aligned, fast, reasoning),
                             {"frames": sizes.score_samples}, ("grpo",))  # fmt: skip
         probe = stages.run("probe", lambda: stage_probe(cfg, {names["base"]: backbone, **aligned}),
-                           {"holdout": sizes.holdout_every, "layer": TINY_VLM_LAYER}, ("grpo",))  # fmt: skip
+                           {"holdout": sizes.holdout_every, "layer": TINY_VLM_LAYER, "frames": sizes.probe_frames},
+                           ("grpo",))  # fmt: skip
         cube_settings = {"layer": TINY_VLM_LAYER, "frames": sizes.cube_probe_frames, "test": sizes.cube_probe_test,
-                         "episodes": sizes.episodes_per_task, "image": sizes.image_size, "seed": cfg.eval_seed}  # fmt: skip
+                         "episodes": recorded_episodes(sizes), "image": sizes.image_size, "seed": cfg.eval_seed}  # fmt: skip
         probe["cube"] = stages.run("cube_probe", lambda: stage_cube_probe(cfg, {names["base"]: backbone, **aligned}),
                                    cube_settings, ("grpo",))  # fmt: skip
         results = {key: future.result() for key, future in rows.items()}

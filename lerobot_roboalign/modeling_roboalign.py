@@ -23,6 +23,7 @@ from .alignment_format import resolve_vla_inputs
 from .backbone import VLMBackbone
 from .configuration_roboalign import RoboAlignConfig
 from .dataset_mapping import check_dataset_features, cli_rename_map
+from .feature_norm import ImageTokenStandardizer
 from .hub import backbone_reference, peft_base_reference, shared_backbone_name
 from .precision import cast_trainable, vla_precision
 from .processor_roboalign import InputSpec, safety_overrides, validate_batch
@@ -72,6 +73,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
                 noise_s=config.noise_s,
             )
         )
+        self.image_token_norm = (
+            ImageTokenStandardizer(self.backbone.image_token_count(len(config.image_features)), self.backbone.hidden_size)
+            if config.standardize_image_tokens
+            else None
+        )
         self._input_spec = InputSpec.from_config(config)
         self._configure_backbone_training()
         cast_trainable(self.backbone, self.backbone_precision.trainable)  # LoRA adapters start in the base's dtype
@@ -112,11 +118,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
     # ---- LeRobot's --peft (fine-tuning a trained policy) ----------------------------
     def _get_default_peft_targets(self) -> dict:
         """Adapters on the language model's attention projections; the action head (with its state/action
-        projections, the policy's own layers) is trained in full."""
+        projections, the policy's own layers) is trained in full, and the image-token statistics kept up to date."""
         projections = "|".join(self.config.lora_target_modules)
         return {
             "target_modules": rf"backbone\.vlm\.(language_model|text_model)\..*\.({projections})",
-            "modules_to_save": ["head"],
+            "modules_to_save": ["head", "image_token_norm"],
         }
 
     def _validate_peft_config(self, peft_config) -> None:
@@ -157,8 +163,16 @@ class RoboAlignPolicy(PreTrainedPolicy):
             torch.set_grad_enabled(self.training and self._backbone_trains()),
             torch.autocast(images[0].device.type, dtype=autocast, enabled=autocast is not None),
         ):
-            features, mask = self.backbone(images, tasks)
-        return features.float(), mask
+            features, mask, image_tokens = self.backbone(images, tasks)
+        return self.standardize_image_tokens(features.float(), image_tokens), mask
+
+    def standardize_image_tokens(self, features: Tensor, image_tokens: Tensor) -> Tensor:
+        """Features with each image token standardised per patch (feature_norm.py); others unchanged."""
+        if self.image_token_norm is None:
+            return features
+        batch, _, dim = features.shape
+        standardized = self.image_token_norm(features[image_tokens].view(batch, -1, dim))
+        return features.masked_scatter(image_tokens[..., None], standardized)
 
     def _state(self, batch: dict[str, Tensor]) -> Tensor | None:
         return batch[OBS_STATE].float() if self.config.robot_state_feature else None
@@ -300,6 +314,12 @@ class RoboAlignPolicy(PreTrainedPolicy):
                 "backbone or action/state dimension? Fix: use the same --policy.vlm_model_name and dataset features."
             ) from error
         missing = [k for k in missing if model._is_checkpointed(k)]
+        if missing and all(k.startswith("image_token_norm.") for k in missing):
+            logger.warning(
+                "%s predates image-token standardisation: its head was trained on raw features, which the "
+                "standardiser's identity statistics pass through unchanged.", model_file,
+            )  # fmt: skip
+            missing = []
         if missing or unexpected:
             raise ValueError(
                 f"{model_file} does not match a RoboAlign policy with backbone_mode="

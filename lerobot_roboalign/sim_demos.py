@@ -66,21 +66,23 @@ def record_scripted_demos(
     root: str | Path,
     repo_id: str,
     tasks: tuple[str, ...] | list[str] = tuple(TASKS),
-    episodes_per_task: int = 30,
+    episodes_per_task: int | dict[str, int] = 30,
     seed: int = 0,
     image_hw: tuple[int, int] = (96, 96),
     fps: int = 10,
     chunk_episodes: int = 10,
     use_videos: bool = False,
 ) -> dict:
-    """Record ``episodes_per_task`` successful scripted episodes per task; returns the summary.
+    """Record ``episodes_per_task`` successful scripted episodes per task (or, as a dict, that many of each
+    task); returns the summary.
 
     The summary (also ``<root>/recording_summary.json``) holds, per task, the instruction,
     the episodes kept and attempted, and so the scripted expert's success rate. A finished
     ``root`` is not recorded again.
     """
     root = Path(root)
-    _check_record_args(tasks, episodes_per_task, chunk_episodes, fps)
+    counts = episodes_per_task if isinstance(episodes_per_task, dict) else dict.fromkeys(tasks, episodes_per_task)
+    _check_record_args(tasks, counts, chunk_episodes, fps)
     settings = {
         "tasks": list(tasks), "episodes_per_task": episodes_per_task, "seed": seed, "image_hw": list(image_hw),
         "fps": fps, "chunk_episodes": chunk_episodes, "use_videos": use_videos,
@@ -98,10 +100,10 @@ def record_scripted_demos(
     if (work / SETTINGS_FILE).exists():  # an interrupted recording resumes only with the same settings
         _check_same_settings(work, json.loads((work / SETTINGS_FILE).read_text()), settings)
     (work / SETTINGS_FILE).write_text(json.dumps(settings))
-    chunk_plan = [(task, k) for task in tasks for k in range(-(-episodes_per_task // chunk_episodes))]
-    progress = tqdm(total=episodes_per_task * len(tasks), desc="Recording scripted SO-101 demos", unit="ep")
+    chunk_plan = [(task, k) for task in tasks for k in range(-(-counts[task] // chunk_episodes))]
+    progress = tqdm(total=sum(counts.values()), desc="Recording scripted SO-101 demos", unit="ep")
     for task, k in chunk_plan:
-        n_kept = min(chunk_episodes, episodes_per_task - k * chunk_episodes)
+        n_kept = min(chunk_episodes, counts[task] - k * chunk_episodes)
         stats = _record_chunk(work, task, k, n_kept, seed, image_hw, fps, use_videos, progress)
         progress.update(0 if stats["fresh"] else n_kept)
     progress.close()
@@ -123,17 +125,19 @@ def _check_same_settings(path: Path, recorded: dict | None, asked: dict) -> None
     )
 
 
-def _check_record_args(tasks, episodes_per_task: int, chunk_episodes: int, fps: int) -> None:
+def _check_record_args(tasks, counts: dict[str, int], chunk_episodes: int, fps: int) -> None:
     if not tasks:
         raise ValueError(f"No tasks to record; pass some of {list(TASKS)}.")
+    if set(counts) != set(tasks):
+        raise ValueError(f"Episode counts are given for {sorted(counts)} but the tasks are {list(tasks)}: give one per task.")
     for task in tasks:
         check_task(task)
-    if episodes_per_task < 1 or chunk_episodes < 1:
-        raise ValueError(
-            f"episodes_per_task={episodes_per_task} and chunk_episodes={chunk_episodes} must be >= 1."
-        )
-    if -(-episodes_per_task // chunk_episodes) > MAX_CHUNKS_PER_TASK:
-        raise ValueError(f"At most {MAX_CHUNKS_PER_TASK} chunks per task: raise chunk_episodes.")
+        if counts[task] < 1 or chunk_episodes < 1:
+            raise ValueError(
+                f"episodes_per_task={counts[task]} ({task}) and chunk_episodes={chunk_episodes} must be >= 1."
+            )
+        if -(-counts[task] // chunk_episodes) > MAX_CHUNKS_PER_TASK:
+            raise ValueError(f"At most {MAX_CHUNKS_PER_TASK} chunks per task: raise chunk_episodes.")
     env_fps = SO101LangEnv.metadata["render_fps"]
     if fps != env_fps:
         raise ValueError(

@@ -46,7 +46,8 @@ def test_peft_fine_tuning_through_lerobot_train_saves_adapters_that_reload(
     checkpoint = output / "checkpoints" / "last" / "pretrained_model"
     saved = load_file(checkpoint / "adapter_model.safetensors")
     assert any("lora_" in k for k in saved) and any(".head." in k for k in saved)
-    assert all("lora_" in k or ".head." in k for k in saved), sorted(saved)[:5]  # no frozen backbone copy
+    assert any(".image_token_norm." in k for k in saved), "the image-token statistics it trained with"
+    assert all("lora_" in k or ".head." in k or ".image_token_norm." in k for k in saved), sorted(saved)[:5]
 
     dataset = LeRobotDataset(synthetic_dataset[1], root=synthetic_dataset[0])
     policy, first = reload_and_act(checkpoint, dataset, seed=7)

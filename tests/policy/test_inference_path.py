@@ -31,12 +31,13 @@ TASKS = ["pick up the red cube", "push the blue block left"]
 def test_cached_instruction_gives_the_same_features(tiny_backbone_factory, arch):
     model = backbone(tiny_backbone_factory(arch))
     with torch.no_grad():
-        first, first_mask = model(images(), TASKS)  # tokenises the instruction
-        again, again_mask = model(images(), TASKS)  # token ids from the cache, image processor only
-        other, _ = model(images(seed=1), TASKS)
+        first, first_mask, first_image_tokens = model(images(), TASKS)  # tokenises the instruction
+        again, again_mask, again_image_tokens = model(images(), TASKS)  # token ids from the cache, image processor only
+        other, _, _ = model(images(seed=1), TASKS)
     assert len(model._token_cache) == 1
     torch.testing.assert_close(again, first)
-    assert torch.equal(again_mask, first_mask)
+    assert torch.equal(again_mask, first_mask) and torch.equal(again_image_tokens, first_image_tokens)
+    assert first_image_tokens.sum(1).tolist() == [model.image_token_count(len(images()))] * len(TASKS)
     assert not torch.allclose(other, first), "the images still reach the model on a cache hit"
 
 
@@ -78,5 +79,5 @@ def test_cached_path_keeps_every_tensor_on_the_images_device(tiny_qwen25_backbon
     assert inputs["pixel_values"].dtype == torch.bfloat16
     assert inputs["input_ids"].dtype == torch.long and inputs["attention_mask"].shape == inputs["input_ids"].shape
     with torch.no_grad():
-        features, mask = model.encode(inputs)
-    assert features.device == device and mask.dtype == torch.bool
+        features, mask, image_tokens = model.encode(inputs)
+    assert features.device == device and mask.dtype == torch.bool and image_tokens.device == device

@@ -42,7 +42,7 @@ def test_train_checkpoint_reload_gives_same_actions(arch, roboalign_checkpoint_f
     assert torch.equal(first, second)
 
     saved = load_file(checkpoint / "model.safetensors")
-    assert saved and all(k.startswith("head.") for k in saved), "a frozen backbone is not copied into checkpoints"
+    assert saved and all(k.startswith(("head.", "image_token_norm.")) for k in saved), "a frozen backbone is not copied into checkpoints"
     for key, value in saved.items():
         assert torch.equal(policy.state_dict()[key], value), key
     info = json.loads((checkpoint / "backbone.json").read_text())

@@ -98,7 +98,7 @@ def test_lora_trains_only_adapters_and_head(backbone):
     after = policy.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any("lora_" in k for k in changed)
-    assert all(k.startswith("head.") or "lora_" in k for k in changed), sorted(changed)[:5]
+    assert all(k.startswith(("head.", "image_token_norm.")) or "lora_" in k for k in changed), sorted(changed)[:5]
 
 
 def test_full_finetuning_updates_the_backbone(backbone):
@@ -117,7 +117,7 @@ def test_backbone_runs_only_up_to_vlm_layer_and_matches_the_full_model(backbone)
     images = [torch.rand(2, 3, 56, 56)]
     tasks = ["pick up the red cube", "push the blue block left now"]
     with torch.no_grad():
-        features, mask = features_model(images, tasks)
+        features, mask, image_tokens = features_model(images, tasks)
         inputs = features_model.processor(
             text=features_model.build_prompts(tasks, 1),
             images=[[images[0][0]], [images[0][1]]],
@@ -129,6 +129,8 @@ def test_backbone_runs_only_up_to_vlm_layer_and_matches_the_full_model(backbone)
         reference = full.model.language_model.norm(hidden)
     assert torch.allclose(features, reference, atol=1e-5)
     assert mask.sum(1)[0] < mask.sum(1)[1], "the shorter prompt must be padded and masked"
+    assert torch.equal(image_tokens, inputs["input_ids"] == full.config.image_token_id)
+    assert image_tokens.sum(1).tolist() == [features_model.image_token_count(1)] * 2
 
 
 def test_padded_action_steps_are_left_out_of_the_loss(backbone):
@@ -205,13 +207,58 @@ def test_checkpoint_round_trip_excludes_frozen_backbone_and_reloads(backbone, tm
 
     with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
         keys = list(f.keys())
-    assert keys and all(k.startswith("head.") for k in keys)
+    assert keys and all(k.startswith(("head.", "image_token_norm.")) for k in keys)
     reloaded = RoboAlignPolicy.from_pretrained(tmp_path)
     obs = observation(make_batch())
     torch.manual_seed(1)
     expected = policy.predict_action_chunk(obs)
     torch.manual_seed(1)
     assert torch.equal(reloaded.predict_action_chunk(obs), expected)
+
+
+def test_image_token_statistics_are_learned_saved_and_reloaded(backbone, tmp_path):
+    torch.manual_seed(0)
+    policy = RoboAlignPolicy(make_config(backbone))
+    batch = make_batch()
+    train_steps(policy, batch, steps=3)
+    norm = policy.image_token_norm
+    assert norm.seen.item() == 3 * 2 and norm.mean.abs().sum() > 0
+    assert norm.mean.shape[0] == policy.backbone.image_token_count(len(CAMERAS))
+    policy.predict_action_chunk(observation(batch))  # eval: the statistics stay as trained
+    assert norm.seen.item() == 6
+    policy.save_pretrained(tmp_path)
+    reloaded = RoboAlignPolicy.from_pretrained(tmp_path)
+    for name in ("mean", "var", "seen"):
+        assert torch.equal(getattr(reloaded.image_token_norm, name), getattr(norm, name)), name
+
+
+def test_a_checkpoint_from_before_standardisation_loads_as_it_was_trained(backbone, tmp_path, caplog):
+    """Its head saw raw features; the identity statistics pass them through unchanged."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    RoboAlignPolicy(make_config(backbone)).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k.startswith("head.")}, tmp_path / "model.safetensors")
+    reloaded = RoboAlignPolicy.from_pretrained(tmp_path)
+    assert "predates image-token standardisation" in caplog.text
+    count = reloaded.image_token_norm.mean.shape[0]
+    features = torch.randn(2, count + 3, reloaded.backbone.hidden_size)
+    image_tokens = torch.zeros(2, count + 3, dtype=torch.bool)
+    image_tokens[:, 1 : 1 + count] = True
+    assert torch.equal(reloaded.standardize_image_tokens(features, image_tokens), features)
+
+
+def test_only_image_tokens_are_standardised(backbone):
+    policy = RoboAlignPolicy(make_config(backbone)).train()
+    count = policy.image_token_norm.mean.shape[0]
+    features = 3 + torch.randn(4, count + 5, policy.backbone.hidden_size)
+    image_tokens = torch.zeros(4, count + 5, dtype=torch.bool)
+    image_tokens[:, 2 : 2 + count] = True
+    out = policy.standardize_image_tokens(features, image_tokens)
+    assert torch.equal(out[~image_tokens], features[~image_tokens])
+    assert out[image_tokens].mean().abs() < 0.1 and not torch.equal(out[image_tokens], features[image_tokens])
+    assert RoboAlignPolicy(make_config(backbone, standardize_image_tokens=False)).image_token_norm is None
 
 
 def test_incomplete_or_corrupt_checkpoints_are_clear_errors(backbone, tmp_path):

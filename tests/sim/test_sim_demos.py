@@ -13,9 +13,8 @@ from lerobot_roboalign.envs.so101_lang import TASKS
 
 
 def _record(root, **kwargs):
-    return sim_demos.record_scripted_demos(
-        root, "local/so101_test", episodes_per_task=2, chunk_episodes=1, image_hw=(24, 32), seed=0, **kwargs
-    )
+    kwargs = {"episodes_per_task": 2, "chunk_episodes": 1, "image_hw": (24, 32), "seed": 0, **kwargs}
+    return sim_demos.record_scripted_demos(root, "local/so101_test", **kwargs)
 
 
 def test_recording_writes_both_tasks_and_resumes_without_rerecording(tmp_path, monkeypatch):
@@ -56,6 +55,15 @@ def test_recording_writes_both_tasks_and_resumes_without_rerecording(tmp_path, m
     ]
     assert json.loads((root / sim_demos.SUMMARY_FILE).read_text()) == summary
     assert _record(root) == summary  # finished: not recorded again
+
+
+def test_recording_takes_a_count_per_task(tmp_path):
+    counts = {"reach_and_close": 2, "pick_and_place": 1}
+    summary = _record(tmp_path / "demos", episodes_per_task=counts)
+    assert {task: entry["kept"] for task, entry in summary["tasks"].items()} == counts
+    assert LeRobotDataset("local/so101_test", root=tmp_path / "demos").num_episodes == 3
+    with pytest.raises(ValueError, match="one per task"):
+        _record(tmp_path / "other", episodes_per_task={"reach_and_close": 2})
 
 
 def test_recording_rejects_bad_arguments_with_the_fix(tmp_path):
