@@ -65,7 +65,9 @@ def test_peft_fine_tuning_trains_only_adapters_and_head_and_reloads_with_identic
     after_state = peft_policy.state_dict()
     changed = {k for k in before_state if not torch.equal(before_state[k], after_state[k])}
     assert any("lora_B" in k for k in changed), "no gradient reached the adapters of the frozen backbone"
-    assert all("lora_" in k or ".head.modules_to_save." in k for k in changed), sorted(changed)[:5]
+    assert any(".image_token_norm.modules_to_save." in k for k in changed), "the image-token statistics follow"
+    kept_apart = (".head.modules_to_save.", ".image_token_norm.modules_to_save.")
+    assert all("lora_" in k or any(m in k for m in kept_apart) for k in changed), sorted(changed)[:5]
 
     # As lerobot-train's save_checkpoint writes a PEFT policy: adapters + modules_to_save, then the config.
     saved = tmp_path / "pretrained_model"
