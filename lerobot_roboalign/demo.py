@@ -202,6 +202,7 @@ def stage_record(cfg: DemoConfig) -> dict:
         episodes_per_task=recorded_episodes(cfg.sizes),
         seed=cfg.seed,
         image_hw=(size, size),
+        workers=cfg.parallel_stages,
     )
 
 

