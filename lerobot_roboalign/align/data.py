@@ -149,14 +149,37 @@ def to_pil(image: torch.Tensor, size: int | None) -> Image.Image:
     return pil.resize((size, size), Image.BICUBIC) if size else pil
 
 
-def open_dataset(repo_id: str, root: str | None, cfg: AlignDataConfig, fast: FastTokenizer | None):
+@dataclass
+class OpenedDataset:
+    """A LeRobotDataset with its chosen cameras and every frame's action chunk, built once."""
+
+    dataset: LeRobotDataset
+    cameras: list[str]
+    chunks: np.ndarray  # (frames, chunk_size, action_dim)
+
+
+def action_chunks(dataset: LeRobotDataset, chunk_size: int) -> np.ndarray:
+    """Every frame's actions a_t..a_t+H-1, padded past its episode's end with the last action.
+
+    The chunks ``delta_timestamps`` would give (LeRobot clamps each query to the episode), from the action column
+    alone: a delta query through ``__getitem__`` formats whole rows, so it decodes one camera image per action.
+    """
+    actions = np.asarray(dataset.hf_dataset.with_format("numpy", columns=["action"])[:]["action"], dtype=np.float32)
+    episodes = dataset.meta.episodes
+    chunks = np.empty((len(actions), chunk_size, actions.shape[1]), dtype=np.float32)
+    for start, stop in zip(episodes["dataset_from_index"], episodes["dataset_to_index"], strict=True):
+        frames = np.arange(int(start), int(stop))
+        chunks[frames] = actions[np.minimum(frames[:, None] + np.arange(chunk_size), int(stop) - 1)]
+    return chunks
+
+
+def open_dataset(repo_id: str, root: str | None, cfg: AlignDataConfig, fast: FastTokenizer | None) -> OpenedDataset:
     meta = LeRobotDatasetMetadata(repo_id, root=root)
     cameras = resolve_cameras(meta, cfg.cameras)
     if fast is not None:
         check_fast_matches(fast, meta, cfg.chunk_size)
-    delta = {"action": [i / meta.fps for i in range(cfg.chunk_size)]}
-    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=delta, return_uint8=True)
-    return dataset, cameras
+    dataset = LeRobotDataset(repo_id, root=root, return_uint8=True)
+    return OpenedDataset(dataset, cameras, action_chunks(dataset, cfg.chunk_size))
 
 
 def is_heldout(episode_index: int, holdout_every: int) -> bool:
@@ -192,11 +215,8 @@ def load_samples(cfg: AlignDataConfig, fast: FastTokenizer | None = None) -> lis
         raise ValueError("No dataset given: pass --dataset.repo_ids='[user/name]' (and --dataset.roots for local ones).")
     roots = cfg.roots or [None] * len(cfg.repo_ids)
     opened = [open_dataset(repo_id, root, cfg, fast) for repo_id, root in zip(cfg.repo_ids, roots)]
-    frames = choose_frames([split_frames(dataset, cfg) for dataset, _ in opened], cfg.num_samples, cfg.seed)
-    samples = []
-    for dataset_index, frame in tqdm(frames, desc="alignment samples", unit="frame"):
-        dataset, cameras = opened[dataset_index]
-        samples.append(frame_sample(dataset, cameras, frame, cfg))
+    frames = choose_frames([split_frames(source.dataset, cfg) for source in opened], cfg.num_samples, cfg.seed)
+    samples = [frame_sample(opened[d], frame, cfg) for d, frame in tqdm(frames, desc="alignment samples", unit="frame")]
     if fast is not None:
         attach_fast_tokens(samples, fast)
     return samples
@@ -209,7 +229,8 @@ def attach_fast_tokens(samples: list[dict], fast: FastTokenizer) -> None:
         sample["fast_tokens"] = [int(t) for t in sample_tokens]
 
 
-def frame_sample(dataset: LeRobotDataset, cameras: list[str], index: int, cfg: AlignDataConfig) -> dict:
+def frame_sample(source: OpenedDataset, index: int, cfg: AlignDataConfig) -> dict:
+    dataset = source.dataset
     item = dataset[index]
     state = item["observation.state"].numpy() if cfg.include_state and "observation.state" in item else None
     episode, frame = int(item["episode_index"]), int(item["frame_index"])
@@ -220,8 +241,8 @@ def frame_sample(dataset: LeRobotDataset, cameras: list[str], index: int, cfg: A
         "frame_index": frame,
         "task": item["task"],
         "state": state,
-        "images": [to_pil(item[key], cfg.image_size) for key in cameras],
-        "actions": item["action"].numpy().astype(np.float32),
+        "images": [to_pil(item[key], cfg.image_size) for key in source.cameras],
+        "actions": source.chunks[index].copy(),
         "action_names": action_names(dataset),
     }
 

@@ -34,8 +34,7 @@ def input_sample(cfg: GenerateConfig, fast) -> dict:
     """The sample to reason about: a dataset frame, or image files + instruction."""
     if cfg.dataset.repo_ids:
         root = cfg.dataset.roots[0] if cfg.dataset.roots else None
-        dataset, cameras = open_dataset(cfg.dataset.repo_ids[0], root, cfg.dataset, fast)
-        return frame_sample(dataset, cameras, cfg.index, cfg.dataset)
+        return frame_sample(open_dataset(cfg.dataset.repo_ids[0], root, cfg.dataset, fast), cfg.index, cfg.dataset)
     if not cfg.images or not cfg.instruction:
         raise ValueError("Give a dataset frame (--dataset.repo_ids, --index) or --images='[a.png]' and --instruction=...")
     return {"task": cfg.instruction, "state": None, "images": [Image.open(p).convert("RGB") for p in cfg.images]}

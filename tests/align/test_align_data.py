@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lerobot_roboalign.align.common import ModelConfig
-from lerobot_roboalign.align.data import load_samples
+from lerobot_roboalign.align.data import action_chunks, load_samples
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning, write_reasoning
 from lerobot_roboalign.fast import FastTokenizer
 
@@ -22,6 +22,21 @@ def test_samples_hold_images_task_state_and_fast_tokens(align_data_config):
         assert sample["actions"].shape == (2, 2) and sample["state"].shape == (2,)
         assert sample["fast_tokens"] == fast.encode(sample["actions"][None])[0]
         assert sample["task"] in ("pick up the red cube", "push the blue block left")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 40])  # 40: longer than every episode, padded from the first frame
+def test_action_chunks_are_lerobots_delta_timestamp_chunks(align_data_config, chunk_size):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    repo_id, root = align_data_config.repo_ids[0], align_data_config.roots[0]
+    plain = LeRobotDataset(repo_id, root=root)
+    delta = {"action": [i / plain.meta.fps for i in range(chunk_size)]}
+    queried = LeRobotDataset(repo_id, root=root, delta_timestamps=delta)
+    chunks = action_chunks(plain, chunk_size)
+    assert chunks.shape == (len(plain), chunk_size, 2)
+    assert plain.meta.total_episodes > 1  # the episode boundaries are crossed
+    for index in range(len(plain)):
+        np.testing.assert_array_equal(chunks[index], queried[index]["action"].numpy(), err_msg=str(index))
 
 
 def test_missing_camera_is_a_clear_error(align_data_config):
