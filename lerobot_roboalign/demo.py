@@ -321,6 +321,7 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str, reaso
         name: {  # positive = the model is better than the blind baseline, paired over the same frames
             "action": paired_bootstrap(mode["per_frame_action"], m["per_frame_action"], seed=cfg.seed),
             "l1_all": paired_bootstrap(m["per_frame_l1_all"], mean["per_frame_l1_all"], seed=cfg.seed),
+            "l1_decoded": paired_on_decoded(m["per_frame_l1"], mean["per_frame_l1"], cfg.seed),
         }
         for name, m in models.items()
     }
@@ -335,6 +336,17 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str, reaso
         "versus_blind": versus_blind,
         "grpo_minus_sft_action": paired_bootstrap(sft, grpo, seed=cfg.seed),
     }
+
+
+def paired_on_decoded(model_l1: list[float | None], baseline_l1: list[float], seed: int) -> dict | None:
+    """Baseline L1 minus the model's, paired over the frames whose action span decodes (None if none does): the
+    decoded L1 compared on the same frames, so a model that decodes only where actions are easy gains nothing."""
+    decoded = [i for i, error in enumerate(model_l1) if error is not None]
+    if not decoded:
+        return None
+    from .align.score import paired_bootstrap
+
+    return paired_bootstrap([model_l1[i] for i in decoded], [baseline_l1[i] for i in decoded], seed=seed)
 
 
 def stage_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
@@ -548,7 +560,7 @@ def interval(d: dict) -> str:
 def alignment_lines(scores: dict) -> list[str]:
     lines = [
         f"Greedy completions on {scores['n_frames']} frames of held-out episodes {scores['heldout_episodes']} "
-        f"(alignment trained on the other {len(scores['train_episodes'])} episodes). Completion cap: "
+        f"(alignment trained on the other episodes; the blind baselines fitted on frames of {len(scores['train_episodes'])} of them). Completion cap: "
         f"{scores['cap']} tokens; the longest target completion (reasoning + markup + FAST span) is "
         f"{scores['longest_target']} tokens. L1: mean |decoded - dataset chunk| in FAST's normalised units "
         "([-1, 1] per action dimension), over the completions that decode; \"all frames\" counts a span that does "
@@ -570,9 +582,10 @@ def alignment_lines(scores: dict) -> list[str]:
     lines += ["", "Each model against the blind baselines, paired over the same frames (positive = the model is "
               "better; 95% bootstrap intervals):", ""]
     for name, versus in scores["versus_blind"].items():
-        a, l1 = versus["action"], versus["l1_all"]
+        a, l1, decoded = versus["action"], versus["l1_all"], versus["l1_decoded"]
+        on_decoded = f"{interval(decoded)} on the {decoded['n']} frames it decodes" if decoded else "n/a (nothing decodes)"
         lines.append(f"- {name}: prefix accuracy minus the most frequent sequence's {interval(a)}; mean chunk's L1 "
-                     f"minus the model's (all frames) {interval(l1)}.")
+                     f"minus the model's: all frames {interval(l1)}, {on_decoded}.")
     d = scores["grpo_minus_sft_action"]
     lines += [
         "",
@@ -764,7 +777,7 @@ def run(cfg: DemoConfig) -> Path:
         rows["roboalign"] = pool.submit(vla_row, cfg, stages, "roboalign", grpo["path"], "grpo")
         aligned = {names["sft"]: sft["path"], names["roboalign"]: grpo["path"]}
         scores = stages.run("score", lambda: stage_score(cfg, aligned, fast, reasoning),
-                            {"frames": sizes.score_samples}, ("grpo",))  # fmt: skip
+                            {"frames": sizes.score_samples, "l1_on_decoded_frames": True}, ("grpo",))  # fmt: skip
         probe = stages.run("probe", lambda: stage_probe(cfg, {names["base"]: backbone, **aligned}),
                            {"holdout": sizes.holdout_every, "layer": TINY_VLM_LAYER, "frames": sizes.probe_frames},
                            ("grpo",))  # fmt: skip

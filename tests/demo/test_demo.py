@@ -148,8 +148,14 @@ def test_alignment_table_comes_from_the_score_stage_on_heldout_episodes(demo_dir
         assert rows[name] == [number(s["format"]), number(s["action"]), number(s["l1"]), number(s["l1_all"]),
                               number(s["decode_rate"], 2), number(s["reasoning_tokens"], 1)]  # fmt: skip
         assert len(s["per_frame_action"]) == len(s["per_frame_l1_all"]) == scores["n_frames"]
-        versus = scores["versus_blind"][name]["action"]
-        assert f"- {name}: prefix accuracy minus the most frequent sequence's {interval(versus)}" in report
+        versus = scores["versus_blind"][name]
+        line = f"- {name}: prefix accuracy minus the most frequent sequence's {interval(versus['action'])}; mean " \
+               f"chunk's L1 minus the model's: all frames {interval(versus['l1_all'])}, "
+        assert line in report
+        decoded = [i for i, e in enumerate(s["per_frame_l1"]) if e is not None]
+        if decoded:  # the decoded-frames comparison is over exactly the frames whose span decodes
+            assert versus["l1_decoded"]["n"] == len(decoded)
+            assert f"{interval(versus['l1_decoded'])} on the {len(decoded)} frames it decodes" in report
     for name, s in scores["baselines"].items():
         assert rows[name][1:4] == [number(s["action"]), number(s["l1"]), number(s["l1_all"])]
     d = scores["grpo_minus_sft_action"]

@@ -49,3 +49,12 @@ def test_killed_stage_keeps_its_outputs_to_resume_but_not_another_configurations
 
 def test_quick_sizes_differ_from_full_so_fingerprints_differ():
     assert DemoConfig(quick=True).sizes == QUICK != DemoSizes()
+
+
+def test_decoded_l1_is_compared_on_the_frames_that_decode_only():
+    from lerobot_roboalign.demo import paired_on_decoded
+
+    paired = paired_on_decoded([None, 0.1, 0.4], [9.0, 0.3, 0.2], seed=0)
+    assert paired["n"] == 2 and paired["better"] == 1 and paired["worse"] == 1
+    assert abs(paired["mean"] - 0.0) < 1e-12  # (0.3 - 0.1 + 0.2 - 0.4) / 2; the undecoded frame's 9.0 is left out
+    assert paired_on_decoded([None, None], [0.3, 0.2], seed=0) is None
