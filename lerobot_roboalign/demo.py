@@ -757,7 +757,7 @@ def run(cfg: DemoConfig) -> Path:
     backbone = stages.run("backbone", lambda: stage_backbone(cfg), {"seed": cfg.seed}, outputs=(out / "backbone",))["path"]
     names = {"base": "base backbone (unaligned)", "sft": "RoboAlign without RL (SFT)", "roboalign": "RoboAlign (SFT + GRPO)"}
     # The VLA rows run beside the alignment (their own processes, one CPU thread each): the base row needs only the
-    # recording and the base backbone, so it trains while SFT runs; the two aligned rows then train side by side.
+    # recording and the base backbone, so it trains while SFT runs; the SFT row trains while GRPO runs.
     with ThreadPoolExecutor(max_workers=max(1, cfg.parallel_stages)) as pool:
         rows = {"base": pool.submit(vla_row, cfg, stages, "base", backbone, "backbone")}
         fast = stages.run("tokenizer", lambda: stage_tokenizer(cfg), {"chunk": sizes.chunk_size, "scale": FAST_SCALE},
@@ -769,11 +769,11 @@ def run(cfg: DemoConfig) -> Path:
                         "state": ALIGN_WITH_STATE, "freeze_vision": FREEZE_VISION}  # fmt: skip
         sft = stages.run("sft", lambda: stage_sft(cfg, backbone, fast, reasoning), sft_settings, align_inputs,
                          outputs=(out / "align_sft",))  # fmt: skip
+        rows["sft"] = pool.submit(vla_row, cfg, stages, "sft", sft["path"], "sft")  # beside GRPO
         grpo_settings = {"steps": sizes.grpo_steps, "lr": GRPO_LR, "samples": sizes.grpo_samples,
                          "g": sizes.grpo_generations}  # fmt: skip
         grpo = stages.run("grpo", lambda: stage_grpo(cfg, sft["path"], reasoning), grpo_settings, ("sft",),
                           outputs=(out / "align_grpo",))  # fmt: skip
-        rows["sft"] = pool.submit(vla_row, cfg, stages, "sft", sft["path"], "sft")
         rows["roboalign"] = pool.submit(vla_row, cfg, stages, "roboalign", grpo["path"], "grpo")
         aligned = {names["sft"]: sft["path"], names["roboalign"]: grpo["path"]}
         scores = stages.run("score", lambda: stage_score(cfg, aligned, fast, reasoning),
