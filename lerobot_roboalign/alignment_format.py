@@ -29,10 +29,12 @@ class AlignmentFormat:
     prompt_template: str = ALIGN_INSTRUCTION
     image_size: int | None = None  # square side the images were resized to; None: the dataset's own size
     include_state: bool = False  # the robot state was written into the prompt ({state})
+    state_names: tuple[str, ...] = ()  # which of its entries (empty: all)
 
     @classmethod
     def from_data_config(cls, cfg: AlignDataConfig) -> "AlignmentFormat":
-        return cls(image_size=cfg.image_size, include_state=cfg.include_state)
+        names = tuple(cfg.state_names) if cfg.include_state else ()
+        return cls(image_size=cfg.image_size, include_state=cfg.include_state, state_names=names)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         path = Path(directory) / ALIGNMENT_FORMAT_FILE
@@ -52,7 +54,10 @@ class AlignmentFormat:
             )
         except (OSError, ValueError):
             return None
-        return cls(**json.loads(Path(file).read_text())) if file else None
+        if not file:
+            return None
+        record = json.loads(Path(file).read_text())
+        return cls(**{**record, "state_names": tuple(record.get("state_names", ()))})
 
 
 def camera_resolution(image_shapes: list[tuple[int, ...]]) -> tuple[int, int]:

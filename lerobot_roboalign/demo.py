@@ -56,13 +56,16 @@ class DemoSizes:
     grpo_generations: int = 4
     grpo_samples: int = 64
     score_samples: int = 128  # frames of held-out episodes scored (greedy, one completion each)
-    vla_steps: int = 3000
+    vla_steps: int = 4500
     vla_batch_size: int = 8
     vla_head_hidden_size: int = 128  # two tasks in one head: 64x2 (the tests' size) underfits them
     vla_head_layers: int = 4
     eval_episodes_per_task: int = 20
     holdout_every: int = 5  # every 5th recorded episode is held out of alignment and scored on
     vla_save_every: int = 1500  # lerobot-train checkpoints: a killed VLA stage resumes from the last one
+    # Evaluate every checkpoint, not only the last (success against training steps): one more lerobot-eval per
+    # checkpoint and row, which the full run's 25 minutes do not hold.
+    eval_every_checkpoint: bool = False
     probe_frames: int = 800  # frames the action-chunk probes draw from the whole recording
     cube_probe_frames: int = 300  # most first frames the cube-position probe fits on (fewer: the recording's count)
     cube_probe_test: int = 100  # first frames it is scored on
@@ -81,6 +84,7 @@ QUICK = DemoSizes(
     eval_episodes_per_task=2,
     holdout_every=4,
     vla_save_every=10,
+    eval_every_checkpoint=True,
     cube_probe_frames=24,
     cube_probe_test=16,
 )
@@ -183,6 +187,7 @@ def dataset_args(cfg: DemoConfig, split: str = "all") -> list[str]:
         f"--dataset.holdout_every={cfg.sizes.holdout_every}",
         f"--dataset.split={split}",
         f"--dataset.include_state={ALIGN_WITH_STATE}",
+        f"--dataset.state_names=[{','.join(ALIGN_STATE_NAMES)}]",
     ]
 
 
@@ -253,6 +258,10 @@ BASELINE_FRAMES = 400  # training frames the blind baselines are fitted on (the 
 SFT_LR = 2e-3
 FREEZE_VISION = False
 ALIGN_WITH_STATE = True
+# The state entries written: the end effector's position and the gripper, the quantities the actions (dx, dy, dz,
+# grasp) change; the joint angles and velocities would triple the prompt's state text for no information the tiny
+# model uses (SFT's cost grows with the tokens).
+ALIGN_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "gripper_pose")
 FAST_SCALE = 4.0
 GRPO_LR = 1e-4  # the paper's 1e-6 moves a 7B model; a 1M-parameter one needs more
 VLA_LR = 1e-3  # a head trained from scratch in about a thousand steps (the policy's default 1e-4 suits 30K+)
@@ -303,7 +312,7 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str, reaso
     fast = FastTokenizer.from_pretrained(fast_dir)  # the one both backbones were aligned with
     common = dict(
         repo_ids=[REPO_ID], roots=[str(cfg.output_dir / "dataset")], chunk_size=cfg.sizes.chunk_size,
-        holdout_every=cfg.sizes.holdout_every, include_state=ALIGN_WITH_STATE,
+        holdout_every=cfg.sizes.holdout_every, include_state=ALIGN_WITH_STATE, state_names=list(ALIGN_STATE_NAMES),
     )  # fmt: skip
     heldout = load_samples(AlignDataConfig(**common, split="heldout", num_samples=cfg.sizes.score_samples, seed=cfg.seed + 1), fast)
     train = load_samples(AlignDataConfig(**common, split="train", num_samples=BASELINE_FRAMES, seed=cfg.seed), fast)
@@ -717,8 +726,9 @@ def eval_settings(cfg: DemoConfig) -> dict:
 
 
 def checkpoint_steps(sizes: DemoSizes) -> list[int]:
-    """The training steps lerobot-train saves a checkpoint at (every ``vla_save_every`` and the last)."""
-    every = min(sizes.vla_save_every, sizes.vla_steps)
+    """The training steps whose checkpoints are evaluated: the last, and with ``eval_every_checkpoint`` every one
+    lerobot-train saves (every ``vla_save_every``)."""
+    every = min(sizes.vla_save_every, sizes.vla_steps) if sizes.eval_every_checkpoint else sizes.vla_steps
     return sorted({*range(every, sizes.vla_steps, every), sizes.vla_steps}, reverse=True)  # the row's result first
 
 
@@ -751,7 +761,8 @@ def run(cfg: DemoConfig) -> Path:
     limit_threads(cfg.cpu_threads)
     out, sizes = cfg.output_dir, cfg.sizes
     stages = Stages(out)
-    record_settings = {"episodes": recorded_episodes(sizes), "image": sizes.image_size, "seed": cfg.seed}
+    record_settings = {"episodes": recorded_episodes(sizes), "image": sizes.image_size, "seed": cfg.seed,
+                       "frames": "lossless H.264"}  # fmt: skip
     stages.run("record", lambda: stage_record(cfg), record_settings,
                outputs=(out / "dataset", out / "dataset.recording", out / "dataset.merging"))  # fmt: skip
     backbone = stages.run("backbone", lambda: stage_backbone(cfg), {"seed": cfg.seed}, outputs=(out / "backbone",))["path"]
@@ -766,7 +777,8 @@ def run(cfg: DemoConfig) -> Path:
                                outputs=(out / "reasoning.jsonl",))["path"]  # fmt: skip
         align_inputs = ("record", "backbone", "tokenizer", "reason")
         sft_settings = {"steps": sizes.sft_steps, "lr": SFT_LR, "holdout": sizes.holdout_every, "seed": cfg.seed,
-                        "state": ALIGN_WITH_STATE, "freeze_vision": FREEZE_VISION}  # fmt: skip
+                        "state": ALIGN_WITH_STATE, "state_names": ALIGN_STATE_NAMES,
+                        "freeze_vision": FREEZE_VISION}  # fmt: skip
         sft = stages.run("sft", lambda: stage_sft(cfg, backbone, fast, reasoning), sft_settings, align_inputs,
                          outputs=(out / "align_sft",))  # fmt: skip
         rows["sft"] = pool.submit(vla_row, cfg, stages, "sft", sft["path"], "sft")  # beside GRPO
@@ -776,6 +788,8 @@ def run(cfg: DemoConfig) -> Path:
                           outputs=(out / "align_grpo",))  # fmt: skip
         rows["roboalign"] = pool.submit(vla_row, cfg, stages, "roboalign", grpo["path"], "grpo")
         aligned = {names["sft"]: sft["path"], names["roboalign"]: grpo["path"]}
+        rows["sft"].result()  # the analysis below then takes the core the SFT row leaves, not the GRPO row's
+        expert = stages.run("expert", lambda: stage_expert(cfg), eval_settings(cfg))
         scores = stages.run("score", lambda: stage_score(cfg, aligned, fast, reasoning),
                             {"frames": sizes.score_samples, "l1_on_decoded_frames": True}, ("grpo",))  # fmt: skip
         probe = stages.run("probe", lambda: stage_probe(cfg, {names["base"]: backbone, **aligned}),
@@ -791,7 +805,7 @@ def run(cfg: DemoConfig) -> Path:
     camera_off = {f"VLA on {names[key]}": counts for key, (_, _, counts) in results.items()}
     losses = {names[key]: vla["loss"] for key, (vla, _, _) in results.items()}
     pairs = list(combinations(evals, 2))  # base-SFT, base-GRPO, SFT-GRPO, in the rows' order
-    evals["scripted expert (reference)"] = stages.run("expert", lambda: stage_expert(cfg), eval_settings(cfg))
+    evals["scripted expert (reference)"] = expert
     report = format_report(cfg, evals, scores, stages.wall_times(), pairs, time.perf_counter() - start, curves, probe,
                            camera_off)  # fmt: skip
     plots = [plot_success(cfg, evals), plot_success_curves(cfg, curves),

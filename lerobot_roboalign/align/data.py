@@ -45,6 +45,9 @@ class AlignDataConfig:
     chunk_size: int = 16  # actions per FAST chunk (paper: 16 at the VLA; FAST encodes the chunk from t)
     num_samples: int | None = None  # frames to sample over all datasets; None = every frame (paper RL: 12800)
     include_state: bool = False  # add the robot state to the prompt as text
+    # With include_state: the observation.state entries written, by name (empty = all). Fewer, relevant numbers make
+    # a shorter prompt, e.g. the end effector and gripper for actions that move them: '[ee_x,ee_y,ee_z,gripper_pose]'.
+    state_names: list[str] = field(default_factory=list)
     image_size: int | None = None  # resize images to a square of this side; None keeps the dataset's size
     seed: int = 0
     # Episode split so a score never sees a training frame: with holdout_every=k, episodes whose index
@@ -156,6 +159,7 @@ class OpenedDataset:
     dataset: LeRobotDataset
     cameras: list[str]
     chunks: np.ndarray  # (frames, chunk_size, action_dim)
+    state_indices: list[int] | None  # the observation.state entries of the prompt; None = all
 
 
 def action_chunks(dataset: LeRobotDataset, chunk_size: int) -> np.ndarray:
@@ -179,7 +183,26 @@ def open_dataset(repo_id: str, root: str | None, cfg: AlignDataConfig, fast: Fas
     if fast is not None:
         check_fast_matches(fast, meta, cfg.chunk_size)
     dataset = LeRobotDataset(repo_id, root=root, return_uint8=True)
-    return OpenedDataset(dataset, cameras, action_chunks(dataset, cfg.chunk_size))
+    return OpenedDataset(dataset, cameras, action_chunks(dataset, cfg.chunk_size), state_indices(meta, cfg.state_names))
+
+
+def state_indices(meta: LeRobotDatasetMetadata, names: list[str]) -> list[int] | None:
+    """Positions of ``names`` in the dataset's observation.state (None for all); an unknown name lists the known."""
+    if not names:
+        return None
+    available = (meta.features.get("observation.state") or {}).get("names")
+    if not isinstance(available, list):
+        raise ValueError(
+            f"Dataset {meta.repo_id!r} has no named observation.state entries to choose --dataset.state_names from; "
+            "leave it empty to write the whole state."
+        )
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise ValueError(
+            f"Dataset {meta.repo_id!r} has no state entries {missing}; its observation.state holds {available}. "
+            "Fix: choose --dataset.state_names among those."
+        )
+    return [available.index(name) for name in names]
 
 
 def is_heldout(episode_index: int, holdout_every: int) -> bool:
@@ -233,6 +256,8 @@ def frame_sample(source: OpenedDataset, index: int, cfg: AlignDataConfig) -> dic
     dataset = source.dataset
     item = dataset[index]
     state = item["observation.state"].numpy() if cfg.include_state and "observation.state" in item else None
+    if state is not None and source.state_indices is not None:
+        state = state[source.state_indices]
     episode, frame = int(item["episode_index"]), int(item["frame_index"])
     return {
         "id": sample_id(dataset.repo_id, episode, frame),

@@ -39,6 +39,19 @@ def test_action_chunks_are_lerobots_delta_timestamp_chunks(align_data_config, ch
         np.testing.assert_array_equal(chunks[index], queried[index]["action"].numpy(), err_msg=str(index))
 
 
+def test_state_names_choose_the_state_entries_of_the_prompt(align_data_config):
+    from lerobot_roboalign.align.data import align_messages
+
+    every = load_samples(replace(align_data_config, include_state=True))
+    chosen = load_samples(replace(align_data_config, include_state=True, state_names=["joint_1"]))
+    for full, one in zip(every, chosen, strict=True):
+        assert one["state"].tolist() == [full["state"][1]]
+        prompt = align_messages(one["task"], one["state"])[0]["content"]
+        assert f"[{full['state'][1]:.2f}]" in prompt and f"{full['state'][0]:.2f}," not in prompt
+    with pytest.raises(ValueError, match=r"no state entries \['ee_x'\].*joint_0.*--dataset.state_names"):
+        load_samples(replace(align_data_config, include_state=True, state_names=["ee_x"]))
+
+
 def test_missing_camera_is_a_clear_error(align_data_config):
     with pytest.raises(ValueError, match=r"no camera \['top'\].*--dataset.cameras"):
         load_samples(replace(align_data_config, cameras=["top"]))

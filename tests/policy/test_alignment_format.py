@@ -108,3 +108,12 @@ def test_a_backbone_never_aligned_gets_the_alignment_defaults(tiny_qwen25_backbo
     with pytest.raises(ValueError, match="different sizes"):
         cameras = {FRONT: (3, 64, 64), "observation.images.wrist": (3, 32, 32)}
         RoboAlignPolicy(make_config(tiny_qwen25_backbone, cameras=cameras))
+
+
+def test_the_record_keeps_which_state_entries_were_written(tmp_path):
+    cfg = AlignDataConfig(repo_ids=["r"], include_state=True, state_names=["ee_x", "gripper_pose"])
+    fmt = AlignmentFormat.from_data_config(cfg)
+    fmt.save_pretrained(tmp_path)
+    assert AlignmentFormat.from_pretrained(str(tmp_path)) == fmt and fmt.state_names == ("ee_x", "gripper_pose")
+    without = AlignmentFormat.from_data_config(AlignDataConfig(repo_ids=["r"], state_names=["ee_x"]))
+    assert without.state_names == ()  # no state in the prompt: nothing was chosen from it
