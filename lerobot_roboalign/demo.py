@@ -42,7 +42,7 @@ CUBE_PROBE_SEED_OFFSET = 10_000  # the cube probe's first frames: past the evalu
 
 @dataclass
 class DemoSizes:
-    """How much of everything; the defaults took 24.1 minutes on 2 CPU cores (docs/demo/report.md)."""
+    """How much of everything; the defaults took 18.7-24.1 minutes on 2 CPU cores (docs/demo/report.md)."""
 
     # reach_and_close episodes are ~9 frames and depend on the cube's position alone: a head needs many positions
     # (and a fair share of the frames) to learn to find the cube in the image; pick_and_place's are ~48 frames.
