@@ -72,6 +72,22 @@ def camera_resolution(image_shapes: list[tuple[int, ...]]) -> tuple[int, int]:
     return sizes.pop()
 
 
+def check_prompt_template(template: str) -> None:
+    """Refuse a template the backbone could not fill, naming the usual cause: LeRobot's CLI reads each value as
+    YAML, so ``--policy.prompt_template={task}`` arrives as the mapping ``{'task': None}``. Checked when the policy
+    is built, not in the config's ``__post_init__``: draccus replaces errors raised while it parses by its own."""
+    try:
+        filled = template.format(task="\0", state="")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"prompt_template {template!r} cannot be filled with the task ({type(error).__name__}: {error}). "
+            "It is a str.format template with {task} and optionally {state}. On the command line the value is "
+            "read as YAML: quote it inside the shell quotes, e.g. --policy.prompt_template=\"'Task: {task}.'\"."
+        ) from None
+    if "\0" not in filled:
+        raise ValueError(f"prompt_template {template!r} has no {{task}}: the instruction would never reach the model.")
+
+
 def resolve_vla_inputs(config) -> AlignmentFormat:
     """Fill ``config.prompt_template`` / ``config.image_resolution`` left unset from the backbone's record."""
     recorded = AlignmentFormat.from_pretrained(config.vlm_model_name)
@@ -88,4 +104,5 @@ def resolve_vla_inputs(config) -> AlignmentFormat:
         size = fmt.image_size
         config.image_resolution = (size, size) if size else camera_resolution(shapes)
     config.image_resolution = tuple(config.image_resolution)
+    check_prompt_template(config.prompt_template)
     return fmt

@@ -117,3 +117,23 @@ def test_the_record_keeps_which_state_entries_were_written(tmp_path):
     assert AlignmentFormat.from_pretrained(str(tmp_path)) == fmt and fmt.state_names == ("ee_x", "gripper_pose")
     without = AlignmentFormat.from_data_config(AlignDataConfig(repo_ids=["r"], state_names=["ee_x"]))
     assert without.state_names == ()  # no state in the prompt: nothing was chosen from it
+
+
+
+@pytest.mark.parametrize("template", ["{'task': None}", "Do {tsk}", "no task here"])
+def test_a_template_that_cannot_carry_the_task_is_refused(tiny_qwen25_backbone, template):
+    with pytest.raises(ValueError, match="prompt_template"):
+        RoboAlignPolicy(make_config(tiny_qwen25_backbone, prompt_template=template))
+
+
+def test_the_command_line_needs_the_template_quoted(tiny_qwen25_backbone):
+    """LeRobot's CLI reads ``{task}`` as YAML, a mapping: refused with the quoting that works, which keeps it."""
+    import draccus
+
+    def parsed(value: str) -> RoboAlignConfig:
+        config = draccus.parse(RoboAlignConfig, args=[f"--prompt_template={value}"])
+        return make_config(tiny_qwen25_backbone, prompt_template=config.prompt_template)
+
+    with pytest.raises(ValueError, match="quote it inside the shell quotes"):
+        RoboAlignPolicy(parsed("{task}"))
+    assert RoboAlignPolicy(parsed("'Do: {task}.{state}'")).config.prompt_template == "Do: {task}.{state}"
