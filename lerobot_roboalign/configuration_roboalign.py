@@ -1,5 +1,6 @@
 """Configuration of the RoboAlign VLA: an (aligned) MLLM backbone + a GR00T-style flow-matching head."""
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 
@@ -7,6 +8,7 @@ from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.policies.rtc import RTCConfig
 
+logger = logging.getLogger(__name__)
 BACKBONE_MODES = ("frozen", "lora", "full")
 
 
@@ -96,6 +98,14 @@ class RoboAlignConfig(PreTrainedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        try:
+            self._check_fields()
+        except ValueError as error:
+            # draccus (LeRobot's CLI) replaces an error raised here by "Couldn't instantiate class": log it first.
+            logger.error("--policy: %s", error)
+            raise
+
+    def _check_fields(self) -> None:
         if self.n_action_steps > self.chunk_size:
             raise ValueError(
                 f"n_action_steps ({self.n_action_steps}) cannot exceed chunk_size ({self.chunk_size}): "

@@ -1,5 +1,6 @@
 """RoboAlignPolicy in-process: learning, backbone modes, action queue, errors, checkpoints."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -283,3 +284,16 @@ def test_checkpoint_refuses_a_different_backbone(backbone, tiny_backbone_factory
     other.vlm_model_name = str(tiny_backbone_factory("qwen3_vl"))
     with pytest.raises(ValueError, match="trained on backbone"):
         RoboAlignPolicy.from_pretrained(tmp_path, config=other)
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [("--rtc_mode=bad", "rtc_mode='bad'"), ("--n_action_steps=32", "n_action_steps \\(32\\) cannot exceed")],
+)
+def test_a_bad_field_on_the_command_line_is_named(arg, message, caplog):
+    """draccus replaces the config's error by "Couldn't instantiate class": the reason must still reach the log."""
+    import draccus
+
+    with pytest.raises(draccus.utils.ParsingError), caplog.at_level("ERROR"):
+        draccus.parse(RoboAlignConfig, args=[arg])
+    assert any(re.search(message, record.getMessage()) for record in caplog.records)
