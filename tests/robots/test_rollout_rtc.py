@@ -19,8 +19,9 @@ BOUNDARY_FACTOR = 2.0  # a chunk switch may move at most this times the largest 
 
 
 class _Spy:
-    """Records every action the robot was sent, every safety-step output, when chunks were merged and
-    how many actions of the previous chunk were still queued then (0: the queue ran dry, nothing to continue).
+    """Records every action the robot was sent, every safety-step output, which chunks the safety step held at
+    rest, when chunks were merged and how many actions of the previous chunk were still queued then (0: the
+    queue ran dry, nothing to continue).
 
     The rollout is stopped (LeRobot's own shutdown event) as soon as ``until(spy)`` holds, so a test
     lasts as long as the machine needs for enough chunks, not a fixed, load-dependent duration.
@@ -35,6 +36,7 @@ class _Spy:
 
         self.sent: list[dict[str, float]] = []
         self.safe_rows: list[torch.Tensor] = []
+        self.held_chunks: list[bool] = []
         self.merged_at: list[int] = []
         self.queued_at_merge: list[int] = []
         self.calls = 0
@@ -54,6 +56,8 @@ class _Spy:
         def spy_safe(step, action):
             out = safe(step, action)
             self.safe_rows.extend(out.reshape(-1, out.shape[-1]).detach().cpu())
+            if out.ndim == 3:
+                self.held_chunks.append(bool((out == out[:, :1]).all()))
             return out
 
         def spy_merge(queue, *args, **kwargs):
@@ -151,12 +155,14 @@ def test_slow_backbone_switches_chunks_without_a_jump(mode, roboalign_checkpoint
 def _continued_switches(spy: _Spy) -> list[int]:
     """Steps at which a chunk took over from one still being executed, which RTC is to continue smoothly.
 
-    The first chunk holds the arm at rest (safety), so the second one's switch is the move from the rest
-    pose into the policy's range, which max_delta=1000 does not limit. A chunk merged into an empty queue
-    (inference outlasted the previous chunk: a loaded machine) has no executed prefix to continue from.
+    A chunk the safety step held at rest (the engine's first; the second too when it was requested before the
+    arm took an action of the first, as LeRobot's back-to-back queue threshold allows) is followed by the move
+    from the rest pose into the policy's range, which max_delta=1000 does not limit. A chunk merged into an
+    empty queue (inference outlasted the previous chunk: a loaded machine) has no executed prefix to continue.
     """
-    merges = zip(spy.merged_at[2:], spy.queued_at_merge[2:], strict=True)
-    return sorted({k - 1 for k, queued in merges if queued > 0 and 2 <= k < len(spy.sent)})
+    merges = zip(spy.merged_at[1:], spy.queued_at_merge[1:], spy.held_chunks)  # the chunk before each merge held?
+    continued = {k - 1 for k, queued, after_hold in merges if queued > 0 and not after_hold}
+    return sorted(k for k in continued if 1 <= k < len(spy.sent) - 1)
 
 
 NAN_FROM, NAN_UNTIL = 3, 23  # control steps with NaN camera frames: longer than a chunk
