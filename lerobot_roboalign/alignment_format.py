@@ -74,8 +74,8 @@ def camera_resolution(image_shapes: list[tuple[int, ...]]) -> tuple[int, int]:
 
 def check_prompt_template(template: str) -> None:
     """Refuse a template the backbone could not fill, naming the usual cause: LeRobot's CLI reads each value as
-    YAML, so ``--policy.prompt_template={task}`` arrives as the mapping ``{'task': None}``. Checked when the policy
-    is built, not in the config's ``__post_init__``: draccus replaces errors raised while it parses by its own."""
+    YAML, so ``--policy.prompt_template={task}`` arrives as the mapping ``{'task': None}``. Checked once the
+    template is resolved, so that one read from the backbone's ``roboalign_format.json`` is checked too."""
     try:
         filled = template.format(task="\0", state="")
     except (KeyError, IndexError, ValueError) as error:

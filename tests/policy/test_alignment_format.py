@@ -119,7 +119,6 @@ def test_the_record_keeps_which_state_entries_were_written(tmp_path):
     assert without.state_names == ()  # no state in the prompt: nothing was chosen from it
 
 
-
 @pytest.mark.parametrize("template", ["{'task': None}", "Do {tsk}", "no task here"])
 def test_a_template_that_cannot_carry_the_task_is_refused(tiny_qwen25_backbone, template):
     with pytest.raises(ValueError, match="prompt_template"):
