@@ -87,6 +87,11 @@ class CalibrationCheckConfig:
 
 def make_device(spec: DeviceSpec, calibration_dir: Path | None = None):
     """An unconnected LeRobot robot or teleoperator of ``spec.type`` (gives its motor table and paths)."""
+    if not spec.type:
+        raise CalibrationError(
+            f"The arm's type is missing (a calibration file does not say which arm it is for): add --robot.type=TYPE, "
+            f"one of {', '.join(SUPPORTED_TYPES)}, e.g. --robot.type=so101_follower."
+        )
     if spec.type not in SUPPORTED_TYPES:
         raise CalibrationError(
             f"Unsupported --robot.type={spec.type!r}: use one of {', '.join(SUPPORTED_TYPES)}."

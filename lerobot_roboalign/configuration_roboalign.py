@@ -2,9 +2,11 @@
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lerobot.configs import NormalizationMode, PreTrainedConfig
+import yaml
+from lerobot.configs import NormalizationMode, PreTrainedConfig, parser
 from lerobot.optim import AdamWConfig, CosineDecayWithWarmupSchedulerConfig
 from lerobot.policies.rtc import RTCConfig
 
@@ -20,6 +22,11 @@ class RoboAlignConfig(PreTrainedConfig):
     Defaults follow the paper (Qwen2.5-VL-7B, features of layer 18, chunk 16, 4 denoising
     steps) and GR00T N1.5's head; tests and the demo shrink them with a tiny local backbone.
     """
+
+    # Not pushed unless asked (--policy.push_to_hub=true --policy.repo_id=USER/NAME): LeRobot's default (true) makes
+    # every lerobot-train without a repo_id fail, and a policy on a local backbone must not be shared before it
+    # (hub.py refuses that push with the command that shares the backbone first).
+    push_to_hub: bool = False
 
     # Input / output structure.
     n_obs_steps: int = 1
@@ -168,3 +175,26 @@ class RoboAlignConfig(PreTrainedConfig):
     @property
     def reward_delta_indices(self) -> None:
         return None
+
+
+def check_cli_prompt_template(argv: Sequence[str]) -> None:
+    """Refuse an unquoted ``--policy.prompt_template`` with the fix, before LeRobot's parser sees it.
+
+    draccus reads every command-line value as YAML before any config class does, so ``"Task: {task}."`` (after the
+    shell's quotes are gone) stops there with a bare ``yaml.ParserError`` and ``{task}`` becomes a mapping. Called
+    when LeRobot imports the plugin (``lerobot_policy_roboalign``), which its CLIs do before parsing.
+    """
+    raw = parser.parse_arg("policy.prompt_template", argv)
+    if raw is None:
+        return
+    try:
+        text = isinstance(yaml.safe_load(raw), str | None)  # null keeps the default
+    except yaml.YAMLError:
+        text = False
+    if not text:
+        quoted = raw.replace("'", "''")
+        raise SystemExit(
+            f"--policy.prompt_template={raw} is not a text once LeRobot's command line reads it as YAML ({{task}} "
+            f"becomes a mapping, 'Word: ' a key). Fix: quote it inside the shell quotes, "
+            f"e.g. --policy.prompt_template=\"'{quoted}'\"."
+        )

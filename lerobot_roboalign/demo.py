@@ -20,10 +20,11 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -100,7 +101,7 @@ class DemoConfig:
     # CPU threads per process (this one and every stage's subprocess). On a shared 2-core machine two OpenMP
     # threads per process ran a small MLP 19x slower than one (200 s vs 10.5 s, load 9); 0 = torch's default.
     cpu_threads: int = 1
-    # Stages run at once (the VLA rows beside the alignment); 2 uses both cores of a 2-core machine.
+    # Stages running at once, at most (the VLA rows beside the alignment); 2 uses both cores of a 2-core machine.
     parallel_stages: int = 2
 
     def __post_init__(self) -> None:
@@ -129,8 +130,10 @@ class Stages:
     its outputs so it can resume from them; outputs of unknown or other settings are deleted first.
     """
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, parallel: int = 1):
         self.directory = output_dir / "stages"
+        # Threads may call run() at once: at most ``parallel`` stages work at a time (a reused one takes no slot).
+        self.slots = threading.BoundedSemaphore(max(1, parallel))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.order: list[str] = []
         self.fingerprints: dict[str, str] = {}
@@ -151,10 +154,11 @@ class Stages:
             marker.unlink()
         if not (started.is_file() and started.read_text() == key):
             remove(outputs)  # never resume from another configuration's partial outputs
-        started.write_text(key)
-        print(f"\n=== roboalign demo: {name} ===", flush=True)
-        start = time.perf_counter()
-        result = work()
+        with self.slots:
+            started.write_text(key)
+            print(f"\n=== roboalign demo: {name} ===", flush=True)
+            start = time.perf_counter()
+            result = work()
         record = {"result": result, "wall_s": time.perf_counter() - start, "fingerprint": key, "settings": settings}
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -760,7 +764,7 @@ def run(cfg: DemoConfig) -> Path:
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     limit_threads(cfg.cpu_threads)
     out, sizes = cfg.output_dir, cfg.sizes
-    stages = Stages(out)
+    stages = Stages(out, cfg.parallel_stages)
     record_settings = {"episodes": recorded_episodes(sizes), "image": sizes.image_size, "seed": cfg.seed,
                        "frames": "lossless H.264"}  # fmt: skip
     stages.run("record", lambda: stage_record(cfg), record_settings,
@@ -816,7 +820,16 @@ def run(cfg: DemoConfig) -> Path:
     return out / "report.md"
 
 
+def parse_config(argv: list[str]) -> DemoConfig:
+    """``--quick`` takes the quick sizes as its base; ``--sizes.*`` given with it change only those fields."""
+    argv = ["--quick=true" if arg == "--quick" else arg for arg in argv]
+    cfg = draccus.parse(config_class=DemoConfig, args=argv)
+    if cfg.quick:
+        given = {arg.removeprefix("--sizes.").split("=", 1)[0] for arg in argv if arg.startswith("--sizes.")}
+        cfg.sizes = replace(QUICK, **{name: getattr(cfg.sizes, name) for name in given})
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> Path:
-    argv = ["--quick=true" if arg == "--quick" else arg for arg in (argv or [])]
     logging.basicConfig(level=logging.INFO)
-    return run(draccus.parse(config_class=DemoConfig, args=argv))
+    return run(parse_config(list(argv or [])))

@@ -35,6 +35,14 @@ BACKBONE_INFO_FILE = "backbone.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def absolute_if_local(name_or_path):
+    """An existing local path made absolute (same type); a Hub id unchanged."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        return name_or_path
+    return str(path.resolve()) if isinstance(name_or_path, str) else path.resolve()
+
+
 class RoboAlignPolicy(PreTrainedPolicy):
     config_class = RoboAlignConfig
     name = "roboalign"
@@ -42,6 +50,8 @@ class RoboAlignPolicy(PreTrainedPolicy):
     def __init__(self, config: RoboAlignConfig, **kwargs):
         super().__init__(config)
         config.validate_features()
+        # Saved into every checkpoint's config.json: a relative backbone directory would only load from this cwd.
+        config.vlm_model_name = absolute_if_local(config.vlm_model_name)
         if kwargs.get("dataset_meta") is not None:  # lerobot-train: refuse now what would fail later
             check_dataset_features(config, kwargs["dataset_meta"].features, cli_rename_map())
             if config.push_to_hub:
@@ -124,6 +134,13 @@ class RoboAlignPolicy(PreTrainedPolicy):
             "target_modules": rf"backbone\.vlm\.(language_model|text_model)\..*\.({projections})",
             "modules_to_save": ["head", "image_token_norm"],
         }
+
+    def wrap_with_peft(self, peft_config=None, peft_cli_overrides: dict | None = None) -> PreTrainedPolicy:
+        """LeRobot writes the base checkpoint's path into ``adapter_config.json`` as given on the command line: make
+        a local one absolute first, so that the adapters reload from any working directory."""
+        if self.config.pretrained_path is not None:
+            self.config.pretrained_path = absolute_if_local(self.config.pretrained_path)
+        return super().wrap_with_peft(peft_config, peft_cli_overrides)
 
     def _validate_peft_config(self, peft_config) -> None:
         super()._validate_peft_config(peft_config)

@@ -6,6 +6,7 @@ must show the MLLM exactly the same text, and the VLA never sees them.
 """
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +61,11 @@ class AlignDataConfig:
             raise ValueError(
                 f"Got {len(self.roots)} --dataset.roots for {len(self.repo_ids)} --dataset.repo_ids: give one root "
                 "per repo id, in the same order (or none to use the LeRobot cache)."
+            )
+        if self.state_names and not self.include_state:
+            raise ValueError(
+                f"--dataset.state_names={self.state_names} chooses which state entries the prompt shows, but the state "
+                "is not in the prompt: add --dataset.include_state=true (or drop --dataset.state_names)."
             )
         if self.split not in SPLITS:
             raise ValueError(f"--dataset.split={self.split!r}: choose one of {SPLITS}.")
@@ -152,14 +158,19 @@ def to_pil(image: torch.Tensor, size: int | None) -> Image.Image:
     return pil.resize((size, size), Image.BICUBIC) if size else pil
 
 
-@dataclass
-class OpenedDataset:
-    """A LeRobotDataset with its chosen cameras and every frame's action chunk, built once."""
+def episode_ends(dataset: LeRobotDataset) -> np.ndarray:
+    """Per frame: the index one past the last frame of its episode (where its action chunk stops)."""
+    ends = np.empty(len(dataset), dtype=np.int64)
+    episodes = dataset.meta.episodes
+    for start, stop in zip(episodes["dataset_from_index"], episodes["dataset_to_index"], strict=True):
+        ends[int(start) : int(stop)] = int(stop)
+    return ends
 
-    dataset: LeRobotDataset
-    cameras: list[str]
-    chunks: np.ndarray  # (frames, chunk_size, action_dim)
-    state_indices: list[int] | None  # the observation.state entries of the prompt; None = all
+
+def chunks_at(actions: np.ndarray, ends: np.ndarray, frames: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Actions a_t..a_t+H-1 of ``frames``, padded past each episode's end with its last action."""
+    steps = np.minimum(frames[:, None] + np.arange(chunk_size), ends[frames][:, None] - 1)
+    return actions[steps]
 
 
 def action_chunks(dataset: LeRobotDataset, chunk_size: int) -> np.ndarray:
@@ -169,21 +180,58 @@ def action_chunks(dataset: LeRobotDataset, chunk_size: int) -> np.ndarray:
     alone: a delta query through ``__getitem__`` formats whole rows, so it decodes one camera image per action.
     """
     actions = np.asarray(dataset.hf_dataset.with_format("numpy", columns=["action"])[:]["action"], dtype=np.float32)
-    episodes = dataset.meta.episodes
-    chunks = np.empty((len(actions), chunk_size, actions.shape[1]), dtype=np.float32)
-    for start, stop in zip(episodes["dataset_from_index"], episodes["dataset_to_index"], strict=True):
-        frames = np.arange(int(start), int(stop))
-        chunks[frames] = actions[np.minimum(frames[:, None] + np.arange(chunk_size), int(stop) - 1)]
-    return chunks
+    return chunks_at(actions, episode_ends(dataset), np.arange(len(actions)), chunk_size)
+
+
+@dataclass
+class OpenedDataset:
+    """A LeRobotDataset with its chosen cameras and the few numbers per frame a sample needs (no image).
+
+    About 60 bytes per frame: the images stay in the dataset's files until a sample's ``images`` is read.
+    """
+
+    dataset: LeRobotDataset
+    cameras: list[str]
+    chunk_size: int
+    actions: np.ndarray  # (frames, action_dim)
+    ends: np.ndarray  # (frames,): one past the last frame of each frame's episode
+    episode_index: np.ndarray
+    frame_index: np.ndarray
+    task_index: np.ndarray
+    state: np.ndarray | None  # (frames, chosen state entries) when the prompt shows the state
+    action_names: list[str] | None
+
+    def chunk(self, frame: int) -> np.ndarray:
+        return chunks_at(self.actions, self.ends, np.array([frame]), self.chunk_size)[0]
+
+    def task(self, frame: int) -> str:
+        return self.dataset.meta.tasks.iloc[int(self.task_index[frame])].name
 
 
 def open_dataset(repo_id: str, root: str | None, cfg: AlignDataConfig, fast: FastTokenizer | None) -> OpenedDataset:
+    """Open a dataset and read its small columns (actions, indices, state); images are read per sample, later."""
     meta = LeRobotDatasetMetadata(repo_id, root=root)
     cameras = resolve_cameras(meta, cfg.cameras)
     if fast is not None:
         check_fast_matches(fast, meta, cfg.chunk_size)
+    indices = state_indices(meta, cfg.state_names)
     dataset = LeRobotDataset(repo_id, root=root, return_uint8=True)
-    return OpenedDataset(dataset, cameras, action_chunks(dataset, cfg.chunk_size), state_indices(meta, cfg.state_names))
+    with_state = cfg.include_state and "observation.state" in meta.features
+    names = ["action", "episode_index", "frame_index", "task_index"] + (["observation.state"] * with_state)
+    columns = dataset.hf_dataset.with_format("numpy", columns=names)[:]
+    state = np.asarray(columns["observation.state"], dtype=np.float32) if with_state else None
+    return OpenedDataset(
+        dataset=dataset,
+        cameras=cameras,
+        chunk_size=cfg.chunk_size,
+        actions=np.asarray(columns["action"], dtype=np.float32),
+        ends=episode_ends(dataset),
+        episode_index=np.asarray(columns["episode_index"], dtype=np.int64),
+        frame_index=np.asarray(columns["frame_index"], dtype=np.int64),
+        task_index=np.asarray(columns["task_index"], dtype=np.int64),
+        state=state[:, indices] if state is not None and indices is not None else state,
+        action_names=action_names(dataset),
+    )
 
 
 def state_indices(meta: LeRobotDatasetMetadata, names: list[str]) -> list[int] | None:
@@ -209,67 +257,128 @@ def is_heldout(episode_index: int, holdout_every: int) -> bool:
     return holdout_every >= 2 and episode_index % holdout_every == holdout_every - 1
 
 
-def split_frames(dataset: LeRobotDataset, cfg: AlignDataConfig) -> list[int]:
+def split_frames(dataset: LeRobotDataset, cfg: AlignDataConfig) -> np.ndarray:
     """Frame indices of the episodes in ``cfg.split`` (every frame for split=all)."""
     if cfg.split == "all":
-        return list(range(len(dataset)))
+        return np.arange(len(dataset))
     episodes = dataset.meta.episodes
-    keep = []
-    for episode, start, stop in zip(
-        episodes["episode_index"], episodes["dataset_from_index"], episodes["dataset_to_index"], strict=True
-    ):
-        if is_heldout(int(episode), cfg.holdout_every) == (cfg.split == "heldout"):
-            keep.extend(range(int(start), int(stop)))
-    return keep
+    keep = [
+        np.arange(int(start), int(stop))
+        for episode, start, stop in zip(
+            episodes["episode_index"], episodes["dataset_from_index"], episodes["dataset_to_index"], strict=True
+        )
+        if is_heldout(int(episode), cfg.holdout_every) == (cfg.split == "heldout")
+    ]
+    return np.concatenate(keep) if keep else np.arange(0)
 
 
-def choose_frames(frames: list[list[int]], num_samples: int | None, seed: int) -> list[tuple[int, int]]:
-    """(dataset index, frame index) pairs: all given frames, or ``num_samples`` drawn without replacement."""
-    pairs = [(d, i) for d, indices in enumerate(frames) for i in indices]
-    if num_samples is None or num_samples >= len(pairs):
-        return pairs
-    picks = np.random.default_rng(seed).choice(len(pairs), size=num_samples, replace=False)
-    return [pairs[i] for i in sorted(picks)]
+def choose_frames(frames: list[np.ndarray], num_samples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset index, frame index) arrays: all given frames, or ``num_samples`` drawn without replacement."""
+    sources = np.concatenate([np.full(len(f), d, dtype=np.int64) for d, f in enumerate(frames)])
+    indices = np.concatenate([np.asarray(f, dtype=np.int64) for f in frames])
+    if num_samples is None or num_samples >= len(indices):
+        return sources, indices
+    picks = np.sort(np.random.default_rng(seed).choice(len(indices), size=num_samples, replace=False))
+    return sources[picks], indices[picks]
 
 
-def load_samples(cfg: AlignDataConfig, fast: FastTokenizer | None = None) -> list[dict]:
-    """Alignment samples (dicts with id, task, images, state, actions, fast_tokens when ``fast`` is given)."""
+SAMPLE_KEYS = ("id", "repo_id", "episode_index", "frame_index", "task", "state", "images", "actions", "action_names")
+
+
+class AlignSamples(Sequence):
+    """Alignment samples as references (dataset, frame): nothing per sample is built until it is read.
+
+    ``samples[i]`` is a read-only mapping with the keys of ``SAMPLE_KEYS`` (and ``fast_tokens`` once a FAST
+    tokenizer is attached); each value is computed when read, the camera images decoded from the dataset only
+    when ``images`` is, so a training data loader decodes each image when its batch needs it and drops it after.
+    """
+
+    def __init__(self, sources: list[OpenedDataset], source_of: np.ndarray, frame_of: np.ndarray,
+                 image_size: int | None, fast: FastTokenizer | None = None):
+        self.sources, self.source_of, self.frame_of = sources, source_of, frame_of
+        self.image_size, self.fast = image_size, fast
+
+    def __len__(self) -> int:
+        return len(self.frame_of)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return AlignSamples(self.sources, self.source_of[index], self.frame_of[index], self.image_size, self.fast)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        return AlignSample(self, index % len(self))
+
+    def select(self, indices) -> "AlignSamples":
+        indices = np.asarray(indices, dtype=np.int64)
+        return AlignSamples(self.sources, self.source_of[indices], self.frame_of[indices], self.image_size, self.fast)
+
+    def keys(self) -> tuple[str, ...]:
+        return SAMPLE_KEYS + ("fast_tokens",) * (self.fast is not None)
+
+    def value(self, index: int, key: str):
+        """Field ``key`` of sample ``index``, read from its dataset now."""
+        source, frame = self.sources[self.source_of[index]], int(self.frame_of[index])
+        match key:
+            case "id":
+                return sample_id(source.dataset.repo_id, int(source.episode_index[frame]), int(source.frame_index[frame]))
+            case "repo_id":
+                return source.dataset.repo_id
+            case "episode_index":
+                return int(source.episode_index[frame])
+            case "frame_index":
+                return int(source.frame_index[frame])
+            case "task":
+                return source.task(frame)
+            case "state":
+                return None if source.state is None else source.state[frame].copy()
+            case "images":
+                item = source.dataset[frame]
+                return [to_pil(item[camera], self.image_size) for camera in source.cameras]
+            case "actions":
+                return source.chunk(frame)
+            case "action_names":
+                return source.action_names
+            case "fast_tokens" if self.fast is not None:
+                return [int(t) for t in self.fast.encode(source.chunk(frame)[None])[0]]
+        raise KeyError(key)
+
+
+class AlignSample(Mapping):
+    """One sample of ``AlignSamples``: a view whose values are read on access (``dict(sample)`` reads them all)."""
+
+    __slots__ = ("_samples", "_index")
+
+    def __init__(self, samples: AlignSamples, index: int):
+        self._samples, self._index = samples, index
+
+    def __getitem__(self, key: str):
+        return self._samples.value(self._index, key)
+
+    def __iter__(self):
+        return iter(self._samples.keys())
+
+    def __len__(self) -> int:
+        return len(self._samples.keys())
+
+
+def load_samples(cfg: AlignDataConfig, fast: FastTokenizer | None = None) -> AlignSamples:
+    """Alignment samples (id, task, images, state, actions; fast_tokens when ``fast`` is given), read lazily."""
     if not cfg.repo_ids:
         raise ValueError("No dataset given: pass --dataset.repo_ids='[user/name]' (and --dataset.roots for local ones).")
     roots = cfg.roots or [None] * len(cfg.repo_ids)
     opened = [open_dataset(repo_id, root, cfg, fast) for repo_id, root in zip(cfg.repo_ids, roots)]
-    frames = choose_frames([split_frames(source.dataset, cfg) for source in opened], cfg.num_samples, cfg.seed)
-    samples = [frame_sample(opened[d], frame, cfg) for d, frame in tqdm(frames, desc="alignment samples", unit="frame")]
-    if fast is not None:
-        attach_fast_tokens(samples, fast)
-    return samples
+    source_of, frame_of = choose_frames([split_frames(source.dataset, cfg) for source in opened], cfg.num_samples, cfg.seed)
+    return AlignSamples(opened, source_of, frame_of, cfg.image_size, fast)
 
 
-def attach_fast_tokens(samples: list[dict], fast: FastTokenizer) -> None:
-    """Store each sample's FAST tokens of its action chunk under ``fast_tokens``."""
-    tokens = fast.encode(np.stack([s["actions"] for s in samples]))
-    for sample, sample_tokens in zip(samples, tokens, strict=True):
-        sample["fast_tokens"] = [int(t) for t in sample_tokens]
+def attach_fast_tokens(samples: AlignSamples, fast: FastTokenizer) -> None:
+    """Give each sample ``fast_tokens``: the FAST tokens of its action chunk, encoded when read."""
+    samples.fast = fast
 
 
 def frame_sample(source: OpenedDataset, index: int, cfg: AlignDataConfig) -> dict:
-    dataset = source.dataset
-    item = dataset[index]
-    state = item["observation.state"].numpy() if cfg.include_state and "observation.state" in item else None
-    if state is not None and source.state_indices is not None:
-        state = state[source.state_indices]
-    episode, frame = int(item["episode_index"]), int(item["frame_index"])
-    return {
-        "id": sample_id(dataset.repo_id, episode, frame),
-        "repo_id": dataset.repo_id,
-        "episode_index": episode,
-        "frame_index": frame,
-        "task": item["task"],
-        "state": state,
-        "images": [to_pil(item[key], cfg.image_size) for key in source.cameras],
-        "actions": source.chunks[index].copy(),
-        "action_names": action_names(dataset),
-    }
+    """Frame ``index`` of ``source`` as a plain sample dict, images decoded."""
+    return dict(AlignSamples([source], np.zeros(1, dtype=np.int64), np.array([index]), cfg.image_size)[0])
 
 
 def action_names(dataset: LeRobotDataset) -> list[str] | None:

@@ -115,8 +115,8 @@ def test_the_record_keeps_which_state_entries_were_written(tmp_path):
     fmt = AlignmentFormat.from_data_config(cfg)
     fmt.save_pretrained(tmp_path)
     assert AlignmentFormat.from_pretrained(str(tmp_path)) == fmt and fmt.state_names == ("ee_x", "gripper_pose")
-    without = AlignmentFormat.from_data_config(AlignDataConfig(repo_ids=["r"], state_names=["ee_x"]))
-    assert without.state_names == ()  # no state in the prompt: nothing was chosen from it
+    with pytest.raises(ValueError, match="--dataset.include_state=true"):  # names without the state: refused
+        AlignDataConfig(repo_ids=["r"], state_names=["ee_x"])
 
 
 @pytest.mark.parametrize("template", ["{'task': None}", "Do {tsk}", "no task here"])
