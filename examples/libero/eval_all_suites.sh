@@ -3,7 +3,7 @@
 # (500 episodes per suite), step limits 220 / 280 / 300 / 520, then the summary table and plot.
 # Cameras at 256x256, the resolution the LIBERO training data was rendered at and openpi evaluates at
 # (LeRobot's default is 360x360); override with RESOLUTION=... for a dataset rendered otherwise.
-#   bash examples/libero/eval_all_suites.sh outputs/train/libero/checkpoints/last/pretrained_model
+#   bash examples/libero/eval_all_suites.sh outputs/paper/libero/checkpoints/last/pretrained_model
 set -euo pipefail
 POLICY=${1:?usage: eval_all_suites.sh <checkpoint>/pretrained_model [output_root]}
 OUT=${2:-outputs/eval/libero}

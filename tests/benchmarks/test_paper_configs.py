@@ -30,6 +30,6 @@ def test_paper_config_parses(name):
 
 def test_command_line_overrides_the_file():
     cfg = TrainPipelineConfig.from_pretrained(
-        str(PAPER / "libero.json"), cli_args=["--policy.vlm_model_name=outputs/align/grpo", "--steps=10"]
+        str(PAPER / "libero.json"), cli_args=["--policy.vlm_model_name=outputs/align/grpo/model", "--steps=10"]
     )
-    assert (cfg.policy.vlm_model_name, cfg.steps) == ("outputs/align/grpo", 10)
+    assert (cfg.policy.vlm_model_name, cfg.steps) == ("outputs/align/grpo/model", 10)
