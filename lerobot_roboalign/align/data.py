@@ -14,9 +14,10 @@ import torch
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from PIL import Image
-from tqdm.auto import tqdm
+from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ACTION_END, ACTION_START
+from lerobot_roboalign.align.vqa import open_images
 from lerobot_roboalign.fast import FastTokenizer
 
 logger = logging.getLogger(__name__)
@@ -80,10 +81,14 @@ def target_completion(reasoning: str, fast_tokens: list[int], vocabulary) -> str
     return answer_text(reasoning, vocabulary.format_span(fast_tokens))
 
 
-def longest_target_tokens(samples: list[dict], reasoning: dict[str, str], tokenizer, vocabulary) -> int:
-    """Tokens in the longest target completion (reasoning + markup + FAST span) over ``samples``."""
-    texts = [target_completion(reasoning.get(s["id"], ""), s["fast_tokens"], vocabulary) for s in samples]
-    return max(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) + 1  # + end of turn
+def longest_target_tokens(samples, reasoning: dict[str, str], tokenizer, vocabulary, batch: int = 1024) -> int:
+    """Tokens in the longest target completion (reasoning + markup + FAST span) over ``samples`` (in batches)."""
+    longest = 0
+    for start in range(0, len(samples), batch):
+        texts = [target_completion(reasoning.get(s["id"], ""), s["fast_tokens"], vocabulary)
+                 for s in samples[start : start + batch]]
+        longest = max(longest, *(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]))
+    return longest + 1  # + end of turn
 
 
 def check_completion_cap(cap: int, longest: int, option: str) -> None:
@@ -384,3 +389,65 @@ def frame_sample(source: OpenedDataset, index: int, cfg: AlignDataConfig) -> dic
 def action_names(dataset: LeRobotDataset) -> list[str] | None:
     names = dataset.meta.features["action"].get("names")
     return list(names) if isinstance(names, list) else None
+
+
+class SFTRows:
+    """The ``set_transform`` of the SFT dataset: prompt, completion and decoded images of the referenced rows.
+
+    An action row references a sample (its reasoning text stored beside it), a VQA row its conversation and
+    image files; the trainer's data loader calls this per batch, so images live only while their batch does.
+    """
+
+    def __init__(self, samples: AlignSamples, vocabulary):
+        self.samples, self.vocabulary = samples, vocabulary
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        rows = [self.row(*values) for values in zip(
+            batch["sample"], batch["reasoning"], batch["vqa_prompt"], batch["vqa_completion"], batch["image_paths"],
+            strict=True,
+        )]
+        return {key: [row[key] for row in rows] for key in ("prompt", "completion", "images")}
+
+    def row(self, index: int, reasoning: str, vqa_prompt: list, vqa_completion: list, paths: list[str]) -> dict:
+        if index < 0:
+            return {"prompt": vqa_prompt, "completion": vqa_completion, "images": open_images(paths)}
+        sample = self.samples[index]
+        target = answer_text(reasoning, self.vocabulary.format_span(sample["fast_tokens"]))
+        return {
+            "prompt": align_messages(sample["task"], sample["state"]),
+            "completion": [{"role": "assistant", "content": target}],
+            "images": sample["images"],
+        }
+
+
+def sft_dataset(samples: AlignSamples, reasoning: list[str], vocabulary, vqa: dict[str, list]) -> Dataset:
+    """SFT rows (action samples, then ``vqa`` rows from ``vqa.vqa_references``) as references, built when read."""
+    actions, others = len(samples), len(vqa["image_paths"])
+    references = {
+        "sample": list(range(actions)) + [-1] * others,
+        "reasoning": list(reasoning) + [""] * others,
+        "vqa_prompt": [[]] * actions + vqa["vqa_prompt"],
+        "vqa_completion": [[]] * actions + vqa["vqa_completion"],
+        "image_paths": [[]] * actions + vqa["image_paths"],
+    }
+    return Dataset.from_dict(references).with_transform(SFTRows(samples, vocabulary))
+
+
+class GRPORows:
+    """The ``set_transform`` of the GRPO dataset: prompt, decoded images and target FAST tokens of each sample."""
+
+    def __init__(self, samples: AlignSamples):
+        self.samples = samples
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        samples = [self.samples[index] for index in batch["sample"]]
+        return {
+            "prompt": [align_messages(s["task"], s["state"]) for s in samples],
+            "images": [s["images"] for s in samples],
+            "fast_tokens": [s["fast_tokens"] for s in samples],
+        }
+
+
+def grpo_dataset(samples: AlignSamples) -> Dataset:
+    """GRPO prompts as sample references, built when TRL's data loader reads them."""
+    return Dataset.from_dict({"sample": list(range(len(samples)))}).with_transform(GRPORows(samples))

@@ -37,8 +37,10 @@ from lerobot_roboalign.align.common import (
 )
 from lerobot_roboalign.align.data import (
     AlignDataConfig,
+    AlignSamples,
     align_messages,
     check_completion_cap,
+    grpo_dataset,
     load_samples,
     longest_target_tokens,
 )
@@ -100,12 +102,8 @@ def load_aligned(
     return model, processor, vocabulary, vocabulary.fast_tokenizer
 
 
-def build_dataset(samples: list[dict]) -> Dataset:
-    rows = [
-        {"prompt": align_messages(s["task"], s["state"]), "images": s["images"], "fast_tokens": s["fast_tokens"]}
-        for s in samples
-    ]
-    return Dataset.from_list(rows)
+def build_dataset(samples: AlignSamples) -> Dataset:
+    return grpo_dataset(samples)
 
 
 def grpo_args(cfg: AlignGRPOConfig):

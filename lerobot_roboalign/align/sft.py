@@ -11,7 +11,6 @@ mixed in at ``--vqa.ratio`` VQA samples per action sample (the paper: 1.88M VQA 
         --model.path=Qwen/Qwen2.5-VL-7B-Instruct --reasoning=reasoning.jsonl --training.output_dir=out/sft
 """
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,6 @@ from pathlib import Path
 import draccus
 import numpy as np
 from datasets import Dataset
-from PIL import Image
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
 from lerobot_roboalign.align.common import (
@@ -35,26 +33,18 @@ from lerobot_roboalign.align.common import (
 )
 from lerobot_roboalign.align.data import (
     AlignDataConfig,
-    align_messages,
-    answer_text,
+    AlignSamples,
     attach_fast_tokens,
     load_samples,
+    sft_dataset,
 )
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
+from lerobot_roboalign.align.vqa import VQAConfig, vqa_references
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.hub import check_repo_id
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class VQAConfig:
-    """Extra VQA data: a LLaVA-style JSON list of {"image": path(s), "conversations": [{"from", "value"}]}."""
-
-    path: Path | None = None
-    image_root: Path | None = None  # image paths in the JSON are relative to this (default: the JSON's folder)
-    ratio: float = 0.0  # VQA samples per action sample
 
 
 @dataclass
@@ -109,43 +99,10 @@ def reasoning_texts(samples: list[dict], path: Path | None) -> list[str]:
     return [rows[s["id"]]["reasoning"] for s in samples]
 
 
-def action_rows(samples: list[dict], reasoning: list[str], vocabulary: ActionVocabulary) -> list[dict]:
-    return [
-        {
-            "prompt": align_messages(s["task"], s["state"]),
-            "completion": [{"role": "assistant", "content": answer_text(text, vocabulary.format_span(s["fast_tokens"]))}],
-            "images": s["images"],
-        }
-        for s, text in zip(samples, reasoning, strict=True)
-    ]
-
-
-def vqa_rows(cfg: VQAConfig, count: int, seed: int) -> list[dict]:
-    """``count`` LLaVA conversations (drawn without replacement, cycling if the file is smaller)."""
-    if cfg.path is None or count == 0:
-        return []
-    records = json.loads(Path(cfg.path).read_text())
-    image_root = Path(cfg.image_root or Path(cfg.path).parent)
-    order = np.random.default_rng(seed).permutation(len(records))
-    return [llava_row(records[order[i % len(records)]], image_root) for i in range(count)]
-
-
-def llava_row(record: dict, image_root: Path) -> dict:
-    """A LLaVA record as prompt (all turns but the last answer) + completion (the last answer)."""
-    roles = {"human": "user", "gpt": "assistant"}
-    turns = [{"role": roles[t["from"]], "content": t["value"].replace("<image>", "").strip()} for t in record["conversations"]]
-    if turns[-1]["role"] != "assistant":
-        raise ValueError(f"VQA record {record.get('id')} does not end with a 'gpt' answer; fix or drop it.")
-    paths = record.get("image") or []
-    paths = [paths] if isinstance(paths, str) else paths
-    images = [Image.open(image_root / p).convert("RGB") for p in paths]
-    return {"prompt": turns[:-1], "completion": turns[-1:], "images": images}
-
-
-def build_dataset(cfg: AlignSFTConfig, samples: list[dict], vocabulary: ActionVocabulary) -> Dataset:
-    rows = action_rows(samples, reasoning_texts(samples, cfg.reasoning), vocabulary)
-    rows += vqa_rows(cfg.vqa, round(cfg.vqa.ratio * len(rows)), cfg.dataset.seed)
-    return Dataset.from_list(rows).shuffle(seed=cfg.dataset.seed)
+def build_dataset(cfg: AlignSFTConfig, samples: AlignSamples, vocabulary: ActionVocabulary) -> Dataset:
+    """Action then VQA rows as references (images decode in the data loader), shuffled."""
+    vqa = vqa_references(cfg.vqa, round(cfg.vqa.ratio * len(samples)), cfg.dataset.seed)
+    return sft_dataset(samples, reasoning_texts(samples, cfg.reasoning), vocabulary, vqa).shuffle(seed=cfg.dataset.seed)
 
 
 def train(cfg: AlignSFTConfig) -> Path:
