@@ -10,6 +10,7 @@ observations as it saw them in alignment (without the state text and action answ
 """
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-TOKEN_CACHE_SIZE = 64  # distinct (instructions, image shapes) prompts kept tokenised
+TOKEN_CACHE_SIZE = 1024  # prompts (instruction, image shapes) kept tokenised, least recently used dropped first
 TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # what the processor derives from the prompt
+PAD_VALUES = {"attention_mask": 0, "mm_token_type_ids": 0}  # input_ids pad with the tokenizer's pad id
 
 
 def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
@@ -94,7 +96,7 @@ class VLMBackbone(nn.Module):
         self.image_resolution = tuple(image_resolution)
         self.prompt_template = prompt_template
         self.dtype = dtype
-        self._token_cache: dict[tuple, dict[str, Tensor]] = {}
+        self._token_cache: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
 
     def build_prompts(self, tasks: list[str], num_images: int) -> list[str]:
         """One chat-formatted user turn per sample: every camera image, then the instruction."""
@@ -110,8 +112,8 @@ class VLMBackbone(nn.Module):
         """Model inputs for (B, 3, H, W) float images in [0, 1], one per camera, kept on their device.
 
         The images are resized and patchified where they are (the fast image processor takes a
-        ``device``), not copied to the CPU; the prompt is tokenised once per instruction (it only
-        changes between episodes) and its token ids reused for every chunk.
+        ``device``), not copied to the CPU; each instruction's prompt is tokenised once (it only
+        changes between episodes) and its token ids reused for every chunk, whatever it is batched with.
         """
         device = images[0].device
         # Bicubic with antialiasing, as alignment's PIL resize (align/data.py), so the pixels match alignment's.
@@ -120,27 +122,41 @@ class VLMBackbone(nn.Module):
             for img in images
         ]
         per_sample = [[camera[i] for camera in resized] for i in range(len(tasks))]
-        key = (tuple(tasks), tuple(tuple(img.shape) for img in resized))  # the shapes fix the image token count
-        text = self._token_cache.get(key)
-        if text is None:  # a new instruction: tokenise it with the full processor, once
-            inputs = self.processor(
-                text=self.build_prompts(tasks, len(images)),
-                images=[[img.cpu() for img in sample] for sample in per_sample],
-                return_tensors="pt",
-                padding=True,
-                do_rescale=False,
-            )
-            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
-                self._token_cache.clear()
-            self._token_cache[key] = {k: v for k, v in inputs.items() if k in TEXT_KEYS}
-        else:
-            pixels = self.processor.image_processor(
-                images=per_sample, return_tensors="pt", device=device, do_rescale=False
-            )
-            inputs = {**text, **pixels}
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        shapes = tuple(tuple(camera.shape[1:]) for camera in resized)  # they fix the image token count
+        text = self.pad([self.prompt_tokens(task, shapes) for task in tasks])
+        pixels = self.processor.image_processor(images=per_sample, return_tensors="pt", device=device, do_rescale=False)
+        inputs = {k: v.to(device) for k, v in {**text, **pixels}.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
+
+    def prompt_tokens(self, task: str, shapes: tuple[tuple[int, ...], ...]) -> dict[str, Tensor]:
+        """One prompt's token ids for images of ``shapes``, from the LRU cache or tokenised (with blank images)."""
+        key = (task, shapes)
+        if key in self._token_cache:
+            self._token_cache.move_to_end(key)
+            return self._token_cache[key]
+        blanks = [torch.zeros(shape) for shape in shapes]
+        inputs = self.processor(
+            text=self.build_prompts([task], len(shapes)), images=[blanks], return_tensors="pt", do_rescale=False
+        )
+        tokens = {k: v[0] for k, v in inputs.items() if k in TEXT_KEYS}
+        self._token_cache[key] = tokens
+        if len(self._token_cache) > TOKEN_CACHE_SIZE:
+            self._token_cache.popitem(last=False)
+        return tokens
+
+    def pad(self, prompts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Stack prompts as the processor pads a batch: on the tokenizer's side, with its pad id and mask 0."""
+        length = max(len(p["input_ids"]) for p in prompts)
+        left = self.processor.tokenizer.padding_side == "left"
+        values = {**PAD_VALUES, "input_ids": self.processor.tokenizer.pad_token_id}
+        return {
+            key: torch.stack([
+                F.pad(p[key], (length - len(p[key]), 0) if left else (0, length - len(p[key])), value=values[key])
+                for p in prompts
+            ])
+            for key in prompts[0]
+        }
 
     def image_token_count(self, num_cameras: int) -> int:
         """Image tokens per sample: fixed by the camera count and the resolution (one tokenisation of blanks)."""
