@@ -33,6 +33,8 @@ from lerobot.teleoperators import (  # noqa: F401
     so_leader,
 )
 
+from .configuration_roboalign import SAFETY_FLAGS
+from .processor_roboalign import DEFAULT_SAFETY_MAX_DELTA
 from .safety import MEASURED_STATE_STEP_NAME, SAFETY_STEP_NAME
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ PREPROCESSOR_FILE = "policy_preprocessor.json"
 # Joints that lerobot-calibrate does not record but sets to the full encoder turn (0..4095),
 # per arm family (koch_follower/koch_leader and so_follower/so_leader ``calibrate()`` in LeRobot 0.6.1).
 FULL_TURN_MOTORS = {"koch": ("shoulder_pan", "wrist_roll"), "so": ("wrist_roll",)}
+# Joints lerobot-calibrate records by moving them: never the full turn on that family (a file with it is another arm's).
+RECORDED_MOTORS = {"so": ("shoulder_pan",)}
+# Drive modes lerobot-calibrate writes (koch_leader inverts elbow_flex; the follower inverts nothing).
+DRIVE_MODES = {"koch_leader": {"elbow_flex": 1}, "koch_follower": {}}
 
 
 class CalibrationError(ValueError):
@@ -162,9 +168,37 @@ def _motor_problems(name: str, entry: dict, bus) -> list[str]:
             f"arm, but this file has [{low}, {high}]. Is it {other} calibration? Pass the right --robot.type "
             "or re-run lerobot-calibrate."
         )
+    if family in RECORDED_MOTORS and name in RECORDED_MOTORS[family] and (low, high) == (0, resolution_max):
+        problems.append(
+            f"motor '{name}': the full turn [0, {resolution_max}], which lerobot-calibrate never records for this "
+            "joint on an SO-100/SO-101 (it does on a Koch). Is it a Koch calibration? Pass the right --robot.type "
+            "or re-run lerobot-calibrate, moving this joint through its range."
+        )
     if entry["drive_mode"] not in (0, 1):
         problems.append(f"motor '{name}': drive_mode must be 0 or 1 (got {entry['drive_mode']}).")
     return problems
+
+
+def _role_problems(path: Path, data: dict, spec: DeviceSpec) -> list[str]:
+    """A leader's file given for a follower (or the reverse): by LeRobot's drive modes, else by its path."""
+    role, other = ("leader", "follower") if spec.type.endswith("_leader") else ("follower", "leader")
+    expected = DRIVE_MODES.get(spec.type)
+    if expected is not None:
+        wrong = {m: e.get("drive_mode") for m, e in data.items() if isinstance(e, dict)
+                 and e.get("drive_mode") != expected.get(m, 0)}  # fmt: skip
+        if wrong:
+            return [
+                f"drive modes {wrong} are not what lerobot-calibrate writes for a {spec.type} "
+                f"({expected or 'all 0'}): is it a {other}'s file? Pass the {role}'s calibration or "
+                f"--robot.type={spec.type.replace(role, other)}."
+            ]
+    names = [part.lower() for part in path.resolve().parts[-2:]]  # LeRobot's <kind>_<role>/<id>.json
+    if any(other in part for part in names):
+        return [
+            f"the path {path} names a {other} arm, but --robot.type={spec.type} is a {role}: pass the {role}'s "
+            f"calibration file, or --robot.type={spec.type.replace(role, other)}."
+        ]
+    return []
 
 
 def check_calibration(path: Path, spec: DeviceSpec) -> dict[str, MotorCalibration]:
@@ -189,6 +223,7 @@ def check_calibration(path: Path, spec: DeviceSpec) -> dict[str, MotorCalibratio
     for name in expected:
         if name in data:
             problems.extend(_motor_problems(name, data[name], bus))
+    problems.extend(_role_problems(path, data, spec))
     if problems:
         raise CalibrationError(
             f"Calibration file {path} is not valid for a {spec.type}:\n  - " + "\n  - ".join(problems)
@@ -270,6 +305,12 @@ def bind_to_checkpoint(
         at = names.index("unnormalizer_processor") + 1 if "unnormalizer_processor" in names else 0
         step = {"registry_name": SAFETY_STEP_NAME, "config": {"enabled": True}}
         steps.insert(at, step)
+    if max_delta is None and step["config"].get("max_delta") is None:
+        max_delta = DEFAULT_SAFETY_MAX_DELTA
+        logger.warning(
+            "The checkpoint's safety step had no rate limit: set max_delta=%s (joint units per control step). "
+            "Pass --max_delta to choose another.", max_delta,
+        )  # fmt: skip
     low, high = limits
     if not replace:
         low = _tighter(step["config"].get("joint_min"), low, max)
@@ -285,8 +326,23 @@ def bind_to_checkpoint(
     if max_delta is not None:
         step["config"]["max_delta"] = max_delta
     _link_processors(checkpoint, pipeline)
+    _unset_training_flags(checkpoint)
     config_path.write_text(json.dumps(pipeline, indent=2))
     return config_path, low, high
+
+
+def _unset_training_flags(checkpoint: Path) -> None:
+    """``safety_*`` saved in config.json by older versions would come back as rollout flags and override the
+    limits just bound (they are already in the safety step: it was built from them at training)."""
+    config_path = checkpoint / "config.json"
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    given = {k: config[k] for k in SAFETY_FLAGS if config.get(k) is not None}
+    if given:
+        logger.warning("Unset %s in %s: the bound limits apply unless given again at rollout.", given, config_path)
+        config.update(dict.fromkeys(given))
+        config_path.write_text(json.dumps(config, indent=4))
 
 
 def _split_positional(argv: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 from lerobot.configs import NormalizationMode, PreTrainedConfig, parser
@@ -12,6 +13,8 @@ from lerobot.policies.rtc import RTCConfig
 
 logger = logging.getLogger(__name__)
 BACKBONE_MODES = ("frozen", "lora", "full")
+# Rollout flags that override the checkpoint's safety step; saved unset (see RoboAlignConfig._save_pretrained).
+SAFETY_FLAGS = ("safety_enabled", "safety_max_delta", "safety_joint_min", "safety_joint_max")
 
 
 @PreTrainedConfig.register_subclass("roboalign")
@@ -72,16 +75,17 @@ class RoboAlignConfig(PreTrainedConfig):
     noise_beta_beta: float = 1.0
     noise_s: float = 0.999
 
-    # Safety on the way to the motors (real arms); see safety.py. Joint units: degrees on SO-100/101;
-    # on Koch -100..100 over the calibrated range (1 unit = 0.5% of the range). None: what the checkpoint's
-    # policy_postprocessor.json holds (at training: enabled, max_delta 5.0, the dataset's action min/max +
-    # margin). Given at rollout / eval, these override the checkpoint (e.g. to tighten the limits).
+    # Safety on the way to the motors (real arms); see safety.py and docs/safety.md. Joint units: degrees on
+    # SO-100/101 joints, 0..100 on their gripper; on Koch -100..100 over the calibrated range (gripper 0..100).
+    # None: what the checkpoint's policy_postprocessor.json holds (at training: these values, else enabled,
+    # max_delta 5.0, the dataset's action min/max + margin; then what `roboalign calibration check
+    # --checkpoint` bound). Given at rollout / eval, these override the checkpoint. Saved unset in config.json.
     safety_enabled: bool | None = None
     safety_max_delta: float | None = None  # largest change of a target per control step
     safety_joint_min: list[float] | None = None
     safety_joint_max: list[float] | None = None
     safety_limit_margin: float = 0.05
-    # Pairs this policy with its pre/post-processors' safety steps (they are saved and loaded apart).
+    # Names this policy in its processors' safety steps: a postprocessor of another checkpoint is refused.
     safety_link: str = field(default_factory=lambda: uuid.uuid4().hex)
     chunk_blend_steps: int = 4  # cross-fade this many steps of consecutive chunks (0: no blending)
 
@@ -137,6 +141,19 @@ class RoboAlignConfig(PreTrainedConfig):
                 f"head_hidden_size ({self.head_hidden_size}) must be divisible by head_num_heads "
                 f"({self.head_num_heads})."
             )
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Save with ``safety_*`` unset: at training they went into the saved safety step
+        (policy_postprocessor.json), where ``roboalign calibration check --checkpoint`` may tighten them; kept
+        in config.json they would come back as rollout flags and override the bound limits (docs/safety.md)."""
+        given = {name: getattr(self, name) for name in SAFETY_FLAGS}
+        try:
+            for name in given:
+                setattr(self, name, None)
+            super()._save_pretrained(save_directory)
+        finally:
+            for name, value in given.items():
+                setattr(self, name, value)
 
     def validate_features(self) -> None:
         if not self.image_features:

@@ -27,8 +27,8 @@ from .feature_norm import ImageTokenStandardizer
 from .hub import backbone_reference, peft_base_reference, shared_backbone_name
 from .precision import cast_trainable, vla_precision
 from .processor_roboalign import InputSpec, safety_overrides, validate_batch
-from .rtc import freeze_loaded_heap, hold_chunk, make_inpainting, prefix_batch, prefix_offset
-from .safety import ChunkBlender, safety_context
+from .rtc import freeze_loaded_heap, hold_chunk, make_inpainting, prefix_batch
+from .safety import ChunkBlender, SafetyContext
 
 logger = logging.getLogger(__name__)
 BACKBONE_INFO_FILE = "backbone.json"
@@ -91,8 +91,10 @@ class RoboAlignPolicy(PreTrainedPolicy):
         self._input_spec = InputSpec.from_config(config)
         self._configure_backbone_training()
         cast_trainable(self.backbone, self.backbone_precision.trainable)  # LoRA adapters start in the base's dtype
-        # --policy.safety_* given for this run override the checkpoint's safety step (loaded after this).
-        safety_context(config.safety_link).publish_overrides(safety_overrides(config))
+        # This instance's own context with its processors' safety steps (safety.py); --policy.safety_* given for
+        # this run override the checkpoint's safety step (loaded after this).
+        self.safety_context = SafetyContext(link=config.safety_link)
+        self.safety_context.publish_overrides(safety_overrides(config))
         self.rtc_dropped_chunks = 0
         self.init_rtc_processor()
         self.reset()
@@ -167,8 +169,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         ``lerobot-eval`` resets only the policy, not its postprocessor, hence the shared context.
         """
         self._blender = ChunkBlender(self.config.chunk_blend_steps)
-        self._rtc_last_chunk: Tensor | None = None  # the last RTC chunk, in which to find the next prefix
-        safety_context(self.config.safety_link).new_episode()
+        self.safety_context.new_episode()
 
     # ---- model --------------------------------------------------------------------
     def _features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -234,24 +235,16 @@ class RoboAlignPolicy(PreTrainedPolicy):
         Under RTC (``inference_delay`` given) the chunk continues ``prev_chunk_left_over``, and since
         RTC bypasses ``select_action`` and its blender, a non-finite chunk is caught here: the arm
         finishes the previous chunk and holds its last action; with no previous chunk it raises, so
-        LeRobot's engine retries and nothing reaches the motors. The safety step is told which row of
-        the previous chunk this one continues (``SafetyContext.chunk_link``), so it rate-limits the
-        switch against the targets the arm was sent rather than the lagging measured joints.
+        LeRobot's engine retries and nothing reaches the motors. The safety step guards each row when the
+        engine sends it (safety.py).
         """
+        self.safety_context.enter()
         validate_batch(self._input_spec, batch, require_action=False)
         features, mask = self._features(batch)
         inpainting = self._inpainting(prev_chunk_left_over, inference_delay, features.shape[0])
         chunk = self.head.sample(features, mask, self._state(batch), inpainting)
         if inference_delay is None:
             return chunk
-        context = safety_context(self.config.safety_link)
-        context.hold_from = None
-        if prev_chunk_left_over is None:  # the engine's first chunk: offset 0 tells the safety step to hold
-            offset = 0
-        else:
-            offset = None if inpainting is None else prefix_offset(self._rtc_last_chunk, inpainting.prefix)
-        context.chunk_link = None if offset is None else (offset, int(inference_delay))
-        self._rtc_last_chunk = chunk.detach().float().clone()
         if torch.isfinite(chunk).all():
             return chunk
         self.rtc_dropped_chunks += 1
@@ -261,9 +254,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
                 "nothing is sent to the arm. Check the cameras/state and the checkpoint's normalisation stats."
             )
         logger.warning("RoboAlign safety: non-finite RTC chunk dropped; finishing the previous chunk, then holding.")
-        context.hold_from = min(inpainting.prefix.shape[1], self.config.chunk_size)
-        self._rtc_last_chunk = hold_chunk(inpainting.prefix.to(chunk), self.config.chunk_size)
-        return self._rtc_last_chunk.clone()
+        return hold_chunk(inpainting.prefix.to(chunk), self.config.chunk_size)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
@@ -273,10 +264,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
         of consecutive chunks are cross-faded, and a non-finite chunk is dropped (the arm finishes
         the previous one, then holds) instead of reaching the motors.
         """
+        self.safety_context.enter()
         if self._blender.needs_chunk():
             self._blender.push(self.predict_action_chunk(batch)[:, : self.config.n_action_steps])
         action = self._blender.pop()
-        safety_context(self.config.safety_link).hold_from = 0 if self._blender.holding else None
+        self.safety_context.hold = self._blender.holding
         return action
 
     # ---- checkpoints ----------------------------------------------------------------

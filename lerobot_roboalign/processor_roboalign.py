@@ -56,6 +56,18 @@ def _check_dim(batch: dict[str, Any], key: str, expected: int | None, fix: str) 
         raise ValueError(f"'{key}' has dimension {actual} but the policy expects {expected}. Fix: {fix}")
 
 
+def _check_batch_sizes(spec: InputSpec, batch: dict[str, Any]) -> None:
+    """Every camera and the state carry the same number of samples (B), or the model fails deep inside."""
+    ranks = {**dict.fromkeys(spec.cameras, 4), **({OBS_STATE: 2} if spec.state_dim is not None else {})}
+    sizes = {k: int(batch[k].shape[0]) for k, rank in ranks.items() if getattr(batch.get(k), "ndim", 0) == rank}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"Batch size mismatch: {sizes} (first dimension). Every camera and observation.state must hold one "
+            "row per sample. Fix: batch them together (one state row per frame; add the batch dimension to "
+            "both, or to neither, e.g. state of shape (B, D) with images of shape (B, C, H, W))."
+        )
+
+
 def validate_batch(spec: InputSpec, batch: dict[str, Any], require_action: bool) -> None:
     """Fail early, naming the key and the fix, instead of deep inside the backbone or normaliser."""
     for camera in spec.cameras:
@@ -79,6 +91,7 @@ def validate_batch(spec: InputSpec, batch: dict[str, Any], require_action: bool)
             spec.action_dim,
             "train on a dataset whose action matches policy.output_features, or start a new policy.",
         )
+    _check_batch_sizes(spec, batch)
     tasks = batch.get("task")
     tasks = [tasks] if isinstance(tasks, str) else tasks
     if not tasks or any(not isinstance(t, str) or not t.strip() for t in tasks):

@@ -162,26 +162,6 @@ def make_inpainting(
     raise ValueError(f"rtc_mode={mode!r} is not one of {RTC_MODES}: set --policy.rtc_mode=guided or hard.")
 
 
-def prefix_offset(previous: Tensor | None, prefix: Tensor) -> int | None:
-    """Row of ``previous`` (the policy's last chunk) at which ``prefix`` (its unexecuted rest) starts.
-
-    LeRobot's engine passes the rest of the previous chunk without saying how far into it the arm
-    is; the safety step needs that to align the new chunk with the targets the arm was sent.
-    The engine's queue keeps a chunk's tail, so the prefix is a suffix of ``previous``: the search
-    runs from the end, or a held chunk (its last row repeated) would match too early and the
-    safety step would step back one row at every chunk. None when the prefix is not a slice of
-    ``previous`` (e.g. re-anchored relative actions).
-    """
-    if previous is None or previous.shape[0] != prefix.shape[0] or previous.shape[-1] != prefix.shape[-1]:
-        return None
-    rows = prefix.shape[1]
-    prefix = prefix.to(previous)
-    for offset in reversed(range(previous.shape[1] - rows + 1)):
-        if torch.equal(previous[:, offset : offset + rows], prefix):
-            return offset
-    return None
-
-
 def hold_chunk(prefix: Tensor, chunk_size: int) -> Tensor:
     """The prefix, then its last action held: what the arm does when a new chunk is unusable."""
     prefix = prefix[:, :chunk_size]

@@ -1,37 +1,35 @@
-"""Safety between a RoboAlign policy and a real arm's motors.
+"""Safety between a RoboAlign policy and a real arm's motors: one invariant at the last point before them.
 
-Three pieces:
+The invariant (docs/safety.md): every command sent is finite, inside the joint limits, within ``max_delta``
+of the previous command sent and within ``max_delta`` per control step of the joints last measured; with no
+fresh measurement the command is refused and the arm holds. :class:`CommandGuard` enforces it, one command
+at a time, where each entry point hands a command to the robot:
 
-* :class:`ChunkBlender` runs inside the policy's ``select_action`` (normalised space). It
-  owns the action queue: a chunk with non-finite values is dropped (the arm finishes the
-  previous chunk, then holds its last action), and a new chunk is cross-faded into the
-  remainder of the previous one so the arm does not jerk at chunk boundaries.
-* :class:`RoboAlignMeasuredStateStep` (preprocessor, before normalisation) hands the joint
-  positions measured in each observation to the safety step through a :class:`SafetyContext`.
-* :class:`RoboAlignActionSafetyStep` is the last word before the robot (postprocessor,
-  joint units after unnormalisation): non-finite targets are replaced by the last safe
-  target, targets are clamped to the joint limits (calibrated ranges, or the dataset's
-  action range) and rate-limited per control step. After a reset (every episode) the rate
-  limit starts from the measured joint position, so a stale target cannot make the arm jump.
-  A whole (B, T, A) chunk from LeRobot's RTC engine, which executes it from an index the step
-  does not know (about the inference delay), is time-aligned with the previous chunk by the
-  policy and kept within ``max_delta`` of the previous chunk's targets one and two steps earlier
-  on the rows where the switch can happen, so the switch is within the rate limit; it is not pulled
-  back to the measured joints, which lag behind the targets while the arm moves. The engine's
-  first chunk holds the measured joints (the next one moves off at the rate limit).
+* ``lerobot-rollout`` (sync), ``lerobot-eval``, DAgger on the sync engine, the async server: the
+  postprocessor's :class:`RoboAlignActionSafetyStep` on each (B, A) action;
+* ``lerobot-rollout --inference.type=rtc`` (and DAgger on it): the step returns the chunk as
+  :class:`GuardedRows`, whose rows pass the guard when LeRobot's ``ActionQueue.get()`` hands one to the
+  control loop, so the guard sees the rows in the order the arm gets them, whatever the inference latency;
+* the async client: :class:`lerobot_roboalign.async_inference.RoboAlignRobotClient`, after LeRobot's chunk
+  aggregation, with the joints read from the bus right before each command.
 
-The pre- and post-processor are saved and loaded separately by LeRobot, so they meet in a
-:class:`SafetyContext` keyed by ``link`` (a random id written into both at training and into
-the policy config). The policy publishes its ``--policy.safety_*`` settings there (they override
-the saved step, so limits can be tightened at deployment) and ``policy.reset()`` marks a new
-episode there (``lerobot-eval`` resets only the policy).
+:class:`ChunkBlender` (inside ``select_action``) drops non-finite chunks and cross-fades chunk boundaries.
+:class:`RoboAlignMeasuredStateStep` (preprocessor) takes the measured joints. The policy, its preprocessor
+and its postprocessor are loaded apart; they meet per thread: the preprocessor leaves its measurement in
+a thread-local slot, the policy instance takes it into its own :class:`SafetyContext` (with its
+``--policy.safety_*`` settings and its resets) and the postprocessor that runs next in that thread uses
+that context. LeRobot runs pre -> policy -> post in one thread in every engine, so two policies in one
+process never share a context, whatever their checkpoints' ``safety_link``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +44,7 @@ logger = logging.getLogger(__name__)
 SAFETY_STEP_NAME = "roboalign_action_safety"
 MEASURED_STATE_STEP_NAME = "roboalign_measured_state"
 OVERRIDABLE = ("enabled", "max_delta", "joint_min", "joint_max")
+DEFAULT_MAX_MEASUREMENT_AGE_S = 3.0
 
 
 class ChunkBlender:
@@ -107,47 +106,61 @@ class ChunkBlender:
         return self._last
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """Joint positions from one observation (raw ``observation.state``) and when they were taken."""
+
+    joints: torch.Tensor | None
+    time: float
+
+
+_LOCAL = threading.local()  # per thread: the preprocessor's last measurement, the policy context that ran last
+
+
 @dataclass
 class SafetyContext:
-    """What a policy, its preprocessor and its postprocessor share (they are built and loaded apart)."""
+    """What one policy instance shares with the processor steps that run around it (one per policy)."""
 
-    measured_state: torch.Tensor | None = None  # raw observation.state of the latest observation
+    link: str | None = None
+    measurement: Measurement | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --policy.safety_* given for this run
     overrides_version: int = 0
     episode: int = 0
-    hold_from: int | None = None  # the next action (or chunk rows from this index) holds the last safe target
-    # RTC: (row of the policy's previous chunk at which the next chunk starts, the inference delay in control
-    # steps the policy was given); offset 0: the engine's first chunk; None: unknown (other policies, or the
-    # prefix was not the previous chunk's)
-    chunk_link: tuple[int, int] | None = None
+    reset_time: float = 0.0  # when the policy was last reset (measurements before it are stale)
+    hold: bool = False  # the policy's blender is holding: the next command repeats the last one
 
-    def take_hold(self) -> int | None:
-        """Consume the policy's hold request for the next action or chunk."""
-        hold_from, self.hold_from = self.hold_from, None
-        return hold_from
-
-    def take_chunk_link(self) -> tuple[int, int] | None:
-        """Consume the policy's note of where the next chunk continues the previous one."""
-        link, self.chunk_link = self.chunk_link, None
-        return link
+    def enter(self) -> None:
+        """The policy runs in this thread: take the preprocessor's measurement, serve the next postprocessor."""
+        measurement = getattr(_LOCAL, "measurement", None)
+        if measurement is not None:
+            self.measurement, _LOCAL.measurement = measurement, None
+        _LOCAL.context = self
 
     def publish_overrides(self, overrides: dict[str, Any]) -> None:
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
         self.overrides_version += 1
 
     def new_episode(self) -> None:
-        """The env / arm was reset: forget the last observation; safety steps restart at their next action."""
-        self.measured_state = None
-        self.chunk_link = None
+        """The env / arm was reset: forget the measurement; safety steps restart at their next command."""
+        self.measurement = None
+        self.hold = False
         self.episode += 1
+        self.reset_time = time.perf_counter()
 
 
-_CONTEXTS: dict[str, SafetyContext] = {}
+def note_measurement(joints: torch.Tensor | None) -> None:
+    """Preprocessor side: a new observation starts a pre -> policy -> post round in this thread."""
+    _LOCAL.measurement, _LOCAL.context = Measurement(joints, time.perf_counter()), None
 
 
-def safety_context(link: str | None) -> SafetyContext:
-    """The context shared by everything saved with ``link`` (checkpoints without one share ``""``)."""
-    return _CONTEXTS.setdefault(link or "", SafetyContext())
+def current_context(fallback: SafetyContext) -> SafetyContext:
+    """The context of the policy that ran last in this thread, else ``fallback`` (a step used without a policy)."""
+    context = getattr(_LOCAL, "context", None)
+    if context is None:
+        fallback.enter()
+        _LOCAL.context = None
+        return fallback
+    return context
 
 
 def _per_joint(value: float | list[float] | None, dim: int, name: str) -> torch.Tensor | None:
@@ -211,21 +224,234 @@ def limits_from_stats(stats: dict[str, Any], margin: float) -> tuple[list[float]
     return (low - pad).tolist(), (high + pad).tolist()
 
 
+@dataclass
+class Limits:
+    """The settings in force for one command (after ``--policy.safety_*`` overrides)."""
+
+    max_delta: torch.Tensor | None
+    low: torch.Tensor | None
+    high: torch.Tensor | None
+    anchor_to_state: bool = True
+    max_measurement_age_s: float = DEFAULT_MAX_MEASUREMENT_AGE_S
+
+
+class CommandGuard:
+    """The invariant, one command at a time, in the order the arm receives them.
+
+    Clamps, in order (each a method, the seams the mutation test removes one at a time):
+    ``_fresh_measurement`` (refuse/hold without a fresh one), ``_replace_non_finite``, ``_clamp_to_limits``,
+    ``_clamp_to_previous`` (max_delta from the previous command sent), ``_clamp_to_measured`` (max_delta per
+    step sent since the measurement, from the measured joints), ``_hold_if_apart`` (previous command and
+    measurement too far apart for both: the arm was moved, e.g. a DAgger correction: hold where it is).
+    A measurement is fresh if it was taken after the last :meth:`reset` and at most
+    ``max_measurement_age_s`` ago; a chunk computed before a reset therefore never moves the arm.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ever_measured = False  # measurements exist for this arm (kept across resets)
+        self.reset()
+
+    def reset(self, at: float | None = None) -> None:
+        """Forget the commands sent and the measurement; measurements taken before ``at`` (now) are stale."""
+        with getattr(self, "_lock", threading.Lock()):
+            self.last_sent: torch.Tensor | None = None
+            self.measurement: Measurement | None = None
+            self.reset_time = time.perf_counter() if at is None else at
+            self.anchored = False  # the last command was compared with a measurement
+            self._sent_times: deque[float] = deque(maxlen=4096)
+            self.holds = 0  # commands held (no fresh measurement, or arm moved away from the last command)
+
+    def observe(self, measurement: Measurement | None) -> None:
+        """A measurement is only taken if it is newer than the last reset (not from an in-flight inference)."""
+        if measurement is None or measurement.joints is None:
+            return
+        with self._lock:
+            self.ever_measured = True
+            if measurement.time > self.reset_time and (
+                self.measurement is None or measurement.time >= self.measurement.time
+            ):
+                self.measurement = measurement
+
+    def command(self, target: torch.Tensor, limits: Limits, hold: bool = False) -> torch.Tensor | None:
+        """The (B, A) command to send for ``target``, or None: refused (nothing known to hold at)."""
+        with self._lock:
+            safe = target.detach().to("cpu", torch.float32).clone()
+            if self.last_sent is not None and self.last_sent.shape != safe.shape:
+                self.last_sent = None  # a new batch of envs (e.g. lerobot-eval's last, smaller batch)
+            applies, measured, reach = self._fresh_measurement(safe, limits)
+            self.anchored = applies
+            if hold or (applies and measured is None):
+                return self._hold(safe, measured, limits)
+            fallback = self.last_sent if self.last_sent is not None else measured
+            safe = self._replace_non_finite(safe, fallback)
+            if safe is None:
+                return None
+            safe = self._clamp_to_limits(safe, limits)
+            safe = self._clamp_to_previous(safe, limits)
+            safe = self._clamp_to_measured(safe, measured, reach)
+            safe = self._hold_if_apart(safe, measured, reach, limits)
+            return self._sent(safe, target)
+
+    # ---- the clamps --------------------------------------------------------------------------------
+    def _fresh_measurement(
+        self, like: torch.Tensor, limits: Limits
+    ) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
+        """(measurement applies to these commands, the fresh measured joints or None, how far from them).
+
+        It applies to absolute joint targets whose measurement has the action's shape; then a measurement
+        older than the last reset or than ``max_measurement_age_s`` is no measurement.
+        """
+        if not (limits.anchor_to_state and self.ever_measured):
+            return False, None, None
+        measurement, now = self.measurement, time.perf_counter()
+        joints = None if measurement is None else measurement.joints
+        if joints is None or joints.shape[-1] != like.shape[-1] or joints.numel() % like.shape[-1]:
+            return joints is not None and joints.shape[-1] == like.shape[-1], None, None
+        joints = joints.reshape(-1, like.shape[-1]).to(like)  # float32, as the commands
+        if joints.shape[0] not in (1, like.shape[0]) or not torch.isfinite(joints).all():
+            return True, None, None
+        if measurement.time <= self.reset_time or now - measurement.time > limits.max_measurement_age_s:
+            return True, None, None
+        steps = 1 + sum(t > measurement.time for t in self._sent_times)
+        reach = None if limits.max_delta is None else limits.max_delta.double() * steps
+        return True, joints.expand_as(like).clone(), reach
+
+    def _replace_non_finite(self, safe: torch.Tensor, fallback: torch.Tensor | None) -> torch.Tensor | None:
+        bad = ~torch.isfinite(safe).all(dim=-1)
+        if not bad.any():
+            return safe
+        if fallback is None:
+            return None
+        logger.warning("RoboAlign safety: non-finite action replaced by the last safe command (holding).")
+        safe[bad] = fallback.to(safe).expand_as(safe)[bad]
+        return safe
+
+    def _clamp_to_limits(self, safe: torch.Tensor, limits: Limits) -> torch.Tensor:
+        if limits.low is None:
+            return safe
+        return _clamp_between(safe, limits.low.double(), limits.high.double())
+
+    def _clamp_to_previous(self, safe: torch.Tensor, limits: Limits) -> torch.Tensor:
+        if limits.max_delta is None or self.last_sent is None:
+            return safe
+        previous, step = self.last_sent.double(), limits.max_delta.double()
+        return _clamp_between(safe, previous - step, previous + step)
+
+    def _clamp_to_measured(
+        self, safe: torch.Tensor, measured: torch.Tensor | None, reach: torch.Tensor | None
+    ) -> torch.Tensor:
+        if measured is None or reach is None:
+            return safe
+        return _clamp_between(safe, measured.double() - reach, measured.double() + reach)
+
+    def _hold_if_apart(
+        self, safe: torch.Tensor, measured: torch.Tensor | None, reach: torch.Tensor | None, limits: Limits
+    ) -> torch.Tensor:
+        """Previous command and measurement more than max_delta + reach apart: no command is within both."""
+        if measured is None or reach is None or self.last_sent is None or limits.max_delta is None:
+            return safe
+        apart = ((self.last_sent.double() - measured.double()).abs() > limits.max_delta.double() + reach).any(dim=-1)
+        if apart.any():
+            self.holds += 1
+            safe[apart] = self._clamp_to_limits(measured, limits)[apart]
+        return safe
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def _hold(self, like: torch.Tensor, measured: torch.Tensor | None, limits: Limits) -> torch.Tensor | None:
+        """Repeat the last command; right after a reset, stay at the measured joints; else refuse."""
+        self.holds += 1
+        if self.last_sent is not None:
+            return self._sent(self.last_sent.clone(), like)
+        if measured is not None:
+            return self._sent(self._clamp_to_limits(measured, limits), like)
+        return None
+
+    def _sent(self, safe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        self.last_sent = safe.clone()
+        self._sent_times.append(time.perf_counter())
+        return safe.to(like.dtype if like.dtype.is_floating_point else torch.float32)
+
+
+def _clamp_between(safe: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Clamp float32 ``safe`` into [low, high] (float64), rounded inwards: the float32 result that LeRobot
+    hands on unchanged (tensor -> float -> tensor) is inside the exact bounds, not an ulp beyond them."""
+    low32, high32 = low.float(), high.float()
+    low32 = torch.where(low32.double() < low, torch.nextafter(low32, torch.full_like(low32, math.inf)), low32)
+    high32 = torch.where(high32.double() > high, torch.nextafter(high32, torch.full_like(high32, -math.inf)), high32)
+    return torch.maximum(torch.minimum(safe, high32.expand_as(safe)), low32.expand_as(safe))
+
+
+class _Refused:
+    """What a refused RTC row reads as: LeRobot's ``ActionQueue.get()`` returns ``row.clone()``, here None,
+    which its engine reports as 'no action ready' (the arm keeps its last goal)."""
+
+    def clone(self) -> None:
+        return None
+
+
+class GuardedRows(torch.Tensor):
+    """A postprocessed RTC chunk whose rows pass a :class:`CommandGuard` when read one at a time.
+
+    LeRobot's RTC engine keeps the chunk in its ``ActionQueue`` (slices, clones, concatenations keep this
+    type) and its control loop takes each command with ``queue[i]`` (an int index of the 2-D queue): that
+    read, in the control thread, is the last point before the motors that the plugin can reach.
+    """
+
+    _send: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+
+    @staticmethod
+    def wrap(chunk: torch.Tensor, send: Callable[[torch.Tensor], torch.Tensor | None]) -> GuardedRows:
+        rows = chunk.as_subclass(GuardedRows)
+        rows._send = send
+        return rows
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        source = _first_guarded(args)
+        if func is torch.Tensor.__getitem__ and source is args[0] and _is_row_read(args[0], args[1]):
+            with torch._C.DisableTorchFunctionSubclass():
+                row = torch.Tensor.__getitem__(args[0], args[1])
+            sent = source._send(row)
+            return _Refused() if sent is None else sent
+        result = super().__torch_function__(func, types, args, kwargs)
+        for out in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(out, GuardedRows) and source is not None:
+                out._send = source._send
+        return result
+
+
+def _is_row_read(rows: torch.Tensor, index: Any) -> bool:
+    return isinstance(index, int) and not isinstance(index, bool) and rows.dim() == 2
+
+
+def _first_guarded(args: Any) -> GuardedRows | None:
+    for arg in args:
+        if isinstance(arg, GuardedRows):
+            return arg
+        if isinstance(arg, (tuple, list)):
+            found = _first_guarded(arg)
+            if found is not None:
+                return found
+    return None
+
+
 @ProcessorStepRegistry.register(name=MEASURED_STATE_STEP_NAME)
 @dataclass
 class RoboAlignMeasuredStateStep(ProcessorStep):
     """Preprocessor step: hands the raw ``observation.state`` (before normalisation) to the safety step.
 
-    Without it the safety step cannot know where the arm is after a reset, so it could not
-    rate-limit the first action of an episode nor a chunk computed from a new observation.
+    Without it the safety step could not know where the arm is, so it could not keep a command within
+    ``max_delta`` of the measured joints, nor tell a fresh measurement from one taken before a reset.
+    ``link`` is kept for checkpoints that name their policy (see :meth:`RoboAlignActionSafetyStep._check_link`).
     """
 
     link: str | None = None
 
     def __call__(self, transition: dict) -> dict:
         state = (transition.get(TransitionKey.OBSERVATION) or {}).get(OBS_STATE)
-        measured = None if state is None else torch.as_tensor(state).detach().to("cpu", torch.float32).clone()
-        safety_context(self.link).measured_state = measured
+        note_measurement(None if state is None else torch.as_tensor(state).detach().to("cpu", torch.float32).clone())
         return transition
 
     def get_config(self) -> dict[str, Any]:
@@ -240,38 +466,26 @@ class RoboAlignMeasuredStateStep(ProcessorStep):
 @dataclass
 @ProcessorStepRegistry.register(name=SAFETY_STEP_NAME)
 class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
-    """Make every action finite, within joint limits and within ``max_delta`` of the previous one.
+    """The last word of the policy before the robot: every command passes a :class:`CommandGuard`.
 
-    Works on (B, A) actions (one per control step: LeRobot's sync engine, ``lerobot-eval``,
-    each action of the async server's chunk) and on (B, T, A) chunks (RTC engine; processed in
-    time order). The "previous" target is the last emitted one, except after :meth:`reset` and
-    ``policy.reset()``: then it is the joint position measured in the latest observation (when
-    ``anchor_to_state`` and the state has the action's shape; otherwise the first target is only
-    clamped). A (B, T, A) chunk that the policy says continues the previous chunk from row ``o``
-    with an inference delay of ``d`` steps (``SafetyContext.chunk_link``) starts from the previous
-    chunk's row ``o - 1``, and each row ``k <= d + 1`` also stays within ``max_delta`` of the
-    previous chunk's rows ``o + k - 2`` and ``o + k - 1``: LeRobot's engine sends the new chunk from
-    row ``k`` = the delay of this inference (``d`` or less unless it is slower than the recent ones)
-    after the old chunk up to row ``o + k - 1``, or ``o + k - 2`` when the loop ran one step less than
-    the delay it computes, so the switch is rate-limited too; later rows are free to turn at the rate
-    limit. The engine's first chunk (offset 0) holds the measured joints: the engine sends it from a
-    row the step cannot know, before its loop and the control loop are in step, so any moving row
-    could be the first action sent. Without a note (other callers) a chunk starts from the measured
-    joints.
-    Limits are plain lists in the saved config
-    so an arm's calibrated ranges can be bound to a checkpoint (``roboalign calibration check
-    --checkpoint``); the policy's ``--policy.safety_*`` settings override them at load time.
+    (B, A) actions (LeRobot's sync engine, ``lerobot-eval``, each action of the async server's chunk) are
+    guarded here, in order. A (B, T, A) chunk (RTC engine) is returned as :class:`GuardedRows`: its rows are
+    guarded when the engine's queue hands them to the control loop, since only then is it known which row
+    follows which command. A chunk computed from an observation older than the last reset is refused
+    (LeRobot's engine logs the error and infers again). Limits are plain lists in the saved config so an
+    arm's calibrated ranges can be bound to a checkpoint (``roboalign calibration check --checkpoint``);
+    the policy's ``--policy.safety_*`` settings override them at load time (docs/safety.md: precedence).
 
     Attributes:
         enabled: turn the whole step off (not advised on a real arm).
-        max_delta: largest change of a target per control step, one value or one per joint
-            (joint units: degrees on SO-100/101; on Koch -100..100 over the calibrated range,
-            so 1 unit is 0.5% of the range).
+        max_delta: largest change of a command per control step, one value or one per joint (joint units:
+            degrees on SO-100/101 joints, 0..100 on their gripper; -100..100 over the calibrated range on Koch).
         joint_min / joint_max: per-joint limits; ``None`` derives them from ``dataset_stats``.
         limit_margin: widening of dataset-derived limits, as a fraction of each joint's range.
-        anchor_to_state: actions are absolute targets in the units of ``observation.state``
-            (true for SO-100/101/Koch joint-position control); false for delta actions.
-        link: id shared with the preprocessor's measured-state step and the policy config.
+        anchor_to_state: actions are absolute targets in the units of ``observation.state`` (true for
+            SO-100/101/Koch joint-position control; delta actions are never compared to the state).
+        max_measurement_age_s: a measurement older than this is none: the arm holds.
+        link: the ``safety_link`` of the policy saved with this step (a mismatch is refused).
         dataset_stats: LeRobot stats, only read at construction (not saved).
     """
 
@@ -281,15 +495,16 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     joint_max: list[float] | None = None
     limit_margin: float = 0.05
     anchor_to_state: bool = True
+    max_measurement_age_s: float = DEFAULT_MAX_MEASUREMENT_AGE_S
     link: str | None = None
     dataset_stats: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
-    _last_safe: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _guard: CommandGuard = field(default_factory=CommandGuard, init=False, repr=False)
+    _own: SafetyContext = field(default_factory=SafetyContext, init=False, repr=False)
     _saved: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
-    _seen_overrides: int = field(default=-1, init=False, repr=False)
-    _seen_episode: int = field(default=0, init=False, repr=False)
+    _seen_overrides: tuple[int, int] | None = field(default=None, init=False, repr=False)
+    _seen_episode: tuple[int, int] | None = field(default=None, init=False, repr=False)
     _warned_no_state: bool = field(default=False, init=False, repr=False)
     _pin_next: bool = field(default=False, init=False, repr=False)
-    _last_chunk: torch.Tensor | None = field(default=None, init=False, repr=False)  # (B, T, A) as emitted
 
     def __post_init__(self) -> None:
         validate_limits(None, self.joint_min, self.joint_max)
@@ -304,10 +519,12 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
             )
         self.dataset_stats = None
         validate_limits(self.max_delta, self.joint_min, self.joint_max)
+        if not (math.isfinite(self.max_measurement_age_s) and self.max_measurement_age_s > 0):
+            raise ValueError(
+                f"RoboAlign safety: max_measurement_age_s must be finite and > 0 (got {self.max_measurement_age_s})."
+            )
         self._saved = {k: getattr(self, k) for k in OVERRIDABLE}
-        context = safety_context(self.link)
-        self._seen_episode = context.episode
-        self._sync_overrides(context)
+        self._own.link = self.link
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -317,37 +534,21 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
             "joint_max": self._saved["joint_max"],
             "limit_margin": self.limit_margin,
             "anchor_to_state": self.anchor_to_state,
+            "max_measurement_age_s": self.max_measurement_age_s,
             "link": self.link,
         }
 
-    def _sync_overrides(self, context: SafetyContext) -> None:
-        """Apply the policy's ``--policy.safety_*`` over the saved settings; log which limits are in force."""
-        if context.overrides_version == self._seen_overrides:
-            return
-        settings = {**self._saved, **context.overrides}
-        validate_limits(settings["max_delta"], settings["joint_min"], settings["joint_max"])
-        for key, value in settings.items():
-            setattr(self, key, value)
-        self._seen_overrides = context.overrides_version
-        given = sorted(context.overrides) or "none"
-        logger.info(
-            "RoboAlign safety in force: enabled=%s max_delta=%s joint_min=%s joint_max=%s (overridden by "
-            "--policy.safety_*: %s; the rest from the checkpoint's policy_postprocessor.json)",
-            self.enabled, self.max_delta, _fmt(self.joint_min), _fmt(self.joint_max), given,
-        )  # fmt: skip
-
     def reset(self) -> None:
-        """Forget the last target: the next one is rate-limited against the measured joint position."""
-        self._last_safe = None
+        """New episode (LeRobot's engines reset the postprocessor): the next command starts from a fresh
+        measurement; anything measured before now (an inference in flight) moves nothing."""
+        self._guard.reset()
         self._pin_next = False
-        self._last_chunk = None
 
     def start_chunk_at_observation(self) -> None:
         """The next actions are a chunk whose first one is for the observation's own time step.
 
-        LeRobot's async server labels it so, and the client has executed that step already: pin it to the
-        measured position, so the chunk moves at most ``max_delta`` per step from where the arm was, in step
-        with the chunk before.
+        LeRobot's async server labels it so, and the client has executed that step already: that action is
+        the measured position, and the chunk moves at most ``max_delta`` per step from there.
         """
         self.reset()
         self._pin_next = True
@@ -358,115 +559,95 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         return features
 
     def action(self, action: PolicyAction) -> PolicyAction:
-        context = safety_context(self.link)
+        context = current_context(self._own)
+        self._check_link(context)
         self._sync_overrides(context)
-        if context.episode != self._seen_episode:
-            self._seen_episode = context.episode
-            self.reset()
-        hold_from, link = context.take_hold(), context.take_chunk_link()
+        self._follow_resets(context)
+        self._guard.observe(context.measurement)
+        hold, context.hold = context.hold, False
         if not self.enabled:
             return action
         if action.ndim == 3:
-            safe = self._safe_chunk(action, context, hold_from, link)
-        else:
-            self._last_chunk = None
-            safe = self._safe(action, context, hold_from is not None)
-        if not torch.isfinite(safe).all():  # cannot happen with validated limits; never let it reach a motor
-            raise RuntimeError("RoboAlign safety: a non-finite target survived the safety step; not sent.")
+            return self._guard_rows(action, context)
+        hold, self._pin_next = hold or self._pin_next, False
+        safe = self._guard.command(action, self._limits(action), hold=hold)
+        self._warn_if_unanchored()
+        if safe is None:
+            raise RuntimeError(
+                "RoboAlign safety: no safe target (the action is not finite, or there is no fresh joint "
+                "measurement, and nothing was sent since the reset to hold at); refusing to command the arm. "
+                "Check the robot's observation.state and the checkpoint's normalisation stats."
+            )
         return safe
 
-    def _safe_chunk(
-        self, chunk: torch.Tensor, context: SafetyContext, hold_from: int | None, link: tuple[int, int] | None
-    ) -> torch.Tensor:
-        """A (B, T, A) chunk in time order, continuing the previous chunk as ``link`` says if known."""
-        previous, (offset, delay) = self._last_chunk, link or (-1, 0)
-        if previous is None or previous.shape != chunk.shape or not 0 < offset < chunk.shape[1]:
-            anchor = self._anchor(chunk[:, 0], context)  # no alignment: start from where the arm is
-            if anchor is not None and offset == 0:  # the RTC engine's first chunk: hold there
-                self._last_safe, self._last_chunk = anchor, anchor[:, None].expand_as(chunk).clone()
-                return self._last_chunk.to(chunk.dtype)
-            if anchor is not None:
-                self.reset()
-            previous = None
-        else:
-            self._last_safe = previous[:, offset - 1].clone()
-        rows = []
-        for k, row in enumerate(chunk.unbind(dim=1)):
-            # the previous chunk's targets the arm may have been sent just before this row: the engine drops
-            # ceil(latency / period) rows, one more than the loop executed when the latency is not a whole
-            # number of periods (measured: almost every chunk), so both the step before and the one before it
-            before = range(max(offset + k - 2, 0), min(offset + k, chunk.shape[1]))
-            near = tuple(previous[:, i] for i in before) if previous is not None and k <= delay + 1 else ()
-            rows.append(self._safe(row, context, hold_from is not None and k >= hold_from, near))
-        self._last_chunk = torch.stack(rows, dim=1)
-        return self._last_chunk.clone()
+    def _guard_rows(self, chunk: torch.Tensor, context: SafetyContext) -> GuardedRows:
+        """An RTC chunk: refused if computed before the last reset, else guarded row by row when sent."""
+        self._check_chunk_measurement(context)
 
-    def _anchor(self, like: torch.Tensor, context: SafetyContext) -> torch.Tensor | None:
-        """The measured joint position, when it is usable as the previous target of ``like``."""
-        state = context.measured_state
-        usable = self.anchor_to_state and state is not None and state.shape[-1] == like.shape[-1]
-        if usable and state.numel() != like.numel():
-            usable = state.reshape(-1, like.shape[-1]).shape[0] in (1, like.shape[0])
-        if not usable:
-            if self.max_delta is not None and not self._warned_no_state:
-                self._warned_no_state = True
-                logger.warning(
-                    "RoboAlign safety: no measured joint position matching the action (%s), so the first "
-                    "action after a reset is clamped but not rate-limited.",
-                    "no observation.state of that size" if self.anchor_to_state else "anchor_to_state=false",
-                )
-            return None
-        anchor = state.reshape(-1, like.shape[-1]).to(like.device).expand_as(like).clone()
-        return anchor if torch.isfinite(anchor).all() else None
+        def send(row: torch.Tensor) -> torch.Tensor | None:
+            sent = self._guard.command(row[None], self._limits(row[None])) if self.enabled else row[None]
+            return None if sent is None else sent[0]
 
-    def _safe(
-        self,
-        action: torch.Tensor,
-        context: SafetyContext,
-        hold: bool = False,
-        near: tuple[torch.Tensor, ...] = (),
-    ) -> torch.Tensor:
-        """One control step: hold if the policy dropped its chunk, else replace non-finite rows, clamp,
-        rate-limit (against the previous target and, under RTC, also each of ``near``: targets the arm
-        may have been sent just before this one), remember.
+        return GuardedRows.wrap(chunk, send)
 
-        The bounds always meet: they are intervals of half-width ``max_delta`` around the previous target
-        and up to two consecutive targets of the previous chunk, each pair at most 2 ``max_delta`` apart
-        (by induction over the rows), so in one dimension they share a point (Helly) and clamping into
-        them one after the other ends in it.
-        """
-        dim = action.shape[-1]
-        safe = action.detach().to(torch.float32).clone()
-        if self._last_safe is not None and self._last_safe.shape != safe.shape:
-            self._last_safe = None  # a new batch of envs (e.g. lerobot-eval's last, smaller batch)
-        previous = self._last_safe if self._last_safe is not None else self._anchor(safe, context)
-        if hold and previous is not None:  # not the dropped chunk's stale target, which may still be far away
-            self._last_safe = previous.expand_as(safe).clone()
-            return self._last_safe.to(action.dtype)
-        bad = ~torch.isfinite(safe).all(dim=-1)
-        if bad.any():
-            if previous is None:
-                raise RuntimeError(
-                    "RoboAlign safety: the first action is not finite and the arm's position is unknown, so "
-                    "there is no safe target to hold; refusing to command the arm. Check the checkpoint and "
-                    "its normalisation stats."
-                )
-            logger.warning("RoboAlign safety: non-finite action replaced by the last safe target (holding).")
-            safe[bad] = previous.expand_as(safe)[bad]
+    def _check_chunk_measurement(self, context: SafetyContext) -> None:
+        measurement = context.measurement
+        if not (self.anchor_to_state and self._guard.ever_measured):
+            return
+        if measurement is None or measurement.time <= self._guard.reset_time:
+            raise RuntimeError(
+                "RoboAlign safety: this action chunk was computed from an observation taken before the last "
+                "reset (an inference in flight during a reset); it is discarded and inference runs again."
+            )
+
+    def _limits(self, like: torch.Tensor) -> Limits:
+        dim = like.shape[-1]
         low, high = _per_joint(self.joint_min, dim, "joint_min"), _per_joint(self.joint_max, dim, "joint_max")
-        if low is not None:
-            safe = torch.maximum(torch.minimum(safe, high.to(safe.device)), low.to(safe.device))
-        max_delta = _per_joint(self.max_delta, dim, "max_delta")
-        if self._pin_next and previous is not None:
-            max_delta = torch.zeros(dim)  # the chunk's first action is for the moment of the measurement
-        self._pin_next = False
-        if max_delta is not None and previous is not None:
-            step = max_delta.to(safe.device)
-            safe = torch.maximum(torch.minimum(safe, previous + step), previous - step)
-            for target in near:
-                safe = torch.maximum(torch.minimum(safe, target.to(safe) + step), target.to(safe) - step)
-        self._last_safe = safe.clone()
-        return safe.to(action.dtype)
+        return Limits(_per_joint(self.max_delta, dim, "max_delta"), low, high, self.anchor_to_state,
+                      self.max_measurement_age_s)  # fmt: skip
+
+    def _warn_if_unanchored(self) -> None:
+        if self._warned_no_state or self.max_delta is None or self._guard.anchored:
+            return
+        self._warned_no_state = True
+        logger.warning(
+            "RoboAlign safety: no measured joint position matching the action (%s), so commands are not compared "
+            "with the measured joints and the first one after a reset is clamped but not rate-limited.",
+            "anchor_to_state=false" if not self.anchor_to_state else "no observation.state of that size",
+        )
+
+    def _check_link(self, context: SafetyContext) -> None:
+        if self.link and context.link and context.link != self.link:
+            raise ValueError(
+                f"RoboAlign safety: this postprocessor was saved with another policy (safety_link {self.link}, "
+                f"the policy's is {context.link}). Load the policy and its processors from the same "
+                "pretrained_model directory."
+            )
+
+    def _follow_resets(self, context: SafetyContext) -> None:
+        """``policy.reset()`` alone (``lerobot-eval``) starts a new episode for this step too."""
+        seen = (id(context), context.episode)
+        if self._seen_episode is not None and seen != self._seen_episode and seen[0] == self._seen_episode[0]:
+            self._guard.reset(at=context.reset_time)
+            self._pin_next = False
+        self._seen_episode = seen
+
+    def _sync_overrides(self, context: SafetyContext) -> None:
+        """Apply the policy's ``--policy.safety_*`` over the saved settings; log which limits are in force."""
+        seen = (id(context), context.overrides_version)
+        if seen == self._seen_overrides:
+            return
+        settings = {**self._saved, **context.overrides}
+        validate_limits(settings["max_delta"], settings["joint_min"], settings["joint_max"])
+        for key, value in settings.items():
+            setattr(self, key, value)
+        self._seen_overrides = seen
+        given = sorted(context.overrides) or "none"
+        logger.info(
+            "RoboAlign safety in force: enabled=%s max_delta=%s joint_min=%s joint_max=%s (overridden by "
+            "--policy.safety_*: %s; the rest from the checkpoint's policy_postprocessor.json)",
+            self.enabled, self.max_delta, _fmt(self.joint_min), _fmt(self.joint_max), given,
+        )  # fmt: skip
 
 
 def _fmt(values: list[float] | None) -> str:

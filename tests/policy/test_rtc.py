@@ -7,7 +7,7 @@ from lerobot.rollout.inference.rtc import supports_rtc_inference
 from test_policy import ACTION_DIM, make_batch, make_config, observation
 
 from lerobot_roboalign.modeling_roboalign import RoboAlignPolicy
-from lerobot_roboalign.rtc import hold_chunk, prefix_batch, prefix_offset
+from lerobot_roboalign.rtc import hold_chunk, prefix_batch
 
 DELAY, HORIZON = 3, 8
 GUIDED_TOLERANCE = 0.1  # guided prefix error, as a fraction of the unguided chunk's distance from the prefix
@@ -87,31 +87,3 @@ def test_non_finite_chunk_under_rtc_finishes_the_previous_chunk_then_holds(tiny_
         chunk(policy, batch, 0, inference_delay=0, prev_chunk_left_over=None)
     # the synchronous path keeps handing NaN chunks to select_action's blender, which drops them
     assert torch.isnan(chunk(policy, batch, 0)).all()
-
-
-def test_prefix_offset_finds_the_engine_leftover_in_the_last_chunk():
-    last = previous_chunk(1, 16)
-    assert prefix_offset(last, last[:, 5:12]) == 5  # the engine truncates the leftover to the horizon
-    assert prefix_offset(last, last[:, 5:12] + 1) is None  # not a slice (e.g. re-anchored relative actions)
-    assert prefix_offset(None, last[:, :3]) is None
-
-
-def test_prefix_offset_of_a_held_chunk_is_not_matched_early():
-    # a dropped chunk is replaced by the prefix and its last row held: every window of the held tail looks alike,
-    # and the engine's leftover is the chunk's tail, so the match is the latest one (an early match made the
-    # safety step restart one row back at every chunk: the sent targets alternated instead of holding)
-    held = hold_chunk(previous_chunk(1, 16)[:, :6], 16)
-    assert prefix_offset(held, held[:, 10:]) == 10
-    assert prefix_offset(hold_chunk(held[:, :1], 16), held[:, :1].expand(-1, 7, -1)) == 9
-
-
-def test_policy_tells_the_safety_step_where_its_chunk_continues(tiny_qwen25_backbone):
-    from lerobot_roboalign.safety import safety_context
-
-    policy, batch = rtc_policy(tiny_qwen25_backbone, "hard"), make_batch(1)
-    context = safety_context(policy.config.safety_link)
-    first = chunk(policy, batch, 0, inference_delay=0, prev_chunk_left_over=None)
-    assert context.take_chunk_link() == (0, 0)  # the engine's first chunk
-    leftover = torch.cat([first[0, 4:], torch.zeros(4, ACTION_DIM)])  # as LeRobot's engine pads it
-    chunk(policy, batch, 1, inference_delay=DELAY, prev_chunk_left_over=leftover)
-    assert context.take_chunk_link() == (4, DELAY)
