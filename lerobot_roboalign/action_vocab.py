@@ -7,6 +7,7 @@ saved as ``action_vocab.json`` next to the model together with the FAST tokenize
 (``fast_tokenizer/``).
 """
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,10 +211,21 @@ def _grow_embeddings(model: torch.nn.Module, rows: int, new_ids: np.ndarray, old
     if rows > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(rows, mean_resizing=False)
     index = torch.as_tensor(new_ids)
-    with torch.no_grad():
-        embeddings = [model.get_input_embeddings().weight]
-        output = model.get_output_embeddings()
-        if output is not None and output.weight is not embeddings[0]:
-            embeddings.append(output.weight)
+    embeddings = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not embeddings[0]:
+        embeddings.append(output.weight)
+    with torch.no_grad(), _gathered(embeddings):
         for weight in embeddings:
             weight[index] = weight[:old_len].mean(dim=0).to(weight.dtype)
+
+
+def _gathered(params: list[torch.Tensor]):
+    """Under DeepSpeed ZeRO-3 (loaded partitioned) the whole weights, for an edit that rank 0's copy decides."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)

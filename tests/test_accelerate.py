@@ -11,7 +11,8 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 
 from lerobot_roboalign.runner import TINY_POLICY_ARGS, lerobot_command, run_lerobot
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples" / "accelerate").glob("*.yaml"))
+EXAMPLES_DIR = Path(__file__).parents[1] / "examples" / "accelerate"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 # `accelerate launch --cpu --num_processes=2` starts ONE process (its simple launcher ignores the count without
 # mpirun). Two gloo ranks on CPU: torchrun through --multi_gpu, with Accelerator told to use the CPU.
 TWO_CPU_PROCESSES = ["launch", "--multi_gpu", "--num_processes=2", "--num_machines=1", "--mixed_precision=no",
@@ -88,3 +89,86 @@ def test_align_sft_on_two_processes_writes_a_model_that_reloads(
     assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # one writer, no staging left
     model, _, vocabulary, _ = load_aligned(ModelConfig(path=str(output / "model")))
     assert model.get_input_embeddings().num_embeddings > max(vocabulary.action_ids)
+
+
+# FSDP and DeepSpeed on 2 CPU ranks: accelerate maps them onto GPU ranks only, tests/align/sharded_launch.py is the
+# documented shim. Their own example configs, with 2 processes and no mixed precision (none on gloo CPU ranks).
+SHARDED_LAUNCH = Path(__file__).parent / "align" / "sharded_launch.py"
+SHARDED = {  # kind: (config, environment, what the trainer writes into a checkpoint instead of a whole model)
+    "fsdp": (EXAMPLES_DIR / "fsdp.yaml", {"ACCELERATE_USE_CPU": "true"}, "pytorch_model_fsdp_0"),
+    "zero3": (EXAMPLES_DIR / "deepspeed_zero3.yaml", {}, "global_step2"),
+}
+
+
+def sharded_sft(kind: str, backbone: Path, data: tuple[Path, str], output: Path, steps: int, monkeypatch) -> Path:
+    """`align sft` of ``steps`` steps (a checkpoint every 2) on 2 ranks; each rank's own shards in output/shards."""
+    config, env, _ = SHARDED[kind]
+    root, repo_id = data
+    shards = output / f"shards-{steps}"
+    shards.mkdir(parents=True)
+    for name, value in {**env, "SHARDS_DIR": str(shards)}.items():
+        monkeypatch.setenv(name, value)
+    run_lerobot("accelerate", [
+        "launch", "--config_file", str(config), "--num_processes=2", "--mixed_precision=no", str(SHARDED_LAUNCH),
+        "align", "sft", f"--model.path={backbone}", f"--dataset.repo_ids=[{repo_id}]", f"--dataset.roots=[{root}]",
+        "--dataset.cameras=[front]", "--dataset.chunk_size=2", "--dataset.num_samples=4", "--fast_vocab_size=32",
+        f"--training.output_dir={output / 'run'}", f"--training.max_steps={steps}",
+        "--training.per_device_train_batch_size=1", "--training.save_steps=2", "--training.logging_steps=1",
+    ], timeout=600)
+    return shards
+
+
+def parameters(path: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+    return {name: param.detach() for name, param in model.named_parameters()}
+
+
+def from_shards(shards: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trained weights rebuilt from both ranks' shards (FSDP: rows of dim 0; ZeRO-3: a padded flat split)."""
+    ranks = [torch.load(shards / f"rank{i}.pt") for i in range(2)]
+    full = {}
+    for name, reference in like.items():
+        parts = [rank[name] for rank in ranks]
+        if parts[0].dim() == reference.dim() and parts[0].shape[1:] == reference.shape[1:]:
+            full[name] = torch.cat(parts)
+        else:
+            full[name] = torch.cat([p.flatten() for p in parts])[: reference.numel()].view(reference.shape)
+    return full
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fsdp", "zero3"])
+def test_sharded_sft_saves_the_whole_float32_model_and_resumes(
+    kind, tiny_qwen25_backbone, synthetic_dataset_factory, tmp_path, monkeypatch
+):
+    if kind == "zero3":
+        pytest.importorskip("deepspeed")
+    data = synthetic_dataset_factory(action_dim=2, state_dim=2, num_episodes=2, episode_length=12)
+    shards = sharded_sft(kind, tiny_qwen25_backbone, data, tmp_path, steps=2, monkeypatch=monkeypatch)
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / SHARDED[kind][2]).is_dir()  # the trainer's own sharded state, not a gathered copy
+    ranks = [torch.load(shards / f"rank{i}.pt") for i in range(2)]
+    embeddings = "model.language_model.embed_tokens.weight"
+    assert ranks[0][embeddings].numel() < parameters(tiny_qwen25_backbone)[embeddings].numel()  # really sharded
+    saved = parameters(tmp_path / "run" / "model")
+    assert {p.dtype for p in saved.values()} == {torch.float32}
+    trained = from_shards(shards, saved)
+    for name, weight in saved.items():
+        torch.testing.assert_close(weight, trained[name], rtol=0, atol=0, msg=name)
+    base = parameters(tiny_qwen25_backbone)
+    assert not torch.equal(saved["model.language_model.layers.0.mlp.up_proj.weight"],
+                           base["model.language_model.layers.0.mlp.up_proj.weight"])
+
+    # Resume from the sharded checkpoint. Its cosine schedule (over 2 steps) ended at lr 0 and the restored
+    # optimizer carries that into step 3: the resumed model must be exactly the checkpoint's weights (rebuilt
+    # from the base, then restored by the trainer), not the base's.
+    sharded_sft(kind, tiny_qwen25_backbone, data, tmp_path, steps=3, monkeypatch=monkeypatch)
+    state = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())
+    first = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and state["log_history"][:2] == first["log_history"][:2]
+    assert state["log_history"][2]["learning_rate"] == 0
+    resumed = parameters(tmp_path / "run" / "model")
+    for name, weight in resumed.items():
+        torch.testing.assert_close(weight, trained[name], rtol=0, atol=0, msg=name)

@@ -2,7 +2,8 @@
 
 Both stages hand their loops to TRL/transformers trainers; this module only adds the RoboAlign-specific
 parts around them: the extended action vocabulary, the frozen vision encoder, a resume that skips a
-half-written checkpoint, an atomically written final model, and a CSV + PNG of the logged metrics.
+half-written checkpoint (and rebuilds the model of a sharded one), an atomically written float32 final model
+gathered from every rank, and a CSV + PNG of the logged metrics.
 """
 
 import csv
@@ -64,7 +65,7 @@ class TrainingConfig:
     save_total_limit: int | None = 2
     seed: int = 0
     report_to: list[str] = field(default_factory=lambda: ["none"])  # e.g. ["wandb"]
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True  # TRL's default: activations of one layer at a time (docs/alignment_at_scale.md)
     resume: bool = True  # continue from the last complete checkpoint in output_dir
 
     def trainer_kwargs(self, precision: PrecisionPlan) -> dict:
@@ -93,17 +94,39 @@ class TrainingConfig:
         )
 
 
+def holds_model(checkpoint: str | Path) -> bool:
+    """Whether a trainer checkpoint holds a whole HF model (config + weights).
+
+    Checkpoints of one process, DDP and ZeRO-2 do; FSDP's sharded ones hold only DCP shards (and ZeRO-3's hold
+    DeepSpeed's partitions unless it gathers 16-bit weights): the trainer restores those on resume.
+    """
+    path = Path(checkpoint)
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def model_source(cfg: ModelConfig, checkpoint: str | None) -> str:
+    """Where the model is built from: the checkpoint when it holds a whole model, else ``cfg.path``."""
+    if checkpoint is None or holds_model(checkpoint):
+        return checkpoint or cfg.path
+    logger.info("%s holds sharded weights: building the model from %s; the trainer restores the checkpoint's.",
+                checkpoint, cfg.path)
+    return cfg.path
+
+
 def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None, training: bool = False):
     """Model and processor of ``cfg.path``, or of a trainer ``checkpoint`` of it when resuming.
 
     For ``training`` the weights are float32 master weights and the trainer's autocast gives the compute dtype;
     for inference (reasoning, scoring, generate) they are loaded in the compute dtype (see ``precision.py``).
+    Training builds its trainer config first, so that this load is already sharded where the launch asks for
+    it (DeepSpeed ZeRO-3 init, FSDP's cpu-ram-efficient loading).
 
     Resumed weights are loaded here with ``from_pretrained`` (which maps the saved key names back), because
-    transformers' own resume loads the state dict verbatim and misses the renamed keys of Qwen-VL models.
+    transformers' own resume loads the state dict verbatim and misses the renamed keys of Qwen-VL models; a
+    sharded checkpoint is rebuilt from ``cfg.path`` and restored by the trainer (:func:`model_source`).
     The config keeps naming ``cfg.path``, so GRPO's KL reference stays the starting model on resume.
     """
-    source = checkpoint or cfg.path
+    source = model_source(cfg, checkpoint)
     precision = cfg.precision()
     dtype = precision.load if training else precision.frozen
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
@@ -120,25 +143,13 @@ def load_fast_tokenizer(cfg: ModelConfig) -> FastTokenizer | None:
     return FastTokenizer.from_pretrained(inside) if inside.is_dir() else None
 
 
-def cast_reference_model(trainer, dtype: torch.dtype) -> None:
-    """Keep GRPO's frozen KL reference in the compute dtype (half the memory of float32 on a GPU).
-
-    Only where TRL left it a plain model: DeepSpeed casts it to its bf16 config itself, FSDP shards it.
-    """
-    from accelerate.utils import DistributedType
-
-    plain = trainer.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU)
-    if getattr(trainer, "ref_model", None) is not None and plain:
-        trainer.ref_model.to(dtype)
-
-
 def freeze_vision_encoder(model: torch.nn.Module) -> int:
     """Freeze the vision tower (paper: vision encoder frozen during SFT); returns the frozen parameter count."""
     frozen = 0
     for name, param in model.named_parameters():
         if any(part in VISION_MODULE_NAMES for part in name.split(".")):
             param.requires_grad_(False)
-            frozen += param.numel()
+            frozen += getattr(param, "ds_numel", param.numel())  # ZeRO-3 partitions hold 0 elements here
     if frozen == 0:
         raise ValueError(
             f"Found no vision encoder in {type(model).__name__} (looked for modules named {VISION_MODULE_NAMES}); "
@@ -168,18 +179,24 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
 
 
 def save_final(
-    model, processor, vocabulary: ActionVocabulary, output_dir: Path, fmt: AlignmentFormat | None = None
+    model,
+    processor,
+    vocabulary: ActionVocabulary,
+    output_dir: Path,
+    fmt: AlignmentFormat | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the aligned MLLM to ``output_dir/model`` atomically: a temp dir renamed in one step.
 
     The result is a standard HF checkpoint (AutoModelForImageTextToText + AutoProcessor) that also holds the
     FAST tokenizer and action vocabulary, so the VLA and ``roboalign align generate`` load it by path, and the
-    input format it was aligned on (``fmt``), which the VLA shows it by default.
+    input format it was aligned on (``fmt``), which the VLA shows it by default. ``state_dict`` replaces the
+    model's own (a sharded model's gathered weights, :func:`gather_full_state_dict`).
     """
     final = output_dir / FINAL_SUBDIR
     staging = Path(tempfile.mkdtemp(prefix=f".{FINAL_SUBDIR}.", dir=output_dir))
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=state_dict)
         processor.save_pretrained(staging)
         vocabulary.save_pretrained(staging)  # action_vocab.json + fast_tokenizer/
         (fmt or AlignmentFormat()).save_pretrained(staging)
@@ -197,19 +214,53 @@ def save_final(
     return final
 
 
+def gather_full_state_dict(trainer) -> dict[str, torch.Tensor] | None:
+    """The whole trained model as float32 tensors on the main process (``{}`` elsewhere); None when unsharded.
+
+    A collective under FSDP and DeepSpeed: every rank must call it. FSDP gathers its DTensor shards
+    (accelerate's ``get_state_dict``); DeepSpeed's module holds 16-bit weights (partitioned under ZeRO-3), so the
+    trained ones are replaced by the optimizer's float32 masters (:func:`deepspeed_master_weights`).
+    """
+    accelerator = trainer.accelerator
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return None  # every process holds the whole float32 model
+    state = accelerator.get_state_dict(trainer.model_wrapped) or {}  # ZeRO-3: None off the main process
+    if trainer.is_deepspeed_enabled:
+        state.update(deepspeed_master_weights(trainer.model_wrapped))
+    if not accelerator.is_main_process:
+        return {}
+    return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+
+
+def deepspeed_master_weights(engine) -> dict[str, torch.Tensor]:
+    """The optimizer's full float32 copy of every trained parameter (a collective under ZeRO-3), on the CPU."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {}
+    for name, param in engine.module.named_parameters():
+        if param.requires_grad:
+            master = safe_get_full_fp32_param(param)
+            if master is not None:
+                masters[name] = master.cpu()
+    return masters
+
+
 def finish_training(trainer, processor, vocabulary: ActionVocabulary, output_dir: Path, fmt: AlignmentFormat,
                     push_to_hub: str | None) -> Path:
-    """Write (and push) the final model from the main process only; the other ranks wait for it.
+    """Gather the model on every rank, then write (and push) it from the main process; the others wait for it.
 
     One writer: ranks renaming into the same directory would collide.
     """
     final = output_dir / FINAL_SUBDIR
+    state_dict = gather_full_state_dict(trainer)
     if trainer.accelerator.is_main_process:
-        save_final(trainer.model, processor, vocabulary, output_dir, fmt)
+        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        save_final(model, processor, vocabulary, output_dir, fmt, state_dict=state_dict)
         if push_to_hub:
             push_backbone(final, push_to_hub)
     trainer.accelerator.wait_for_everyone()
     return final
+
 
 class VocabularyCallback(TrainerCallback):
     """Store the action vocabulary, FAST tokenizer and input format in every checkpoint: each is a usable backbone."""

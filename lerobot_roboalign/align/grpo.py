@@ -4,11 +4,13 @@ Offline RL as in the paper: no environment, each prompt's completions are scored
 own FAST tokens with r = (r_format + r_action) / 2 (see ``rewards.py`` for the edge cases). Defaults are
 the paper's / EasyR1's: 5 samples per prompt, constant lr 1e-6, KL coefficient 0.01, temperature 1.0,
 top_p 0.99, all parameters trained. The model must already speak the action vocabulary (run SFT first).
+The paper's rollout batch 512 / update batch 128 (prompts, as EasyR1 counts them) are TRL's
+``generation_batch_size`` / update batch in completions: examples/paper/align_grpo.json sets them for 8 GPUs.
 
     roboalign align grpo --model.path=out/sft/model --dataset.repo_ids='[me/so101]' \
         --dataset.num_samples=12800 --training.output_dir=out/grpo
     accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml -m lerobot_roboalign.cli \
-        align grpo ... --grpo.use_vllm=true
+        align grpo --config_path=examples/paper/align_grpo.json --model.path=out/sft/model ...
 """
 
 import json
@@ -20,6 +22,7 @@ import draccus
 import numpy as np
 import torch
 from datasets import Dataset
+from transformers import AutoProcessor
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
 from lerobot_roboalign.align.common import (
@@ -27,12 +30,12 @@ from lerobot_roboalign.align.common import (
     ModelConfig,
     TrainingConfig,
     VocabularyCallback,
-    cast_reference_model,
     finish_training,
     freeze_vision_encoder,
     generate_completions,
     last_complete_checkpoint,
     load_model_and_processor,
+    model_source,
     stop_token_ids,
 )
 from lerobot_roboalign.align.data import (
@@ -67,9 +70,15 @@ class GRPOSection:
     reward: str = "prefix"  # prefix (paper: longest matching FAST prefix) | l1 (decoded-action error)
     l1_scale: float = 0.2
     loss_type: str = "dapo"  # token-level averaging, like EasyR1's default
-    use_vllm: bool = False
-    vllm_mode: str = "colocate"  # colocate | server (`trl vllm-serve`)
-    vllm_gpu_memory_utilization: float = 0.3
+    # Completions generated per rollout over all ranks (paper: 512 prompts x 5 = 2560); None: one update batch.
+    # Each rollout then feeds generation_batch_size / (per-device batch x ranks) micro-steps (TRL's
+    # steps_per_generation; give one or the other).
+    generation_batch_size: int | None = None
+    steps_per_generation: int | None = None
+    use_vllm: bool = False  # generate with vLLM (pip install 'lerobot_policy_roboalign[vllm]', CUDA only)
+    vllm_mode: str = "colocate"  # colocate (in the training processes) | server (`trl vllm-serve`)
+    vllm_gpu_memory_utilization: float = 0.3  # colocate: vLLM's share of each GPU (weights + KV cache)
+    vllm_enable_sleep_mode: bool = True  # colocate: vLLM frees its GPU memory while the policy trains
 
 
 def grpo_training_defaults() -> TrainingConfig:
@@ -106,12 +115,26 @@ def build_dataset(samples: AlignSamples) -> Dataset:
     return grpo_dataset(samples)
 
 
+def check_vllm(section: GRPOSection) -> None:
+    """``--grpo.use_vllm=true`` without vLLM installed: say so before any model is loaded."""
+    from trl.import_utils import is_vllm_available
+
+    if section.use_vllm and not is_vllm_available():
+        raise ImportError(
+            "--grpo.use_vllm=true needs vLLM, which is not installed: pip install 'lerobot_policy_roboalign[vllm]' "
+            "on a CUDA machine, or drop --grpo.use_vllm to generate with transformers."
+        )
+
+
 def grpo_args(cfg: AlignGRPOConfig):
+    """TRL's GRPOConfig; the KL reference model is loaded in the frozen (compute) dtype (precision.py)."""
     from trl import GRPOConfig
 
     g = cfg.grpo
+    precision = cfg.model.precision()
     return GRPOConfig(
-        **cfg.training.trainer_kwargs(cfg.model.precision()),
+        **cfg.training.trainer_kwargs(precision),
+        model_init_kwargs={"dtype": precision.frozen},  # only the reference model is built from them here
         num_generations=g.num_generations,
         beta=g.beta,
         temperature=g.temperature,
@@ -119,9 +142,12 @@ def grpo_args(cfg: AlignGRPOConfig):
         max_completion_length=g.max_completion_length,
         loss_type=g.loss_type,
         reward_weights=[0.5, 0.5],  # r = (r_format + r_action) / 2
+        generation_batch_size=g.generation_batch_size,
+        steps_per_generation=g.steps_per_generation,
         use_vllm=g.use_vllm,
         vllm_mode=g.vllm_mode,
         vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=g.vllm_enable_sleep_mode,
     )
 
 
@@ -131,23 +157,28 @@ def train(cfg: AlignGRPOConfig) -> Path:
 
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub)  # before hours of training, not after
+    check_vllm(cfg.grpo)
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
+    vocabulary = ActionVocabulary.from_pretrained(resume or cfg.model.path)
+    samples = load_samples(cfg.dataset, vocabulary.fast_tokenizer)
+    processor = AutoProcessor.from_pretrained(model_source(cfg.model, resume))
+    cfg.grpo.max_completion_length = completion_cap(cfg, samples, processor.tokenizer, vocabulary)
+    # The trainer config before the model: under accelerate it switches on ZeRO-3 init / FSDP's cpu-ram-efficient
+    # loading, so that from_pretrained below already loads sharded.
+    args = grpo_args(cfg)
     model, processor, vocabulary, fast = load_aligned(cfg.model, resume, training=True)
-    samples = load_samples(cfg.dataset, fast)
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
     stop_ids = stop_token_ids(processor.tokenizer, model.generation_config)
     fmt = AlignmentFormat.from_data_config(cfg.dataset)
-    cfg.grpo.max_completion_length = completion_cap(cfg, samples, processor.tokenizer, vocabulary)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=make_reward_funcs(cfg.grpo.reward, processor.tokenizer, vocabulary, fast, stop_ids, cfg.grpo.l1_scale),
-        args=grpo_args(cfg),
+        args=args,
         train_dataset=build_dataset(samples),
         processing_class=processor,
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
     )
-    cast_reference_model(trainer, cfg.model.precision().frozen)
     trainer.train(resume_from_checkpoint=resume)
     return finish_training(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub)
 

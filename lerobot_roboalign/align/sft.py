@@ -30,6 +30,7 @@ from lerobot_roboalign.align.common import (
     last_complete_checkpoint,
     load_fast_tokenizer,
     load_model_and_processor,
+    model_source,
 )
 from lerobot_roboalign.align.data import (
     AlignDataConfig,
@@ -113,13 +114,15 @@ def train(cfg: AlignSFTConfig) -> Path:
         check_repo_id(cfg.push_to_hub)  # before hours of training, not after
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
     refuse_other_fast_tokenizer(cfg.model, resume or cfg.model.path)
+    # The trainer config before the model: under accelerate it switches on ZeRO-3 init / FSDP's cpu-ram-efficient
+    # loading, so that from_pretrained below already loads sharded.
+    args = SFTConfig(**cfg.training.trainer_kwargs(cfg.model.precision()), completion_only_loss=True, max_length=cfg.max_length)
     model, processor = load_model_and_processor(cfg.model, resume, training=True)
     samples, fast = samples_with_tokens(cfg, resume or cfg.model.path)
-    vocabulary = attach_action_vocabulary(model, processor, fast, resume or cfg.model.path)
+    vocabulary = attach_action_vocabulary(model, processor, fast, model_source(cfg.model, resume))
     if cfg.model.freeze_vision:
         freeze_vision_encoder(model)
     fmt = AlignmentFormat.from_data_config(cfg.dataset)
-    args = SFTConfig(**cfg.training.trainer_kwargs(cfg.model.precision()), completion_only_loss=True, max_length=cfg.max_length)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -1,0 +1,62 @@
+"""`roboalign ...` under `accelerate launch` on CPU ranks with FSDP or DeepSpeed, for the sharded-save tests.
+
+accelerate maps FSDP and DeepSpeed only onto GPU ranks: on CPU it silently falls back to plain data parallelism
+(FSDP) or a one-process state (DeepSpeed). The shim below is the one change: the ranks are gloo CPU processes
+(PartialState), and FSDP is kept on them (AcceleratorState). Everything else is accelerate's, TRL's and
+DeepSpeed's own code (DeepSpeed runs its CPU accelerator).
+
+Before the final save, every rank also writes its own shard of each trained parameter to
+``$SHARDS_DIR/rank<i>.pt`` (FSDP: the DTensor's local shard; ZeRO-3: the flat partition), so a test can rebuild
+the trained weights without the gather it checks.
+"""
+
+import os
+import sys
+
+import accelerate.state as state
+import torch
+from accelerate.utils import DistributedType
+
+_prepare_backend = state.PartialState._prepare_backend
+_accelerator_state_init = state.AcceleratorState.__init__
+
+
+def cpu_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+    return _prepare_backend(self, True, sagemaker_dp, backend)  # gloo CPU ranks, whatever drives them
+
+
+def keep_fsdp_on_cpu(self, *args, **kwargs):
+    _accelerator_state_init(self, *args, **kwargs)  # each call copies PartialState's MULTI_CPU over FSDP again
+    plugin = kwargs.get("fsdp_plugin") or self.__dict__.get("fsdp_plugin")
+    if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type = DistributedType.FSDP
+        self.fsdp_plugin = plugin
+
+
+def local_shards(trainer) -> dict[str, torch.Tensor]:
+    model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    shards = {}
+    for name, param in model.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else getattr(param, "ds_tensor", param.data)
+        shards[name] = local.detach().float().cpu().clone()
+    return shards
+
+
+def dump_shards_before(finish_training):
+    def wrapped(trainer, *args, **kwargs):
+        torch.save(local_shards(trainer), f"{os.environ['SHARDS_DIR']}/rank{trainer.accelerator.process_index}.pt")
+        return finish_training(trainer, *args, **kwargs)
+
+    return wrapped
+
+
+if __name__ == "__main__":
+    from lerobot_roboalign import cli
+    from lerobot_roboalign.align import grpo, sft
+
+    state.PartialState._prepare_backend = cpu_backend
+    state.AcceleratorState.__init__ = keep_fsdp_on_cpu
+    if os.environ.get("SHARDS_DIR"):
+        sft.finish_training = dump_shards_before(sft.finish_training)
+        grpo.finish_training = dump_shards_before(grpo.finish_training)
+    cli.main(sys.argv[1:])
