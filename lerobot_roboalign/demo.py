@@ -255,7 +255,7 @@ def training_args(output_dir: Path, steps: int, batch_size: int, seed: int) -> l
 BLIND_ROWS = ("most frequent FAST sequence per task (blind)", "mean chunk per task (blind)")
 BASELINE_FRAMES = 400  # training frames the blind baselines are fitted on (the sample loader decodes images)
 # Departures from the paper's recipe, each because the backbone is a random 1M-parameter model, not a pretrained 7B
-# (measured in an SFT sweep, README "The demo"): a random backbone has everything to learn, so a higher learning
+# (measured in an SFT sweep, docs/results.md): a random backbone has everything to learn, so a higher learning
 # rate (paper: 2e-5) and a trained vision tower (paper: frozen; a random one has nothing to keep); the robot state
 # is written into the prompt (the tiny model cannot read the arm's pose off 96x96 pixels in minutes); FAST's scale
 # is 4 (FAST's default 10): coarser coefficients, shorter spans, which the tiny model learns sooner.

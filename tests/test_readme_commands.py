@@ -197,10 +197,11 @@ def no_check(argv: list[str], checkpoint: Path) -> None:
 # ---- tiny sizes for the commands that run -------------------------------------------------------------------
 TINY_VLA = (*TINY_POLICY_ARGS, "--steps=2", "--batch_size=2", "--save_freq=2", "--log_freq=1", "--num_workers=0",
             "--wandb.enable=false")  # fmt: skip
-TINY_REASON = ("--dataset.num_samples=4", "--batch_size=4", "--max_new_tokens=8")
+# The same 8 frames at each stage (the README runs each on every frame): SFT and GRPO need reasoning for theirs.
+TINY_REASON = ("--dataset.num_samples=8", "--batch_size=4", "--max_new_tokens=8")
 TINY_SFT = ("--dataset.num_samples=8", "--training.max_steps=2", "--training.per_device_train_batch_size=2",
             "--training.save_steps=2", "--training.logging_steps=1")  # fmt: skip
-TINY_GRPO = ("--dataset.num_samples=4", "--training.max_steps=1", "--training.per_device_train_batch_size=2",
+TINY_GRPO = ("--dataset.num_samples=8", "--training.max_steps=1", "--training.per_device_train_batch_size=2",
              "--grpo.num_generations=2", "--grpo.max_completion_length=0", "--training.save_steps=1",
              "--training.logging_steps=1")  # fmt: skip
 
