@@ -1,0 +1,288 @@
+"""Issue 24: no command beyond max_delta from any entry point, under adversarial timing, through LeRobot's engines.
+
+``lerobot-rollout`` (sync and RTC engines, in this process), LeRobot's async ``PolicyServer`` and
+``RobotClient`` over loopback: only the arm's serial bus is virtual. The policy head is replaced by an
+adversary (seeded): chunks that reverse direction, jump past the joint limits or are NaN, with inference
+latencies that spike past a whole chunk, and (rollout) engine resets from the control loop while an
+inference is in flight, the arm moved elsewhere meanwhile (an episodic reset, a DAgger correction).
+Every command that reaches the robot is checked against the invariant (docs/safety.md): finite, inside the
+bound joint limits, within max_delta of the previous command the arm was sent and of the joints measured
+just before it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FOLLOWER_PORT, ROOT, virtualize
+from test_rollout import MAX_DELTA, _cameras, _free_port, _run_rollout
+
+from lerobot_roboalign.calibration import main_check
+
+pytestmark = pytest.mark.slow
+FPS = 30
+CHUNK = 16  # the test checkpoint's chunk_size
+TOLERANCE = 1e-6  # commands are compared exactly (float32 as sent), not to the encoder's ticks
+TICK_SLACK = 0.1  # the measured joints come from encoder ticks: 360/4095 deg (0.068 gripper units) per tick
+
+
+@dataclass
+class Adversary:
+    """Replaces the policy head's sampling: bad chunks at bad times, reproducible from ``seed``."""
+
+    seed: int
+    spike_probability: float = 0.25
+    rng: random.Random = field(init=False)
+    calls: int = 0
+    spikes: int = 0
+    fresh: bool = True  # no chunk since the last reset: a NaN one would (rightly) stop the rollout
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def latency(self) -> float:
+        chunk_s = CHUNK / FPS
+        if self.rng.random() < self.spike_probability:
+            self.spikes += 1
+            return chunk_s * self.rng.uniform(1.1, 1.5)  # longer than a whole chunk
+        return chunk_s * self.rng.uniform(0.0, 0.4)
+
+    def chunk(self, like: torch.Tensor) -> torch.Tensor:
+        """Normalised chunk: reverses each call, often far past the limits, sometimes NaN."""
+        self.calls += 1
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.calls)
+        sign = 1.0 if self.calls % 2 else -1.0
+        ramp = torch.linspace(-1.0, 1.0, like.shape[1])[None, :, None] * sign * self.rng.uniform(0.5, 30.0)
+        chunk = ramp + torch.randn(like.shape, generator=generator) * self.rng.uniform(0.0, 3.0)
+        if self.rng.random() < 0.1 and not self.fresh:
+            chunk[:] = float("nan")
+        self.fresh = False
+        return chunk.to(like)
+
+    def install(self, monkeypatch) -> None:
+        from lerobot_roboalign.action_head import FlowMatchingActionHead
+
+        real = FlowMatchingActionHead.sample
+
+        def sample(head, *args, **kwargs):
+            out = real(head, *args, **kwargs)
+            time.sleep(self.latency())
+            return self.chunk(out)
+
+        monkeypatch.setattr(FlowMatchingActionHead, "sample", sample)
+
+
+@dataclass
+class Trace:
+    """Every command the arm received, with the joints measured right before it (same units)."""
+
+    names: list[str]
+    commands: list[torch.Tensor] = field(default_factory=list)
+    measured: list[torch.Tensor] = field(default_factory=list)
+    by_policy: list[bool] = field(default_factory=list)  # False: LeRobot's/the test's own move (a reset)
+    resets: int = 0
+
+    def add(self, command: dict[str, float], present: dict[str, float], by_policy: bool = True) -> None:
+        """Measured joints (and the arm's pose after a move) as LeRobot hands them to a policy: float32."""
+        self.commands.append(torch.tensor([command[f"{n}.pos"] for n in self.names]).double())
+        self.measured.append(torch.tensor([present[n] for n in self.names]).double())
+        self.by_policy.append(by_policy)
+
+    def figures(self, low: list[float], high: list[float]) -> dict[str, float]:
+        commands, measured = torch.stack(self.commands), torch.stack(self.measured)
+        policy = torch.tensor(self.by_policy)
+        steps = (commands[1:] - commands[:-1]).abs().amax(dim=-1)[policy[1:]]
+        off_measured = (commands - measured).abs().amax(dim=-1)[policy]
+        outside = ((commands < torch.tensor(low) - TOLERANCE) | (commands > torch.tensor(high) + TOLERANCE))
+        return {
+            "commands": int(policy.sum()),
+            "resets": self.resets,
+            "max_step": steps.max().item() if len(steps) else 0.0,
+            "max_from_measured": off_measured.max().item(),
+            "non_finite": int((~torch.isfinite(commands)).any(dim=-1).sum()),
+            "outside_limits": int(outside[policy].any(dim=-1).sum()),
+        }
+
+
+def assert_invariant(figures: dict[str, float]) -> None:
+    assert figures["non_finite"] == 0 and figures["outside_limits"] == 0, figures
+    assert figures["max_step"] <= MAX_DELTA + TOLERANCE, figures
+    assert figures["max_from_measured"] <= MAX_DELTA + TICK_SLACK, figures
+
+
+def bound_limits(checkpoint: Path) -> tuple[list[float], list[float]]:
+    steps = json.loads((checkpoint / "policy_postprocessor.json").read_text())["steps"]
+    config = next(s["config"] for s in steps if s["registry_name"] == "roboalign_action_safety")
+    return config["joint_min"], config["joint_max"]
+
+
+def move_arm(follower, low: list[float], high: list[float], rng: random.Random) -> None:
+    """Put the arm somewhere inside the bound limits, as a reset move or a human would (raw encoder ticks,
+    LeRobot's SO-101 normalisation: degrees about the calibrated middle, the gripper 0..100 of its range)."""
+    for k, (name, cal) in enumerate(follower.calibration.items()):
+        value = low[k] + (high[k] - low[k]) * rng.uniform(0.2, 0.8)
+        if name == "gripper":
+            raw = round(cal["range_min"] + value / 100 * (cal["range_max"] - cal["range_min"]))
+        else:
+            raw = round((cal["range_min"] + cal["range_max"]) / 2 + value * 4095 / 360)
+        servo = follower.by_name(name)
+        servo.set("Goal_Position", raw)
+        servo.set("Present_Position", raw)
+
+
+def rollout_under_stress(engine: str, seed: int, tmp_path: Path, checkpoint: Path, virtual_hw, monkeypatch,
+                         commands: int = 90, reset_probability: float = 0.04) -> Trace:  # fmt: skip
+    """``lerobot-rollout`` on a virtual SO-101; the control loop resets the engine at random ticks."""
+    import lerobot.scripts.lerobot_rollout as rollout_script
+    from lerobot.rollout.robot_wrapper import ThreadSafeRobot
+
+    adversary = Adversary(seed)
+    adversary.install(monkeypatch)
+    rng = random.Random(seed)
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    limits = bound_limits(checkpoint)
+    move_arm(follower, *limits, rng)
+    trace, found = Trace(list(virtual_hw.MOTOR_NAMES)), {}
+    send, build = ThreadSafeRobot.send_action, rollout_script.build_rollout_context
+
+    def spy_build(cfg, shutdown_event, *args, **kwargs):
+        found["ctx"], found["stop"] = build(cfg, shutdown_event, *args, **kwargs), shutdown_event
+        return found["ctx"]
+
+    def spy_send(robot, action):
+        bus = robot.inner.bus
+        trace.add(action, bus.sync_read("Present_Position"))
+        sent = send(robot, action)
+        if rng.random() < reset_probability:  # from the control loop, as LeRobot's strategies reset
+            found["ctx"].policy.inference.reset()
+            adversary.fresh = True
+            move_arm(follower, *limits, rng)
+            trace.resets += 1
+            present = bus.sync_read("Present_Position")
+            trace.add({f"{k}.pos": v for k, v in present.items()}, present, by_policy=False)
+        if sum(trace.by_policy) >= commands:
+            found["stop"].set()
+        return sent
+
+    monkeypatch.setattr(ThreadSafeRobot, "send_action", spy_send)
+    monkeypatch.setattr(rollout_script, "build_rollout_context", spy_build)
+    name = "rollout_rtc.yaml" if engine == "rtc" else "rollout.yaml"
+    config = virtualize(ROOT / "robots" / "so101" / name, tmp_path, _cameras(checkpoint))
+    _run_rollout([f"--config_path={config}", f"--policy.path={checkpoint}", "--device=cpu", "--duration=120",
+                  f"--fps={FPS}", "--return_to_initial_position=false", "--robot.max_relative_target=null",
+                  "--policy.n_action_steps=8", "--policy.chunk_blend_steps=4"], follower, virtual_hw)  # fmt: skip
+    return trace
+
+
+@pytest.fixture
+def stress_checkpoint(roboalign_checkpoint, tmp_path) -> Path:
+    """The calibrated ranges alone (the synthetic dataset's action range is a few degrees: too narrow to move)."""
+    bound = tmp_path / "pretrained_model"
+    shutil.copytree(roboalign_checkpoint, bound)
+    main_check([str(ROOT / "calibration/so101_follower.json"), "--robot.type=so101_follower", f"--checkpoint={bound}",
+                f"--max_delta={MAX_DELTA}", "--replace_limits=true"])  # fmt: skip
+    return bound
+
+
+@pytest.mark.parametrize("engine", ["sync", "rtc"])
+def test_rollout_engines_never_send_a_command_beyond_max_delta(engine, stress_checkpoint, tmp_path, virtual_hw,
+                                                               monkeypatch, capsys):  # fmt: skip
+    trace = rollout_under_stress(engine, 24, tmp_path, stress_checkpoint, virtual_hw, monkeypatch)
+    figures = trace.figures(*bound_limits(stress_checkpoint))
+    with capsys.disabled():
+        print(f"\n[issue 24 stress] lerobot-rollout {engine}: {figures}")
+    assert figures["commands"] >= 60 and figures["resets"] >= 1, figures
+    assert_invariant(figures)
+
+
+def async_under_stress(seed: int, tmp_path: Path, checkpoint: Path, virtual_hw, monkeypatch, client_class=None,
+                       commands: int = 90) -> Trace:  # fmt: skip
+    """LeRobot's PolicyServer (RoboAlign's subclass, in a thread) and a RobotClient over loopback gRPC."""
+    import grpc
+    import roboalign_virtual_hw
+    from concurrent import futures
+    from lerobot.async_inference.configs import PolicyServerConfig
+    from lerobot.robots.so_follower import SO101FollowerConfig
+    from lerobot.transport import services_pb2_grpc
+    from test_rollout import _start_client
+
+    from lerobot_roboalign.async_inference import (
+        RoboAlignPolicyServer,
+        RoboAlignRobotClient,
+        RoboAlignRobotClientConfig,
+        register_with_policy_server,
+    )
+
+    monkeypatch.chdir(tmp_path)  # LeRobot's server and client write logs/ into the working directory
+    Adversary(seed).install(monkeypatch)
+    register_with_policy_server()
+    port = _free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    services_pb2_grpc.add_AsyncInferenceServicer_to_server(
+        RoboAlignPolicyServer(PolicyServerConfig(host="127.0.0.1", port=port, fps=FPS)), server
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    move_arm(follower, *bound_limits(checkpoint), random.Random(seed))
+    calibration_dir = tmp_path / "cal"
+    calibration_dir.mkdir()
+    shutil.copyfile(ROOT / "calibration" / "so101_follower.json", calibration_dir / "arm.json")
+    cameras = {name: roboalign_virtual_hw.SyntheticCameraConfig(width=w, height=h, fps=FPS)
+               for name, (h, w) in _cameras(checkpoint).items()}  # fmt: skip
+    robot = SO101FollowerConfig(port=FOLLOWER_PORT, id="arm", calibration_dir=calibration_dir, cameras=cameras)
+    cfg = RoboAlignRobotClientConfig(
+        policy_type="roboalign", pretrained_name_or_path=str(checkpoint), robot=robot, actions_per_chunk=CHUNK,
+        task="pick up the red cube", server_address=f"127.0.0.1:{port}", policy_device="cpu", fps=FPS,
+        aggregate_fn_name="weighted_average", chunk_size_threshold=0.8,
+    )  # fmt: skip
+    trace = Trace(list(virtual_hw.MOTOR_NAMES))
+
+    class _Process:  # stands in for the server subprocess _start_client polls
+        @staticmethod
+        def poll() -> None:
+            return None
+
+    try:
+        with virtual_hw.virtual_ports({FOLLOWER_PORT: follower}):
+            client = _start_client(cfg, client_class or RoboAlignRobotClient, _Process())
+            send = client.robot.send_action
+
+            def spy_send(action):
+                trace.add(action, client.robot.bus.sync_read("Present_Position"))
+                if sum(trace.by_policy) >= commands:
+                    client.shutdown_event.set()
+                return send(action)
+
+            client.robot.send_action = spy_send
+            receiver = threading.Thread(target=client.receive_actions, daemon=True)
+            receiver.start()
+            loop = threading.Thread(target=client.control_loop, kwargs={"task": cfg.task}, daemon=True)
+            loop.start()
+            deadline = time.monotonic() + 90
+            while sum(trace.by_policy) < commands and time.monotonic() < deadline and loop.is_alive():
+                time.sleep(0.1)
+            client.stop()
+            loop.join(10)
+            receiver.join(10)
+    finally:
+        server.stop(0)
+    return trace
+
+
+def test_async_client_never_sends_a_command_beyond_max_delta(stress_checkpoint, tmp_path, virtual_hw, monkeypatch,
+                                                             capsys):  # fmt: skip
+    trace = async_under_stress(24, tmp_path, stress_checkpoint, virtual_hw, monkeypatch)
+    figures = trace.figures(*bound_limits(stress_checkpoint))
+    with capsys.disabled():
+        print(f"\n[issue 24 stress] async client: {figures}")
+    assert figures["commands"] >= 60, figures
+    assert_invariant(figures)
