@@ -237,7 +237,8 @@ def parse(doc: str, pattern: str, check, reason: str) -> Rule:
     return Rule(doc, pattern, "parse", reason=reason, check=check)
 
 
-README, LIBERO, CALVIN, PAPER = "README.md", "examples/libero/README.md", "examples/calvin/README.md", "examples/paper/README.md"
+README, LIBERO, CALVIN, PAPER = ("README.md", "examples/libero/README.md", "examples/calvin/README.md",
+                                 "examples/paper/README.md")
 HARDWARE = "needs the arm on a serial port (the virtual-bus tests in tests/robots/ drive these entry points)"
 SETUP = "set-up of a fresh machine: what `make setup` does here (tests run inside its .venv)"
 RULES = (
@@ -380,7 +381,8 @@ class Workspace:
         self.root, self.done = root, set()
         home = root / "home"
         self.env = {**os.environ, "HOME": str(home), "HF_HOME": str(home / ".cache" / "huggingface"),
-                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": f"{BIN}:{os.environ['PATH']}"}  # fmt: skip
+                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                    "PATH": f"{BIN}:{os.environ['PATH']}"}  # fmt: skip
         self.env.pop("HF_LEROBOT_HOME", None)
         lerobot_home = home / ".cache" / "huggingface" / "lerobot"
         for name in ("examples", "robots", "calibration"):
