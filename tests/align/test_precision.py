@@ -1,15 +1,21 @@
-"""Alignment trains float32 master weights under bf16 autocast (issue 10, item 7).
+"""Alignment trains float32 master weights under bf16 autocast (issue 10, item 7) with the trainer's config built
+before the model (issue 25: sharded init), gradient checkpointing and a bf16 KL reference.
 
 The CUDA configuration is checked through the functions that decide it (no GPU here); the CPU runs use the
 same mechanism (accelerate's autocast, which is CPU autocast with ``use_cpu``) and check that a bf16-configured
 run changes the weights as a float32 run does, norm weights included.
 """
 
+import importlib
+import json
 from pathlib import Path
 
+import draccus
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
+
+from lerobot_roboalign.align import common
 
 from lerobot_roboalign.align import sft
 from lerobot_roboalign.align.common import ModelConfig, TrainingConfig, load_model_and_processor
@@ -78,6 +84,7 @@ def sft_run(backbone: Path, data, output: Path, dtype: str, monkeypatch) -> tupl
             if state:  # empty before the first optimizer step
                 seen.append(("adam", state))
             seen.append(("trained", {p.dtype for p in model.parameters() if p.requires_grad}))
+            seen.append(("checkpointing", self.accelerator.unwrap_model(model).is_gradient_checkpointing))
 
     monkeypatch.setattr(SFTTrainer, "training_step", spy)
     cfg = AlignSFTConfig(
@@ -107,6 +114,7 @@ def test_bf16_configured_sft_changes_the_weights_as_float32_does(
         assert {d for kind, d in seen if kind == "matmul"} == {expected_matmul}  # autocast ran (or did not)
         assert [d for kind, d in seen if kind == "adam"] == [{torch.float32}] * 2  # steps 2 and 3 see the state
         assert all(d == {torch.float32} for kind, d in seen if kind == "trained")
+        assert {on for kind, on in seen if kind == "checkpointing"} == {True}  # the default, as TRL's
     print("changed fraction (all LLM-layer weights, norm weights):", fractions)
     assert fractions["float32"][0] > 0.9 and fractions["float32"][1] > 0.9
     assert fractions["bfloat16"][0] > 0.95 * fractions["float32"][0]
@@ -116,16 +124,18 @@ def test_bf16_configured_sft_changes_the_weights_as_float32_does(
 @pytest.mark.slow
 def test_bf16_configured_grpo_trains_float32_against_a_bf16_reference(extended_dir, align_data_config, tmp_path,
                                                                       monkeypatch):
+    from trl import GRPOTrainer
+
     from lerobot_roboalign.align import grpo
 
     trainers = []
-    cast = grpo.cast_reference_model
+    train = GRPOTrainer.train
 
-    def spy(trainer, dtype):
+    def spy(trainer, *args, **kwargs):
         trainers.append(trainer)
-        cast(trainer, dtype)
+        return train(trainer, *args, **kwargs)
 
-    monkeypatch.setattr(grpo, "cast_reference_model", spy)
+    monkeypatch.setattr(GRPOTrainer, "train", spy)
     cfg = grpo.AlignGRPOConfig(
         dataset=align_data_config,
         model=ModelConfig(path=str(extended_dir), dtype="bfloat16", freeze_vision=False),
@@ -139,3 +149,99 @@ def test_bf16_configured_grpo_trains_float32_against_a_bf16_reference(extended_d
     assert {p.dtype for p in trainer.ref_model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
     assert {s["exp_avg"].dtype for s in trainer.optimizer.state.values()} == {torch.float32}
+    assert trainer.accelerator.unwrap_model(trainer.model).is_gradient_checkpointing
+
+
+def test_the_kl_reference_is_loaded_in_the_compute_dtype():
+    from lerobot_roboalign.align import grpo
+
+    for dtype, reference in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
+        cfg = grpo.AlignGRPOConfig(model=ModelConfig(dtype=dtype))
+        # TRL builds the reference from model_init_kwargs: in bf16 from the start, no float32 copy on the way
+        assert grpo.grpo_args(cfg).model_init_kwargs == {"dtype": reference}
+    assert TrainingConfig().gradient_checkpointing
+
+
+ZERO3_LAUNCH = {  # what `accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml` sets per rank
+    "ACCELERATE_USE_DEEPSPEED": "true",
+    "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+    "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true",
+}
+
+
+class Loaded(Exception):
+    """Raised by the patched from_pretrained: the test needs nothing after it."""
+
+
+@pytest.fixture
+def zero3_seen_at_load(monkeypatch) -> list[bool]:
+    """Under a ZeRO-3 launch, whether ZeRO-3 init was active (trainer config built) when a model was loaded."""
+    pytest.importorskip("deepspeed")
+    from accelerate.state import AcceleratorState
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    for name, value in ZERO3_LAUNCH.items():
+        monkeypatch.setenv(name, value)
+    seen = []
+
+    def from_pretrained(*args, **kwargs):
+        seen.append(is_deepspeed_zero3_enabled())
+        raise Loaded
+
+    monkeypatch.setattr(common.AutoModelForImageTextToText, "from_pretrained", from_pretrained)
+    assert not is_deepspeed_zero3_enabled()
+    yield seen
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_sft_builds_its_trainer_config_before_the_model(zero3_seen_at_load, tiny_qwen25_backbone, align_data_config,
+                                                       tmp_path):
+    cfg = AlignSFTConfig(dataset=align_data_config, model=ModelConfig(path=str(tiny_qwen25_backbone)),
+                         training=TrainingConfig(output_dir=tmp_path))
+    with pytest.raises(Loaded):
+        sft.train(cfg)
+    assert zero3_seen_at_load == [True]  # from_pretrained ran under deepspeed.zero.Init: loaded partitioned
+
+
+def test_grpo_builds_its_trainer_config_before_the_model(zero3_seen_at_load, extended_dir, align_data_config,
+                                                        tmp_path):
+    from lerobot_roboalign.align import grpo
+
+    cfg = grpo.AlignGRPOConfig(dataset=align_data_config, model=ModelConfig(path=str(extended_dir)),
+                               training=TrainingConfig(output_dir=tmp_path, per_device_train_batch_size=5),
+                               grpo=grpo.GRPOSection(max_completion_length=0))
+    with pytest.raises(Loaded):
+        grpo.train(cfg)
+    assert zero3_seen_at_load == [True]
+
+
+PAPER_GRPO = Path(__file__).parents[2] / "examples" / "paper" / "align_grpo.json"
+
+
+def test_the_papers_grpo_batching_and_vllm_colocate_reach_trl():
+    from lerobot_roboalign.align import grpo
+
+    cfg = draccus.parse(config_class=grpo.AlignGRPOConfig, args=[f"--config_path={PAPER_GRPO}"])
+    args = grpo.grpo_args(cfg)
+    assert (args.num_generations, args.generation_batch_size) == (5, 512 * 5)  # rollout: 512 prompts x 5
+    gpus = 8
+    update = args.per_device_train_batch_size * args.gradient_accumulation_steps * gpus
+    assert update == 128 * 5  # update batch: 128 prompts x 5 completions
+    assert args.generation_batch_size // update == 4  # 4 optimizer steps per rollout
+    assert (args.use_vllm, args.vllm_mode, args.vllm_enable_sleep_mode) == (True, "colocate", True)
+    assert args.vllm_gpu_memory_utilization == cfg.grpo.vllm_gpu_memory_utilization
+    assert (args.learning_rate, args.lr_scheduler_type, args.beta, args.top_p) == (1e-6, "constant", 0.01, 0.99)
+    assert args.gradient_checkpointing
+    sft_recipe = json.loads((PAPER_GRPO.parent / "align_sft.json").read_text())
+    assert sft_recipe["training"]["learning_rate"] == 2e-5 and sft_recipe["model"]["freeze_vision"]
+
+
+def test_grpo_with_vllm_requested_but_missing_says_how_to_install_it(tmp_path, monkeypatch):
+    from lerobot_roboalign.align import grpo
+
+    trl_imports = importlib.import_module("trl.import_utils")  # trl's lazy module has no attribute for it
+    monkeypatch.setattr(trl_imports, "is_vllm_available", lambda *args, **kwargs: False)
+    cfg = grpo.AlignGRPOConfig(model=ModelConfig(path=str(tmp_path / "missing")),
+                               training=TrainingConfig(output_dir=tmp_path), grpo=grpo.GRPOSection(use_vllm=True))
+    with pytest.raises(ImportError, match=r"lerobot_policy_roboalign\[vllm\]"):
+        grpo.train(cfg)  # before the (missing) model is looked for
