@@ -127,6 +127,7 @@ class SafetyContext:
     overrides_version: int = 0
     episode: int = 0
     reset_time: float = 0.0  # when the policy was last reset (measurements before it are stale)
+    measures: bool = False  # joint measurements reach this policy (kept across resets)
     hold: bool = False  # the policy's blender is holding: the next command repeats the last one
 
     def enter(self) -> None:
@@ -134,6 +135,7 @@ class SafetyContext:
         measurement = getattr(_LOCAL, "measurement", None)
         if measurement is not None:
             self.measurement, _LOCAL.measurement = measurement, None
+            self.measures = self.measures or measurement.joints is not None
         _LOCAL.context = self
 
     def publish_overrides(self, overrides: dict[str, Any]) -> None:
@@ -238,13 +240,13 @@ class Limits:
 class CommandGuard:
     """The invariant, one command at a time, in the order the arm receives them.
 
-    Clamps, in order (each a method, the seams the mutation test removes one at a time):
-    ``_fresh_measurement`` (refuse/hold without a fresh one), ``_replace_non_finite``, ``_clamp_to_limits``,
-    ``_clamp_to_previous`` (max_delta from the previous command sent), ``_clamp_to_measured`` (max_delta per
-    step sent since the measurement, from the measured joints), ``_hold_if_apart`` (previous command and
-    measurement too far apart for both: the arm was moved, e.g. a DAgger correction: hold where it is).
-    A measurement is fresh if it was taken after the last :meth:`reset` and at most
-    ``max_measurement_age_s`` ago; a chunk computed before a reset therefore never moves the arm.
+    Clamps, in order (each a method: the seams the mutation test removes one at a time): ``_is_fresh`` (a
+    measurement taken before the last :meth:`reset`, e.g. by an inference in flight, or more than
+    ``max_measurement_age_s`` ago, is none), ``_hold`` (without a fresh measurement: repeat the last command,
+    or refuse), ``_replace_non_finite``, ``_clamp_to_limits``, ``_clamp_to_previous`` (max_delta from the
+    previous command sent), ``_clamp_to_measured`` (max_delta per command sent since the measurement, from
+    the measured joints; applied last, so where the arm was moved away from the last command, e.g. a human
+    correction, the command follows the arm, not the stale command).
     """
 
     def __init__(self) -> None:
@@ -260,7 +262,7 @@ class CommandGuard:
             self.reset_time = time.perf_counter() if at is None else at
             self.anchored = False  # the last command was compared with a measurement
             self._sent_times: deque[float] = deque(maxlen=4096)
-            self.holds = 0  # commands held (no fresh measurement, or arm moved away from the last command)
+            self.holds = 0  # commands held (the policy's blender holds, or no fresh measurement)
 
     def observe(self, measurement: Measurement | None) -> None:
         """A measurement is only taken if it is newer than the last reset (not from an in-flight inference)."""
@@ -268,10 +270,13 @@ class CommandGuard:
             return
         with self._lock:
             self.ever_measured = True
-            if measurement.time > self.reset_time and (
+            if self._is_fresh(measurement, math.inf) and (
                 self.measurement is None or measurement.time >= self.measurement.time
             ):
                 self.measurement = measurement
+
+    def _is_fresh(self, measurement: Measurement, max_age_s: float) -> bool:
+        return measurement.time > self.reset_time and time.perf_counter() - measurement.time <= max_age_s
 
     def command(self, target: torch.Tensor, limits: Limits, hold: bool = False) -> torch.Tensor | None:
         """The (B, A) command to send for ``target``, or None: refused (nothing known to hold at)."""
@@ -282,7 +287,7 @@ class CommandGuard:
             applies, measured, reach = self._fresh_measurement(safe, limits)
             self.anchored = applies
             if hold or (applies and measured is None):
-                return self._hold(safe, measured, limits)
+                return self._hold(safe, measured, reach, limits)
             fallback = self.last_sent if self.last_sent is not None else measured
             safe = self._replace_non_finite(safe, fallback)
             if safe is None:
@@ -290,7 +295,6 @@ class CommandGuard:
             safe = self._clamp_to_limits(safe, limits)
             safe = self._clamp_to_previous(safe, limits)
             safe = self._clamp_to_measured(safe, measured, reach)
-            safe = self._hold_if_apart(safe, measured, reach, limits)
             return self._sent(safe, target)
 
     # ---- the clamps --------------------------------------------------------------------------------
@@ -304,14 +308,16 @@ class CommandGuard:
         """
         if not (limits.anchor_to_state and self.ever_measured):
             return False, None, None
-        measurement, now = self.measurement, time.perf_counter()
-        joints = None if measurement is None else measurement.joints
-        if joints is None or joints.shape[-1] != like.shape[-1] or joints.numel() % like.shape[-1]:
-            return joints is not None and joints.shape[-1] == like.shape[-1], None, None
+        measurement = self.measurement
+        if measurement is None:
+            return True, None, None
+        joints = measurement.joints
+        if joints.shape[-1] != like.shape[-1]:
+            return False, None, None  # e.g. delta actions beside a state of another size
         joints = joints.reshape(-1, like.shape[-1]).to(like)  # float32, as the commands
         if joints.shape[0] not in (1, like.shape[0]) or not torch.isfinite(joints).all():
             return True, None, None
-        if measurement.time <= self.reset_time or now - measurement.time > limits.max_measurement_age_s:
+        if not self._is_fresh(measurement, limits.max_measurement_age_s):
             return True, None, None
         steps = 1 + sum(t > measurement.time for t in self._sent_times)
         reach = None if limits.max_delta is None else limits.max_delta.double() * steps
@@ -345,26 +351,16 @@ class CommandGuard:
             return safe
         return _clamp_between(safe, measured.double() - reach, measured.double() + reach)
 
-    def _hold_if_apart(
-        self, safe: torch.Tensor, measured: torch.Tensor | None, reach: torch.Tensor | None, limits: Limits
-    ) -> torch.Tensor:
-        """Previous command and measurement more than max_delta + reach apart: no command is within both."""
-        if measured is None or reach is None or self.last_sent is None or limits.max_delta is None:
-            return safe
-        apart = ((self.last_sent.double() - measured.double()).abs() > limits.max_delta.double() + reach).any(dim=-1)
-        if apart.any():
-            self.holds += 1
-            safe[apart] = self._clamp_to_limits(measured, limits)[apart]
-        return safe
-
     # ---- bookkeeping ----------------------------------------------------------------------------
-    def _hold(self, like: torch.Tensor, measured: torch.Tensor | None, limits: Limits) -> torch.Tensor | None:
-        """Repeat the last command; right after a reset, stay at the measured joints; else refuse."""
+    def _hold(
+        self, like: torch.Tensor, measured: torch.Tensor | None, reach: torch.Tensor | None, limits: Limits
+    ) -> torch.Tensor | None:
+        """Repeat the last command; with none since the reset, stay at the measured joints; else refuse."""
         self.holds += 1
         if self.last_sent is not None:
             return self._sent(self.last_sent.clone(), like)
         if measured is not None:
-            return self._sent(self._clamp_to_limits(measured, limits), like)
+            return self._sent(self._clamp_to_measured(self._clamp_to_limits(measured, limits), measured, reach), like)
         return None
 
     def _sent(self, safe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -471,8 +467,8 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     (B, A) actions (LeRobot's sync engine, ``lerobot-eval``, each action of the async server's chunk) are
     guarded here, in order. A (B, T, A) chunk (RTC engine) is returned as :class:`GuardedRows`: its rows are
     guarded when the engine's queue hands them to the control loop, since only then is it known which row
-    follows which command. A chunk computed from an observation older than the last reset is refused
-    (LeRobot's engine logs the error and infers again). Limits are plain lists in the saved config so an
+    follows which command (rows of a chunk computed before a reset wait for a measurement taken after it,
+    and are then limited from there). Limits are plain lists in the saved config so an
     arm's calibrated ranges can be bound to a checkpoint (``roboalign calibration check --checkpoint``);
     the policy's ``--policy.safety_*`` settings override them at load time (docs/safety.md: precedence).
 
@@ -564,6 +560,7 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         self._sync_overrides(context)
         self._follow_resets(context)
         self._guard.observe(context.measurement)
+        self._guard.ever_measured = self._guard.ever_measured or context.measures
         hold, context.hold = context.hold, False
         if not self.enabled:
             return action
@@ -581,24 +578,15 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         return safe
 
     def _guard_rows(self, chunk: torch.Tensor, context: SafetyContext) -> GuardedRows:
-        """An RTC chunk: refused if computed before the last reset, else guarded row by row when sent."""
-        self._check_chunk_measurement(context)
+        """An RTC chunk, guarded row by row when the engine's queue hands a row to the control loop (where a
+        ``policy.reset()`` since the chunk was made also restarts the guard)."""
 
         def send(row: torch.Tensor) -> torch.Tensor | None:
+            self._follow_resets(context)
             sent = self._guard.command(row[None], self._limits(row[None])) if self.enabled else row[None]
             return None if sent is None else sent[0]
 
         return GuardedRows.wrap(chunk, send)
-
-    def _check_chunk_measurement(self, context: SafetyContext) -> None:
-        measurement = context.measurement
-        if not (self.anchor_to_state and self._guard.ever_measured):
-            return
-        if measurement is None or measurement.time <= self._guard.reset_time:
-            raise RuntimeError(
-                "RoboAlign safety: this action chunk was computed from an observation taken before the last "
-                "reset (an inference in flight during a reset); it is discarded and inference runs again."
-            )
 
     def _limits(self, like: torch.Tensor) -> Limits:
         dim = like.shape[-1]

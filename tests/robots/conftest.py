@@ -56,3 +56,12 @@ def virtual_hw():
     import roboalign_virtual_hw
 
     return roboalign_virtual_hw
+
+
+@pytest.fixture(autouse=True)
+def _fresh_safety_thread_state():
+    """Each test starts as a new process would: no measurement left in this thread by another test's steps."""
+    from lerobot_roboalign import safety
+
+    safety._LOCAL.__dict__.clear()
+    yield
