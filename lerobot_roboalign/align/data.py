@@ -159,8 +159,11 @@ def to_pil(image: torch.Tensor, size: int | None) -> Image.Image:
     array = image.permute(1, 2, 0).numpy() if image.ndim == 3 else image.numpy()
     if array.dtype != np.uint8:
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
-    pil = Image.fromarray(array)
-    return pil.resize((size, size), Image.BICUBIC) if size else pil
+    return resized(Image.fromarray(array), size)
+
+
+def resized(image: Image.Image, size: int | None) -> Image.Image:
+    return image.resize((size, size), Image.BICUBIC) if size else image
 
 
 def episode_ends(dataset: LeRobotDataset) -> np.ndarray:
@@ -205,9 +208,18 @@ class OpenedDataset:
     task_index: np.ndarray
     state: np.ndarray | None  # (frames, chosen state entries) when the prompt shows the state
     action_names: list[str] | None
+    stored_images: Dataset | None  # the camera columns as PIL images, when they are stored as images (not video)
 
     def chunk(self, frame: int) -> np.ndarray:
         return chunks_at(self.actions, self.ends, np.array([frame]), self.chunk_size)[0]
+
+    def images(self, frame: int, size: int | None) -> list[Image.Image]:
+        """The frame's camera images: decoded straight from the stored PNG/JPEG, or (video) by LeRobot."""
+        if self.stored_images is None:
+            item = self.dataset[frame]
+            return [to_pil(item[camera], size) for camera in self.cameras]
+        row = self.stored_images[frame]
+        return [resized(row[camera].convert("RGB"), size) for camera in self.cameras]
 
     def task(self, frame: int) -> str:
         return self.dataset.meta.tasks.iloc[int(self.task_index[frame])].name
@@ -236,6 +248,8 @@ def open_dataset(repo_id: str, root: str | None, cfg: AlignDataConfig, fast: Fas
         task_index=np.asarray(columns["task_index"], dtype=np.int64),
         state=state[:, indices] if state is not None and indices is not None else state,
         action_names=action_names(dataset),
+        stored_images=dataset.hf_dataset.with_format(None, columns=cameras)
+        if all(meta.features[camera]["dtype"] == "image" for camera in cameras) else None,
     )
 
 
@@ -337,8 +351,7 @@ class AlignSamples(Sequence):
             case "state":
                 return None if source.state is None else source.state[frame].copy()
             case "images":
-                item = source.dataset[frame]
-                return [to_pil(item[camera], self.image_size) for camera in source.cameras]
+                return source.images(frame, self.image_size)
             case "actions":
                 return source.chunk(frame)
             case "action_names":
