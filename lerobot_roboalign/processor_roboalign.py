@@ -136,14 +136,20 @@ class RoboAlignValidateBatchStep(ProcessorStep):
 
 
 def safety_overrides(config: RoboAlignConfig) -> dict[str, Any]:
-    """The ``--policy.safety_*`` settings given for this run (None: keep the checkpoint's), validated now."""
+    """The ``--policy.safety_*`` settings given for this run (None: keep the checkpoint's), validated now.
+
+    Each one overrides its own field (a joint_max alone keeps the checkpoint's joint_min); the safety step
+    checks the limits in force together."""
     overrides = {
         "enabled": config.safety_enabled,
         "max_delta": config.safety_max_delta,
         "joint_min": config.safety_joint_min,
         "joint_max": config.safety_joint_max,
     }
-    validate_limits(overrides["max_delta"], overrides["joint_min"], overrides["joint_max"])
+    low, high = overrides["joint_min"], overrides["joint_max"]
+    validate_limits(overrides["max_delta"], low if high is not None else None, high if low is not None else None)
+    for alone in (low, high) if (low is None) != (high is None) else ():
+        validate_limits(None, alone, alone)
     return overrides
 
 
