@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("align", "reason"): ("lerobot_roboalign.align.reason", "Generate zero-shot reasoning texts for alignment samples."),
     ("align", "sft"): ("lerobot_roboalign.align.sft", "Supervised fine-tuning on <think>..</think><answer>FAST tokens</answer>."),
     ("align", "grpo"): ("lerobot_roboalign.align.grpo", "GRPO with the action-token prefix reward (TRL GRPOTrainer)."),
+    ("align", "plan"): ("lerobot_roboalign.align.plan", "GPU memory per GPU of SFT, GRPO and the VLA for a model and accelerate configs (no weights loaded)."),
     ("align", "push"): ("lerobot_roboalign.hub", "Push an aligned MLLM to its own Hub repository, so policies on it can be shared."),
     ("align", "generate"): ("lerobot_roboalign.align.generate", "Print the reasoning and decoded action chunk of an aligned MLLM."),
     ("calibration", "check"): ("lerobot_roboalign.calibration", "Validate (and optionally install) a LeRobot calibration file."),

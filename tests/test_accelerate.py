@@ -30,7 +30,7 @@ def test_accelerate_reads_the_example_configs(config):
     parsed = launch_command_parser().parse_args(command)
     args, _, _ = _validate_launch_command(parsed)
     assert args.num_processes == 8 and args.mixed_precision == "bf16"
-    assert args.use_deepspeed or args.use_fsdp
+    assert args.use_deepspeed or args.use_fsdp or (config.stem == "ddp" and args.multi_gpu)
     if args.use_deepspeed:
         assert args.zero_stage == int(config.stem[-1])  # deepspeed_zero2 / deepspeed_zero3
     assert args.training_script == "lerobot_roboalign.cli" and args.training_script_args == ["align", "sft"]
