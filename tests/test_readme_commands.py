@@ -144,6 +144,14 @@ def check_roboalign(argv: list[str], checkpoint: Path):
     return draccus.parse(config_class=load(config), args=argv[3:])
 
 
+def check_accelerated_align(argv: list[str], checkpoint: Path):
+    """``accelerate launch --config_file F -m lerobot_roboalign.cli align sft|grpo ...``: F exists, the stage parses."""
+    assert (REPO / argv[argv.index("--config_file") + 1]).is_file()
+    start = argv.index("lerobot_roboalign.cli") + 1
+    stage = {"sft": "lerobot_roboalign.align.sft:AlignSFTConfig", "grpo": "lerobot_roboalign.align.grpo:AlignGRPOConfig"}
+    return draccus.parse(config_class=load(stage[argv[start + 1]]), args=argv[start + 2 :])
+
+
 def check_policy_server(argv: list[str], checkpoint: Path):
     from lerobot.async_inference.configs import PolicyServerConfig
 
@@ -205,6 +213,13 @@ TINY_GRPO = ("--dataset.num_samples=8", "--training.max_steps=1", "--training.pe
              "--grpo.num_generations=2", "--grpo.max_completion_length=0", "--training.save_steps=1",
              "--training.logging_steps=1")  # fmt: skip
 
+# On virtual arms (the config's ports and cameras replaced, tests/robots/conftest.py's virtualize): one episode of
+# 2 s moved by a virtual leader's "hand", then a rollout of 2 s.
+VIRTUAL_CAMERAS = {"front": (64, 64), "wrist": (64, 64)}  # record.yaml's cameras, small
+TINY_RECORD = ("--dataset.num_episodes=1", "--dataset.episode_time_s=2", "--dataset.reset_time_s=0",
+               "--dataset.video=false")  # fmt: skip
+TINY_ROLLOUT = ("--duration=2", "--device=cpu")
+
 # (pattern, replacement, why): every change made to the text of a command that runs.
 SUBSTITUTIONS = (
     (r"Qwen/Qwen2\.5-VL-7B-Instruct", "tiny-qwen", "a tiny random Qwen2.5-VL (`roboalign make-tiny-backbone`)"),
@@ -224,13 +239,14 @@ class Rule:
     check: Callable[[list[str], Path], object] | None = None  # parse: what is checked
     tiny: tuple[str, ...] = ()  # run: appended arguments
     group: str = ""  # run: commands of a group run in order in one shell
+    virtual_arm: bool = False  # run: in this process, the arms' serial ports and cameras virtual (tests/robots/)
 
     def matches(self, command: Command) -> bool:
         return command.doc == self.doc and re.search(self.pattern, command.line) is not None
 
 
-def run(doc: str, pattern: str, group: str, tiny: tuple[str, ...] = ()) -> Rule:
-    return Rule(doc, pattern, "run", tiny=tiny, group=group)
+def run(doc: str, pattern: str, group: str, tiny: tuple[str, ...] = (), virtual_arm: bool = False) -> Rule:
+    return Rule(doc, pattern, "run", tiny=tiny, group=group, virtual_arm=virtual_arm)
 
 
 def parse(doc: str, pattern: str, check, reason: str) -> Rule:
@@ -250,12 +266,14 @@ RULES = (
     parse(README, r"^roboalign demo( |$)", check_roboalign, "tests/demo/test_demo.py runs the quick demo end to end"),
     # Journey 2: a real arm.
     parse(README, r"^pip install \"lerobot_policy_roboalign\[feetech\]\"$", check_pip_extras, "installs from PyPI"),
-    parse(README, r"^lerobot-(setup-motors|calibrate|teleoperate|record) ", check_lerobot, HARDWARE),
+    parse(README, r"^lerobot-(setup-motors|calibrate|teleoperate) ", check_lerobot,
+          "interactive (a person moves the arm); " + HARDWARE),
+    run(README, r"^lerobot-record --config_path=robots/so101/record\.yaml$", "arm", TINY_RECORD, virtual_arm=True),
     run(README, r"^roboalign calibration check ~/\S+ --robot\.type=so101_follower$", "arm"),
     run(README, r"^lerobot-train --policy\.type=roboalign --dataset\.repo_id=local/so101_pick_place --policy\.vlm",
         "arm", TINY_VLA),  # fmt: skip
     run(README, r"^roboalign calibration check ~/\S+ --robot\.type=so101_follower --checkpoint=", "arm"),
-    parse(README, r"^lerobot-rollout --config_path=robots/so101/rollout\.yaml ", check_lerobot, HARDWARE),
+    run(README, r"^lerobot-rollout --config_path=robots/so101/rollout\.yaml ", "arm", TINY_ROLLOUT, virtual_arm=True),
     parse(README, r"^python -m lerobot_roboalign\.async_inference ", check_policy_server,
           "a gRPC server that waits for a robot (tests/robots/ run it with LeRobot's client on loopback)"),
     parse(README, r"^python -m lerobot\.async_inference\.robot_client ", check_robot_client, HARDWARE),
@@ -309,7 +327,10 @@ RULES = (
     parse(CALVIN, r"^git clone ", no_check, "network"),
     parse(CALVIN, r"^pip install ", check_pip_extras, SETUP),
     parse(CALVIN, r"^roboalign calvin eval ", check_roboalign, "as README journey 4"),
-    # examples/paper: the paper's three runs (hours on GPUs).
+    # examples/paper: the paper's alignment recipe (8 GPUs, BridgeV2 from the Hub) and three VLA runs (hours on GPUs).
+    parse(PAPER, r"^accelerate launch --config_file examples/accelerate/deepspeed_zero[23]\.yaml -m lerobot_roboalign\.cli "
+          r"align (sft|grpo) --config_path=examples/paper/align_", check_accelerated_align,
+          "8 GPUs and BridgeV2 from the Hub; README journey 5 runs the same stages at tiny size"),
     parse(PAPER, r"^lerobot-train --config_path=examples/paper/(libero|calvin|real_robot)\.json ", check_paper_config,
           "the paper's 30K-100K-step runs; README journeys 3 and 4 run the LIBERO and CALVIN configs at tiny size"),
 )
@@ -380,6 +401,7 @@ class Workspace:
 
         self.root, self.done = root, set()
         home = root / "home"
+        self.lerobot_home = home / ".cache" / "huggingface" / "lerobot"
         self.env = {**os.environ, "HOME": str(home), "HF_HOME": str(home / ".cache" / "huggingface"),
                     "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                     "PATH": f"{BIN}:{os.environ['PATH']}"}  # fmt: skip
@@ -391,7 +413,7 @@ class Workspace:
         source = root / "data" / "so101"
         write_synthetic_dataset(source, "me/so101")
         for target in ("DIR", "data/calvin_abc", *(f"{lerobot_home}/{repo}" for repo in
-                       ("USER/DATASET", "local/so101_pick_place", "HuggingFaceVLA/libero"))):  # fmt: skip
+                       ("USER/DATASET", "HuggingFaceVLA/libero"))):  # fmt: skip
             shutil.copytree(source, root / target)
         calibration = lerobot_home / "calibration" / "robots" / "so_follower" / "my_so101_follower.json"
         calibration.parent.mkdir(parents=True)
@@ -400,7 +422,22 @@ class Workspace:
     def run_group(self, group: str) -> None:
         if group in ("arm", "benchmarks") and "align" not in self.done:
             self.run_group("align")  # they train on the aligned MLLM, outputs/align/grpo/model
-        lines = [tiny_line(c, rules_of(c)[0]) for c in ALL_COMMANDS if rules_of(c)[0].group == group]
+        commands = [c for c in ALL_COMMANDS if rules_of(c)[0].group == group]
+        shell: list[str] = []
+        for command in commands:  # consecutive shell commands share one shell (variables, exports)
+            rule = rules_of(command)[0]
+            if rule.virtual_arm:
+                self.run_shell(group, shell)
+                shell = []
+                self.run_on_virtual_arm(command, rule)
+            else:
+                shell.append(tiny_line(command, rule))
+        self.run_shell(group, shell)
+        self.done.add(group)
+
+    def run_shell(self, group: str, lines: list[str]) -> None:
+        if not lines:
+            return
         script = "set -euo pipefail\n" + "".join(f"echo {shlex.quote('+ ' + line)}\n{line}\n" for line in lines)
         result = subprocess.run(["bash", "-c", script], cwd=self.root, env=self.env, capture_output=True, text=True,
                                 check=False, timeout=1200)  # fmt: skip
@@ -408,7 +445,44 @@ class Workspace:
         ran = [line for line in output.splitlines() if line.startswith("+ ")]
         assert result.returncode == 0, f"{group}: failed at\n{ran[-1] if ran else '?'}\n" + output[-6000:]
         assert len(ran) == len(lines)
-        self.done.add(group)
+
+    def run_on_virtual_arm(self, command: Command, rule: Rule) -> None:
+        """The LeRobot command as typed, in this process, on a virtual SO-101 (and leader): LeRobot's robot, motor
+        bus and SDK run as on a real arm, only the serial ports and cameras are virtual (tests/robots/)."""
+        robots = REPO / "tests" / "robots"
+        if str(robots) not in sys.path:
+            sys.path.insert(0, str(robots))
+        import roboalign_virtual_hw as hw
+
+        spec = importlib.util.spec_from_file_location("_robots_conftest", robots / "conftest.py")
+        helpers = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(helpers)
+        argv = command.argv()
+        config = next(arg for arg in argv if arg.startswith("--config_path="))
+        virtual = helpers.virtualize(REPO / config.split("=", 1)[1], self.root / "virtual" / argv[0], VIRTUAL_CAMERAS)
+        args = [f"--config_path={virtual}" if arg == config else arg for arg in argv[1:]]
+        follower = hw.VirtualArm.from_file("so101_follower", REPO / "calibration" / "so101_follower.json")
+        ports = {helpers.FOLLOWER_PORT: follower}
+        if argv[0] == "lerobot-record":
+            from lerobot.scripts.lerobot_record import main
+
+            record = yaml.safe_load((REPO / config.split("=", 1)[1]).read_text())["dataset"]
+            leader = hw.VirtualArm.from_file("so101_leader", REPO / "calibration" / "so101_leader.json",
+                                             human_motion=True)  # fmt: skip
+            ports[helpers.LEADER_PORT] = leader
+            args.append(f"--dataset.root={self.lerobot_home / record['repo_id']}")  # LeRobot's cache, as by default
+        else:
+            from lerobot.scripts.lerobot_rollout import main
+        saved, cwd = sys.argv, Path.cwd()
+        sys.argv = [argv[0], *args, *rule.tiny]
+        os.chdir(self.root)
+        try:
+            with hw.virtual_ports(ports):
+                main()
+        finally:
+            sys.argv = saved
+            os.chdir(cwd)
+        assert len(follower.goal_log) >= 20 and hw.goal_ticks_within(follower), f"{argv[0]} did not drive the arm"
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +497,8 @@ def test_readme_journeys_run_at_tiny_size(group, workspace):
     outputs = {
         "align": ["outputs/align/fast", "outputs/align/reasoning.jsonl", "outputs/align/sft/model/action_vocab.json",
                   "outputs/align/grpo/model/action_vocab.json", "outputs/train/vla/checkpoints/last/pretrained_model"],
-        "arm": ["outputs/train/so101/checkpoints/last/pretrained_model/policy_postprocessor.json"],
+        "arm": ["outputs/train/so101/checkpoints/last/pretrained_model/policy_postprocessor.json",
+                "home/.cache/huggingface/lerobot/local/so101_pick_place/meta/info.json"],
         "benchmarks": ["outputs/paper/libero/checkpoints/last", "outputs/paper/calvin/checkpoints/last"],
         "reference": ["outputs/train/roboalign/checkpoints/last", "fast_tok", "report"],
         "peft": ["outputs/train/finetune/checkpoints/last/pretrained_model/adapter_config.json"],
