@@ -226,7 +226,7 @@ def stage_tokenizer(cfg: DemoConfig) -> dict:
     roboalign([
         "tokenizer", "fit",
         f"--dataset.repo_ids=[{REPO_ID}]",
-        f"--dataset.root={cfg.output_dir / 'dataset'}",
+        f"--dataset.roots=[{cfg.output_dir / 'dataset'}]",
         f"--chunk_size={cfg.sizes.chunk_size}",
         "--vocab_size=256",
         f"--scale={FAST_SCALE}",

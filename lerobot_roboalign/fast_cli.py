@@ -1,7 +1,10 @@
 """``roboalign tokenizer fit`` and ``roboalign tokenizer report``: FAST tokenizers from LeRobotDatasets.
 
-    roboalign tokenizer fit --dataset.repo_ids='[user/ds]' --dataset.root=DIR --output_dir=OUT
-    roboalign tokenizer report --dataset.repo_ids='[user/ds]' --dataset.root=DIR --output_dir=REPORT
+    roboalign tokenizer fit --dataset.repo_ids='[user/ds]' --dataset.roots='[DIR]' --output_dir=OUT
+    roboalign tokenizer report --dataset.repo_ids='[user/ds]' --dataset.roots='[DIR]' --output_dir=REPORT
+
+``--dataset.repo_ids`` / ``--dataset.roots`` are named as in ``align reason|sft|grpo``; ``fit``'s output
+directory is what ``align sft --model.fast_tokenizer=OUT`` takes.
 
 ``report`` shows the trade-off that ``scale`` sets: tokens per chunk against reconstruction error
 per action dimension on held-out chunks, as CSV + markdown, with plots of a few trajectories.
@@ -28,19 +31,29 @@ class DatasetSource:
     """One or more LeRobotDatasets with the same action space."""
 
     repo_ids: list[str] = field(default_factory=list)
-    # The dataset's directory for one repo_id; for several, a folder holding each at ROOT/<repo_id>.
+    roots: list[str] | None = None  # local dataset roots, one per repo id (as the align commands take them)
+    # Deprecated, use roots: the dataset's directory for one repo_id; for several, a folder with ROOT/<repo_id>.
     root: str | None = None
 
-    def roots(self) -> list[Path | None]:
+    def __post_init__(self) -> None:
+        if self.root is not None:
+            if self.roots is not None:
+                raise ValueError("Got --dataset.root and --dataset.roots: keep --dataset.roots only.")
+            logging.warning("--dataset.root is deprecated: pass --dataset.roots='[DIR]' (one root per repo id, "
+                            "as `roboalign align reason|sft|grpo` take them).")
+            several = len(self.repo_ids) > 1
+            self.roots = [str(Path(self.root) / r) if several else self.root for r in self.repo_ids]
+            self.root = None
+        if self.roots is not None and len(self.roots) != len(self.repo_ids):
+            raise ValueError(f"Got {len(self.roots)} --dataset.roots for {len(self.repo_ids)} --dataset.repo_ids: "
+                             "give one root per repo id, in the same order (or none to use the LeRobot cache).")
+
+    def dataset_roots(self) -> list[Path | None]:
         if not self.repo_ids:
             raise ValueError(
-                "no dataset given: pass --dataset.repo_ids='[user/name]' (and --dataset.root=DIR)."
+                "no dataset given: pass --dataset.repo_ids='[user/name]' (and --dataset.roots='[DIR]')."
             )
-        if self.root is None:
-            return [None] * len(self.repo_ids)
-        if len(self.repo_ids) == 1:
-            return [Path(self.root)]
-        return [Path(self.root) / repo_id for repo_id in self.repo_ids]
+        return [Path(r) for r in self.roots] if self.roots is not None else [None] * len(self.repo_ids)
 
 
 @dataclass
@@ -77,7 +90,7 @@ def main_fit(argv: list[str] | None = None) -> Path:
         raise ValueError("pass --output_dir=DIR: where to write the FAST tokenizer.")
     tokenizer = fit_from_datasets(
         cfg.dataset.repo_ids,
-        cfg.dataset.roots(),
+        cfg.dataset.dataset_roots(),
         cfg.chunk_size,
         scale=cfg.scale,
         vocab_size=cfg.vocab_size,
@@ -114,7 +127,7 @@ def split_chunks(cfg: ReportConfig) -> tuple[np.ndarray, np.ndarray]:
     chunks = np.concatenate(
         [
             dataset_action_chunks(repo_id, root, cfg.chunk_size, cfg.stride)
-            for repo_id, root in zip(cfg.dataset.repo_ids, cfg.dataset.roots(), strict=True)
+            for repo_id, root in zip(cfg.dataset.repo_ids, cfg.dataset.dataset_roots(), strict=True)
         ]
     )
     if cfg.max_chunks is not None and len(chunks) > cfg.max_chunks:

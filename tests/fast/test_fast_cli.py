@@ -1,6 +1,7 @@
 """``roboalign tokenizer fit`` / ``report`` on a synthetic LeRobotDataset, through the CLI dispatcher."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ def test_fit_writes_a_loadable_tokenizer(synthetic_dataset, tmp_path):
             "tokenizer",
             "fit",
             f"--dataset.repo_ids=[{repo_id}]",
-            f"--dataset.root={root}",
+            f"--dataset.roots=[{root}]",
             "--chunk_size=8",
             "--vocab_size=256",
             "--scale=20",
@@ -27,6 +28,20 @@ def test_fit_writes_a_loadable_tokenizer(synthetic_dataset, tmp_path):
     assert (tokenizer.chunk_size, tokenizer.scale, tokenizer.vocab_size) == (8, 20.0, 256)
     chunks = dataset_action_chunks(repo_id, root, chunk_size=8)
     assert tokenizer.decode(tokenizer.encode(chunks))[1].all()
+
+
+def test_the_old_dataset_root_flag_still_works_with_a_deprecation(synthetic_dataset, caplog):
+    from lerobot_roboalign.fast_cli import DatasetSource
+
+    root, repo_id = synthetic_dataset
+    assert DatasetSource([repo_id], root=str(root)).dataset_roots() == [root]
+    assert "--dataset.root is deprecated" in caplog.text
+    several = DatasetSource(["a/x", "b/y"], root="/data").dataset_roots()
+    assert several == [Path("/data/a/x"), Path("/data/b/y")]  # its old meaning: a folder of datasets
+    with pytest.raises(ValueError, match="keep --dataset.roots only"):
+        DatasetSource([repo_id], roots=[str(root)], root=str(root))
+    with pytest.raises(ValueError, match="one root per repo id"):
+        DatasetSource([repo_id, "b/y"], roots=[str(root)])
 
 
 def test_fit_without_output_dir_says_what_to_pass(synthetic_dataset):
