@@ -99,7 +99,9 @@ class Trace:
     def figures(self, low: list[float], high: list[float]) -> dict[str, float]:
         commands, measured = torch.stack(self.commands), torch.stack(self.measured)
         policy = torch.tensor(self.by_policy)
-        steps = (commands[1:] - commands[:-1]).abs().amax(dim=-1)[policy[1:]]
+        # between policy commands; after a command of LeRobot's or the operator's (sent without the guard, in
+        # float, then written as encoder ticks) the next one is checked against the measured joints instead
+        steps = (commands[1:] - commands[:-1]).abs().amax(dim=-1)[policy[1:] & policy[:-1]]
         off_measured = (commands - measured).abs().amax(dim=-1)[policy]
         outside = ((commands < torch.tensor(low) - TOLERANCE) | (commands > torch.tensor(high) + TOLERANCE))
         return {
@@ -116,6 +118,8 @@ def assert_invariant(figures: dict[str, float]) -> None:
     assert figures["non_finite"] == 0 and figures["outside_limits"] == 0, figures
     assert figures["max_step"] <= MAX_DELTA + TOLERANCE, figures
     assert figures["max_from_measured"] <= MAX_DELTA + TICK_SLACK, figures
+    # the check can fail: the adversary pushes every command to the rate limit (issue 24, finding 9)
+    assert figures["max_step"] >= MAX_DELTA - 1e-3, figures
 
 
 def bound_limits(checkpoint: Path) -> tuple[list[float], list[float]]:
@@ -203,6 +207,83 @@ def test_rollout_engines_never_send_a_command_beyond_max_delta(engine, stress_ch
     assert_invariant(figures)
 
 
+DAGGER_SCRIPT = (("pause_resume", 2), ("correction", 12), ("correction", 2), ("pause_resume", 2))  # (event, ticks)
+
+
+def dagger_under_stress(engine: str, seed: int, tmp_path: Path, checkpoint: Path, virtual_hw, monkeypatch,
+                        corrections: int = 3) -> Trace:  # fmt: skip
+    """``lerobot-rollout --strategy.type=dagger``: the policy drives, the operator pauses, corrects with a moving
+    leader arm (the follower follows it), and hands back; the engine resumes while its inference may be late."""
+    import lerobot.scripts.lerobot_rollout as rollout_script
+    from conftest import LEADER_PORT
+    from lerobot.rollout.robot_wrapper import ThreadSafeRobot
+
+    adversary = Adversary(seed)
+    adversary.install(monkeypatch)
+    rng = random.Random(seed)
+    follower = virtual_hw.VirtualArm.from_file("so101_follower", ROOT / "calibration" / "so101_follower.json")
+    move_arm(follower, *bound_limits(checkpoint), rng)
+    leader = virtual_hw.VirtualArm.from_file("so101_leader", ROOT / "calibration" / "so101_leader.json",
+                                             human_motion=True)  # fmt: skip
+    leader_calibration = tmp_path / "leader_calibration"
+    leader_calibration.mkdir()
+    shutil.copyfile(ROOT / "calibration" / "so101_leader.json", leader_calibration / "leader.json")
+    trace, found = Trace(list(virtual_hw.MOTOR_NAMES)), {"script": list(DAGGER_SCRIPT) * corrections, "ticks": 0}
+    send, make = ThreadSafeRobot.send_action, rollout_script.create_strategy
+
+    def spy_strategy(config):
+        found["strategy"] = make(config)
+        return found["strategy"]
+
+    def spy_send(robot, action):
+        from lerobot.rollout.strategies.dagger import DAggerPhase
+
+        events = found["strategy"]._events
+        trace.add(action, robot.inner.bus.sync_read("Present_Position"), events.phase is DAggerPhase.AUTONOMOUS)
+        found["ticks"] += 1
+        if found["script"] and found["ticks"] >= found["script"][0][1] + rng.randint(0, 3):
+            events.request_transition(found["script"].pop(0)[0])
+            found["ticks"] = 0
+        if not found["script"] and found["ticks"] > 20:
+            events.stop_recording.set()
+        return send(robot, action)
+
+    monkeypatch.setattr(ThreadSafeRobot, "send_action", spy_send)
+    monkeypatch.setattr(rollout_script, "create_strategy", spy_strategy)
+    name = "rollout_rtc.yaml" if engine == "rtc" else "rollout.yaml"
+    config = virtualize(ROOT / "robots" / "so101" / name, tmp_path, _cameras(checkpoint))
+    argv = [f"--config_path={config}", f"--policy.path={checkpoint}", "--device=cpu", "--duration=120",
+            f"--fps={FPS}", "--return_to_initial_position=false", "--robot.max_relative_target=null",
+            "--policy.n_action_steps=8", "--policy.chunk_blend_steps=4", "--strategy.type=dagger",
+            f"--strategy.num_episodes={corrections + 1}", "--teleop.type=so101_leader", f"--teleop.port={LEADER_PORT}",
+            "--teleop.id=leader", f"--teleop.calibration_dir={leader_calibration}", "--dataset.repo_id=local/rollout_dagger",
+            f"--dataset.root={tmp_path / 'dagger'}", "--dataset.single_task=pick", "--dataset.video=false",
+            "--dataset.push_to_hub=false", "--play_sounds=false"]  # fmt: skip
+    from lerobot.scripts.lerobot_rollout import main
+
+    saved, sys_argv = __import__("sys").argv, ["lerobot-rollout", *argv]
+    __import__("sys").argv = sys_argv
+    try:
+        with virtual_hw.virtual_ports({FOLLOWER_PORT: follower, LEADER_PORT: leader}):
+            main()
+    finally:
+        __import__("sys").argv = saved
+    trace.resets = len(DAGGER_SCRIPT) * corrections - len(found["script"])  # transitions taken
+    return trace
+
+
+@pytest.mark.parametrize("engine", ["sync", "rtc"])
+def test_dagger_pause_correct_resume_never_sends_a_command_beyond_max_delta(engine, stress_checkpoint, tmp_path,
+                                                                            virtual_hw, monkeypatch, capsys):  # fmt: skip
+    trace = dagger_under_stress(engine, 24, tmp_path, stress_checkpoint, virtual_hw, monkeypatch)
+    figures = trace.figures(*bound_limits(stress_checkpoint))
+    with capsys.disabled():
+        print(f"\n[issue 24 stress] DAgger {engine}: {figures} (resets: phase transitions taken)")
+    assert figures["resets"] == len(DAGGER_SCRIPT) * 3, "every pause, correction and resume happened"
+    assert figures["commands"] >= 20, figures
+    assert_invariant(figures)
+
+
 def async_under_stress(seed: int, tmp_path: Path, checkpoint: Path, virtual_hw, monkeypatch, client_class=None,
                        commands: int = 90) -> Trace:  # fmt: skip
     """LeRobot's PolicyServer (RoboAlign's subclass, in a thread) and a RobotClient over loopback gRPC."""
@@ -286,3 +367,29 @@ def test_async_client_never_sends_a_command_beyond_max_delta(stress_checkpoint, 
         print(f"\n[issue 24 stress] async client: {figures}")
     assert figures["commands"] >= 60, figures
     assert_invariant(figures)
+
+
+def test_rtc_engine_without_its_row_guard_breaks_the_invariant(stress_checkpoint, tmp_path, virtual_hw, monkeypatch):
+    """Mutation check through LeRobot's RTC engine: ``RoboAlignActionSafetyStep._guard_rows`` removed (the chunk
+    goes to the engine's queue as computed)."""
+    from lerobot_roboalign.safety import RoboAlignActionSafetyStep
+
+    monkeypatch.setattr(RoboAlignActionSafetyStep, "_guard_rows", lambda self, chunk, context: chunk)
+    trace = rollout_under_stress("rtc", 24, tmp_path, stress_checkpoint, virtual_hw, monkeypatch, commands=40)
+    with pytest.raises(AssertionError):
+        assert_invariant(trace.figures(*bound_limits(stress_checkpoint)))
+
+
+def test_async_client_without_its_guard_breaks_the_invariant(stress_checkpoint, tmp_path, virtual_hw, monkeypatch):
+    """Mutation check of the async client clamp: ``RoboAlignRobotClient._action_tensor_to_action_dict`` back to
+    LeRobot's (the server still limits each chunk from its observation; the client's blending of reversing
+    chunks, finding 4, is what goes through)."""
+    from lerobot.async_inference.robot_client import RobotClient
+
+    from lerobot_roboalign.async_inference import RoboAlignRobotClient
+
+    monkeypatch.setattr(RoboAlignRobotClient, "_action_tensor_to_action_dict",
+                        RobotClient._action_tensor_to_action_dict)  # fmt: skip
+    trace = async_under_stress(24, tmp_path, stress_checkpoint, virtual_hw, monkeypatch, commands=60)
+    with pytest.raises(AssertionError):
+        assert_invariant(trace.figures(*bound_limits(stress_checkpoint)))
