@@ -96,6 +96,7 @@ def test_align_sft_on_two_processes_writes_a_model_that_reloads(
 SHARDED_LAUNCH = Path(__file__).parent / "align" / "sharded_launch.py"
 SHARDED = {  # kind: (config, environment, what the trainer writes into a checkpoint instead of a whole model)
     "fsdp": (EXAMPLES_DIR / "fsdp.yaml", {"ACCELERATE_USE_CPU": "true"}, "pytorch_model_fsdp_0"),
+    "zero2": (EXAMPLES_DIR / "deepspeed_zero2.yaml", {}, "global_step2"),
     "zero3": (EXAMPLES_DIR / "deepspeed_zero3.yaml", {}, "global_step2"),
 }
 
@@ -131,7 +132,9 @@ def from_shards(shards: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.
     full = {}
     for name, reference in like.items():
         parts = [rank[name] for rank in ranks]
-        if parts[0].dim() == reference.dim() and parts[0].shape[1:] == reference.shape[1:]:
+        if parts[0].shape == reference.shape:  # not sharded (ZeRO-2 replicates the weights)
+            full[name] = parts[0]
+        elif parts[0].dim() == reference.dim() and parts[0].shape[1:] == reference.shape[1:]:
             full[name] = torch.cat(parts)
         else:
             full[name] = torch.cat([p.flatten() for p in parts])[: reference.numel()].view(reference.shape)
@@ -139,11 +142,11 @@ def from_shards(shards: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["fsdp", "zero3"])
+@pytest.mark.parametrize("kind", ["fsdp", "zero3", "zero2"])
 def test_sharded_sft_saves_the_whole_float32_model_and_resumes(
     kind, tiny_qwen25_backbone, synthetic_dataset_factory, tmp_path, monkeypatch
 ):
-    if kind == "zero3":
+    if kind.startswith("zero"):
         pytest.importorskip("deepspeed")
     data = synthetic_dataset_factory(action_dim=2, state_dim=2, num_episodes=2, episode_length=12)
     shards = sharded_sft(kind, tiny_qwen25_backbone, data, tmp_path, steps=2, monkeypatch=monkeypatch)
@@ -151,7 +154,8 @@ def test_sharded_sft_saves_the_whole_float32_model_and_resumes(
     assert (checkpoint / SHARDED[kind][2]).is_dir()  # the trainer's own sharded state, not a gathered copy
     ranks = [torch.load(shards / f"rank{i}.pt") for i in range(2)]
     embeddings = "model.language_model.embed_tokens.weight"
-    assert ranks[0][embeddings].numel() < parameters(tiny_qwen25_backbone)[embeddings].numel()  # really sharded
+    full_size = parameters(tiny_qwen25_backbone)[embeddings].numel()
+    assert (ranks[0][embeddings].numel() < full_size) == (kind != "zero2")  # FSDP and ZeRO-3 really shard
     saved = parameters(tmp_path / "run" / "model")
     assert {p.dtype for p in saved.values()} == {torch.float32}
     trained = from_shards(shards, saved)
