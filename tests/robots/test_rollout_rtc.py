@@ -32,7 +32,7 @@ class _Spy:
         from lerobot.policies.rtc import ActionQueue
         from lerobot.rollout.robot_wrapper import ThreadSafeRobot
 
-        from lerobot_roboalign.safety import RoboAlignActionSafetyStep
+        from lerobot_roboalign.safety import CommandGuard, RoboAlignActionSafetyStep
 
         self.sent: list[dict[str, float]] = []
         self.safe_rows: list[torch.Tensor] = []
@@ -41,6 +41,7 @@ class _Spy:
         self.queued_at_merge: list[int] = []
         self.calls = 0
         send, safe, merge = ThreadSafeRobot.send_action, RoboAlignActionSafetyStep.action, ActionQueue.merge
+        command = CommandGuard.command
         build = rollout_script.build_rollout_context
 
         def spy_build(cfg, shutdown_event, *args, **kwargs):
@@ -55,9 +56,14 @@ class _Spy:
 
         def spy_safe(step, action):
             out = safe(step, action)
-            self.safe_rows.extend(out.reshape(-1, out.shape[-1]).detach().cpu())
             if out.ndim == 3:
                 self.held_chunks.append(bool((out == out[:, :1]).all()))
+            return out
+
+        def spy_command(guard, *args, **kwargs):  # the guard's output: what the engine's queue hands on
+            out = command(guard, *args, **kwargs)
+            if out is not None:
+                self.safe_rows.extend(out.reshape(-1, out.shape[-1]).detach().cpu())
             return out
 
         def spy_merge(queue, *args, **kwargs):
@@ -67,6 +73,7 @@ class _Spy:
 
         monkeypatch.setattr(ThreadSafeRobot, "send_action", spy_send)
         monkeypatch.setattr(RoboAlignActionSafetyStep, "action", spy_safe)
+        monkeypatch.setattr(CommandGuard, "command", spy_command)
         monkeypatch.setattr(ActionQueue, "merge", spy_merge)
         monkeypatch.setattr(rollout_script, "build_rollout_context", spy_build)
 
@@ -110,7 +117,7 @@ def test_rtc_rollout_sends_only_safe_actions(arm, extra, roboalign_checkpoint, t
     sent = spy.actions(names)
     assert len(sent) >= least_sent and len(spy.merged_at) >= least_chunks, "RTC drove the arm over several chunks"
     assert torch.isfinite(sent).all()
-    # every action sent went through the postprocessor's safety step (RTC postprocesses whole chunks)
+    # every action sent went through the safety step's guard (as the engine's queue handed each row on)
     safe = torch.stack(spy.safe_rows)
     assert all(torch.isclose(safe, row, atol=1e-4).all(dim=-1).any() for row in sent)
     assert virtual_hw.goal_ticks_within(follower)
