@@ -160,11 +160,13 @@ def check_policy_server(argv: list[str], checkpoint: Path):
 
 
 def check_robot_client(argv: list[str], checkpoint: Path):
-    """The client parses, and sends what was recorded: record.yaml's task and cameras."""
-    from lerobot.async_inference.configs import RobotClientConfig
+    """RoboAlign's client (LeRobot's, guarded) parses, and sends what was recorded: record.yaml's task and cameras."""
     from lerobot.scripts.lerobot_record import RecordConfig
 
-    client = draccus.parse(config_class=RobotClientConfig, args=argv[3:])
+    from lerobot_roboalign.async_inference import RoboAlignRobotClientConfig
+
+    assert argv[2:4] == ["lerobot_roboalign.async_inference", "client"]
+    client = draccus.parse(config_class=RoboAlignRobotClientConfig, args=argv[4:])
     record = parse_with_lerobot(RecordConfig, [f"--config_path={REPO}/robots/so101/record.yaml"])
     assert client.task == record.dataset.single_task
     assert client.robot.cameras == record.robot.cameras
@@ -274,9 +276,9 @@ RULES = (
         "arm", TINY_VLA),  # fmt: skip
     run(README, r"^roboalign calibration check ~/\S+ --robot\.type=so101_follower --checkpoint=", "arm"),
     run(README, r"^lerobot-rollout --config_path=robots/so101/rollout\.yaml ", "arm", TINY_ROLLOUT, virtual_arm=True),
-    parse(README, r"^python -m lerobot_roboalign\.async_inference ", check_policy_server,
+    parse(README, r"^python -m lerobot_roboalign\.async_inference --", check_policy_server,
           "a gRPC server that waits for a robot (tests/robots/ run it with LeRobot's client on loopback)"),
-    parse(README, r"^python -m lerobot\.async_inference\.robot_client ", check_robot_client, HARDWARE),
+    parse(README, r"^python -m lerobot_roboalign\.async_inference client ", check_robot_client, HARDWARE),
     # Journeys 3 and 4: LIBERO and CALVIN.
     parse(README, r"^python -m lerobot_roboalign\.libero_setup$", check_module, SETUP),
     parse(README, r"^export MUJOCO_GL=egl$", no_check, "shell set-up"),
@@ -289,7 +291,7 @@ RULES = (
     parse(README, r"^roboalign calvin eval ", check_roboalign,
           "CALVIN's simulator, hours; tests/benchmarks/test_calvin_sim.py runs 2 capped chains where it is installed"),
     # Journey 5: alignment, then the VLA.
-    run(README, r"^roboalign tokenizer fit .*--dataset\.root=data/so101 ", "align"),
+    run(README, r"^roboalign tokenizer fit .*--dataset\.roots='\[data/so101\]' ", "align"),
     run(README, r"^roboalign align reason ", "align", TINY_REASON),
     run(README, r"^accelerate launch .* align sft ", "align", TINY_SFT),
     run(README, r"^accelerate launch .* align grpo ", "align", TINY_GRPO),
@@ -307,8 +309,9 @@ RULES = (
           "uploads to the Hub (no network here); tests/test_hub.py checks what would be uploaded"),
     parse(README, r"^lerobot-train .*--policy\.push_to_hub=true", check_lerobot,
           "uploads to the Hub; tests/test_hub.py checks the refusal of a backbone that was never pushed"),
-    run(README, r"^roboalign tokenizer fit --dataset\.repo_ids='\[user/ds\]' --dataset\.root=DIR ", "reference"),
-    run(README, r"^roboalign tokenizer report --dataset\.repo_ids='\[user/ds\]' --dataset\.root=DIR ", "reference"),
+    run(README, r"^roboalign tokenizer fit --dataset\.repo_ids='\[user/ds\]' --dataset\.roots='\[DIR\]' ", "reference"),
+    run(README, r"^roboalign tokenizer report --dataset\.repo_ids='\[user/ds\]' --dataset\.roots='\[DIR\]' ",
+        "reference"),
     # examples/libero: the same LIBERO run as README journey 3 (which runs), spelled out.
     parse(LIBERO, r"^pip install -e \"\.\[libero\]\"$", check_pip_extras, SETUP),
     parse(LIBERO, r"^python -m lerobot_roboalign\.libero_setup$", check_module, SETUP),
