@@ -9,7 +9,7 @@ The paper's rollout batch 512 / update batch 128 (prompts, as EasyR1 counts them
 
     roboalign align grpo --model.path=out/sft/model --dataset.repo_ids='[me/so101]' \
         --dataset.num_samples=12800 --training.output_dir=out/grpo
-    accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml -m lerobot_roboalign.cli \
+    accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m lerobot_roboalign.cli \
         align grpo --config_path=examples/paper/align_grpo.json --model.path=out/sft/model ...
 """
 

@@ -7,7 +7,6 @@ run changes the weights as a float32 run does, norm weights included.
 """
 
 import importlib
-import json
 from pathlib import Path
 
 import draccus
@@ -232,8 +231,10 @@ def test_the_papers_grpo_batching_and_vllm_colocate_reach_trl():
     assert args.vllm_gpu_memory_utilization == cfg.grpo.vllm_gpu_memory_utilization
     assert (args.learning_rate, args.lr_scheduler_type, args.beta, args.top_p) == (1e-6, "constant", 0.01, 0.99)
     assert args.gradient_checkpointing
-    sft_recipe = json.loads((PAPER_GRPO.parent / "align_sft.json").read_text())
-    assert sft_recipe["training"]["learning_rate"] == 2e-5 and sft_recipe["model"]["freeze_vision"]
+    sft_recipe = draccus.parse(config_class=AlignSFTConfig, args=[f"--config_path={PAPER_GRPO.parent / 'align_sft.json'}"])
+    kwargs = sft_recipe.training.trainer_kwargs(sft_recipe.model.precision())
+    assert (kwargs["learning_rate"], kwargs["lr_scheduler_type"], kwargs["warmup_ratio"]) == (2e-5, "cosine", 0.03)
+    assert sft_recipe.model.freeze_vision and kwargs["gradient_checkpointing"]
 
 
 def test_grpo_with_vllm_requested_but_missing_says_how_to_install_it(tmp_path, monkeypatch):
