@@ -296,7 +296,7 @@ RULES = (
     run(README, r"^accelerate launch .* align sft ", "align", TINY_SFT),
     run(README, r"^accelerate launch .* align grpo ", "align", TINY_GRPO),
     run(README, r"^roboalign align generate ", "align", ("--max_new_tokens=8",)),
-    run(README, r"^accelerate launch --multi_gpu .*lerobot-train", "align", TINY_VLA),
+    run(README, r"^accelerate launch --config_file examples/accelerate/ddp\.yaml .*lerobot-train", "align", TINY_VLA),
     # Reference: train and run, --peft (already tiny: run as written), the Hub, FAST tokens.
     run(README, r"^lerobot-train --policy\.type=roboalign --dataset\.repo_id=USER/DATASET ", "reference", TINY_VLA),
     run(README, r"^export HF_HUB_OFFLINE=1$", "peft"),
