@@ -7,7 +7,8 @@ to PIL up front, the VQA rows opened every image, ``Dataset.from_list`` re-encod
 at the smallest size: it holds every image, so its memory grows with the data (issue 25 measured 6.7 GiB at 3200
 action samples) and the larger sizes do not fit here.
 
-Each (path, size) runs in its own process; peak RSS is that process's ``ru_maxrss``. Time is split into the
+Each (path, size) runs in its own process; peak RSS is that process's ``ru_maxrss`` (imports included), and the
+data's own memory the polled peak above the RSS after the imports. Time is split into the
 preparation every rank repeats (samples and rows) and one pass of a DataLoader over all rows (decoding), which
 a rank does for its own 1/ranks share, inside training. The datasets are LeRobotDatasets written with the
 package's synthetic writer (two 32x32 cameras) and LLaVA-style JSON over 32x32 PNGs: small frames keep the run
@@ -296,13 +297,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_align_data")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    fast_tokenizer(args.work)
     plan = [("tiny", kind, size, eager) for kind, sizes in (("action", args.action_sizes), ("vqa", args.vqa_sizes))
             for size in sizes for eager in (False, True) if not eager or size == args.peer_size]
     plan += [("camera", kind, args.peer_size, eager) for kind in ("action", "vqa") for eager in (False, True)]
+    # The data are written by a child too: Linux keeps ru_maxrss across fork + exec, so this process stays small.
+    subprocess.run([sys.executable, __file__, "--write", str(args.work), json.dumps(plan)], check=True)
     rows = []
     for setting, kind, size, eager in plan:
-        path = action_dataset(args.work, size, setting) if kind == "action" else vqa_file(args.work, size, setting)
+        path = data_path(args.work, kind, size, setting)
         rows.append(run_child(kind, path, size, args.work, eager, setting))
     result = {"rows": rows, "summary": summarise(rows),
               "paper_hours": {setting: paper_hours(rows, setting) for setting in SETTINGS},
@@ -313,9 +315,21 @@ def main() -> None:
     print(json.dumps({"summary": result["summary"], "paper_hours": result["paper_hours"]}, indent=2))
 
 
+def data_path(work: Path, kind: str, size: int, setting: str) -> Path:
+    return work / (f"action_{setting}_{size}" if kind == "action" else f"vqa_{setting}_{size}.json")
+
+
+def write_data(work: Path, plan: list) -> None:
+    fast_tokenizer(work)
+    for setting, kind, size, _ in plan:
+        action_dataset(work, size, setting) if kind == "action" else vqa_file(work, size, setting)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, path, size, work, eager = sys.argv[2:7]
         print(json.dumps(measure(kind, path, int(size), Path(work), bool(int(eager)))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--write":
+        write_data(Path(sys.argv[2]), json.loads(sys.argv[3]))
     else:
         main()

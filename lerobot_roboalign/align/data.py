@@ -327,6 +327,9 @@ class AlignSamples(Sequence):
             raise IndexError(f"sample {index} of {len(self)}")
         return AlignSample(self, index % len(self))
 
+    def __add__(self, other) -> list:
+        return [*self, *other]  # views of both, as a list of samples would concatenate
+
     def select(self, indices) -> "AlignSamples":
         indices = np.asarray(indices, dtype=np.int64)
         return AlignSamples(self.sources, self.source_of[indices], self.frame_of[indices], self.image_size, self.fast)

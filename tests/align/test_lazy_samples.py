@@ -170,3 +170,13 @@ def test_missing_vqa_image_is_a_clear_error_before_training(vqa_file):
     (vqa_file.parent / "c.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"VQA images .* do not exist .*c\.png.*--vqa.image_root"):
         vqa_references(VQAConfig(path=vqa_file), 5, 0)
+
+
+def test_samples_behave_like_the_list_they_replaced(data_cfg, extended_backbone):
+    samples = load_samples(data_cfg, extended_backbone[3])
+    ids = [s["id"] for s in samples]
+    assert [s["id"] for s in samples[2:5]] == ids[2:5] and samples[-1]["id"] == ids[-1]
+    assert [s["id"] for s in samples[:2] + samples[9:]] == ids[:2] + ids[9:]
+    assert dict(samples[0]).keys() == samples[0].keys() and "fast_tokens" in samples[0]
+    with pytest.raises(IndexError):
+        samples[len(samples)]
