@@ -215,32 +215,40 @@ def save_final(
 
 
 def gather_full_state_dict(trainer) -> dict[str, torch.Tensor] | None:
-    """The whole trained model as float32 tensors on the main process (``{}`` elsewhere); None when unsharded.
+    """The whole trained model as float32 CPU tensors on the main process (``{}`` elsewhere); None when unsharded.
 
     A collective under FSDP and DeepSpeed: every rank must call it. FSDP gathers its DTensor shards
-    (accelerate's ``get_state_dict``); DeepSpeed's module holds 16-bit weights (partitioned under ZeRO-3), so the
-    trained ones are replaced by the optimizer's float32 masters (:func:`deepspeed_master_weights`).
+    (accelerate's ``get_state_dict``). DeepSpeed's module holds 16-bit weights (partitioned under ZeRO-3, gathered
+    to the main process's CPU), so the trained ones are replaced by the optimizer's float32 masters
+    (:func:`deepspeed_master_weights`); only the main process keeps a copy.
     """
     accelerator = trainer.accelerator
     if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         return None  # every process holds the whole float32 model
-    state = accelerator.get_state_dict(trainer.model_wrapped) or {}  # ZeRO-3: None off the main process
+    main = accelerator.is_main_process
+    engine = trainer.model_wrapped
+    if trainer.is_deepspeed_enabled and engine.zero_optimization_stage() < 3:
+        state = engine.module.state_dict() if main else {}  # replicated: references, no copy on the GPU
+    else:
+        state = accelerator.get_state_dict(engine) or {}  # ZeRO-3: None off the main process
     if trainer.is_deepspeed_enabled:
-        state.update(deepspeed_master_weights(trainer.model_wrapped))
-    if not accelerator.is_main_process:
-        return {}
-    return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+        state.update(deepspeed_master_weights(engine, keep=main))
+    return {key: value.to("cpu", torch.float32) if value.is_floating_point() else value.cpu()
+            for key, value in state.items()}
 
 
-def deepspeed_master_weights(engine) -> dict[str, torch.Tensor]:
-    """The optimizer's full float32 copy of every trained parameter (a collective under ZeRO-3), on the CPU."""
+def deepspeed_master_weights(engine, keep: bool) -> dict[str, torch.Tensor]:
+    """The optimizer's full float32 copy of every trained parameter, on the CPU where ``keep``.
+
+    A collective (each parameter is gathered from the ranks' partitions): every rank calls it.
+    """
     from deepspeed.utils import safe_get_full_fp32_param
 
     masters = {}
     for name, param in engine.module.named_parameters():
         if param.requires_grad:
             master = safe_get_full_fp32_param(param)
-            if master is not None:
+            if keep and master is not None:
                 masters[name] = master.cpu()
     return masters
 
