@@ -7,7 +7,9 @@ Each command line (continuations joined, comments dropped) must be matched by ex
   names and roots the commands use (``me/so101`` in ``data/so101``, ``USER/DATASET`` and
   ``local/so101_pick_place`` in LeRobot's cache, ...), ``HOME`` is the workspace, so that ``~/.cache/...`` holds a
   calibration file where ``lerobot-calibrate`` writes it. ``SUBSTITUTIONS`` lists every change made to a command's
-  text; ``Rule.tiny`` arguments are appended (draccus keeps the last value of a repeated flag).
+  text; ``Rule.tiny`` arguments are appended (draccus keeps the last value of a repeated flag). ``lerobot-record``
+  and ``lerobot-rollout`` of the real-arm journey run as typed on virtual SO-101 arms (tests/robots/: LeRobot's
+  robot, motor bus and SDK, only the serial ports and cameras virtual): the policy trains on that recording.
 - ``parse``: the command needs hardware, a GPU, the Hub, a simulator run of hours or is the fresh-machine set-up;
   ``Rule.check`` parses its arguments with the command's own parser (LeRobot's ``parser.wrap`` or the config class
   of a ``roboalign`` command) or checks what can be checked offline (a Makefile target, a pip extra, a script's
