@@ -248,13 +248,14 @@ class RoboAlignPolicy(PreTrainedPolicy):
         if torch.isfinite(chunk).all():
             return chunk
         self.rtc_dropped_chunks += 1
-        if inpainting is None:
+        if prev_chunk_left_over is None:
             raise RuntimeError(
                 "RoboAlign safety: the first action chunk is not finite (NaN/inf observation or weights); "
                 "nothing is sent to the arm. Check the cameras/state and the checkpoint's normalisation stats."
             )
         logger.warning("RoboAlign safety: non-finite RTC chunk dropped; finishing the previous chunk, then holding.")
-        return hold_chunk(inpainting.prefix.to(chunk), self.config.chunk_size)
+        prefix = chunk[:, :0] if inpainting is None else inpainting.prefix.to(chunk)  # nothing left but holds
+        return hold_chunk(prefix, self.config.chunk_size)
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:

@@ -56,7 +56,7 @@ def freeze_loaded_heap() -> None:
 
 
 def prefix_batch(prev_chunk_left_over: Tensor, batch_size: int, action_dim: int) -> Tensor | None:
-    """(B, P, A) prefix without LeRobot's zero padding, or None if nothing is left.
+    """(B, P, A) prefix without LeRobot's zero padding nor the held rows of :func:`hold_chunk`, or None.
 
     LeRobot's engine pads short leftovers with exact zero rows (a fixed shape for compiled
     calls); a real normalised action of all exact zeros does not occur, so trailing zero rows
@@ -69,7 +69,7 @@ def prefix_batch(prev_chunk_left_over: Tensor, batch_size: int, action_dim: int)
             f"prev_chunk_left_over has shape {tuple(prev_chunk_left_over.shape)}; expected (T, {action_dim}) or "
             f"(B, T, {action_dim}) in the policy's normalised action space."
         )
-    rows = (prefix != 0).any(dim=-1).any(dim=0).nonzero()
+    rows = ((prefix != 0) & torch.isfinite(prefix)).any(dim=-1).any(dim=0).nonzero()  # not padding, not a hold
     if rows.numel() == 0:
         return None
     prefix = prefix[:, : int(rows[-1]) + 1]
@@ -163,7 +163,12 @@ def make_inpainting(
 
 
 def hold_chunk(prefix: Tensor, chunk_size: int) -> Tensor:
-    """The prefix, then its last action held: what the arm does when a new chunk is unusable."""
+    """The prefix, then NaN rows: what the arm does when a new chunk is unusable.
+
+    The safety guard turns each NaN row into the last command it sent (safety.py), so the arm finishes the
+    prefix and then stops where it is, even where the rate limit kept it short of the prefix's last target.
+    The next inference's prefix (:func:`prefix_batch`) leaves the NaN rows out.
+    """
     prefix = prefix[:, :chunk_size]
-    tail = prefix[:, -1:].expand(-1, chunk_size - prefix.shape[1], -1)
+    tail = prefix.new_full((prefix.shape[0], chunk_size - prefix.shape[1], prefix.shape[2]), float("nan"))
     return torch.cat([prefix, tail], dim=1)

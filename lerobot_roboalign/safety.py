@@ -24,6 +24,7 @@ process never share a context, whatever their checkpoints' ``safety_link``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -235,6 +236,9 @@ class Limits:
     high: torch.Tensor | None
     anchor_to_state: bool = True
     max_measurement_age_s: float = DEFAULT_MAX_MEASUREMENT_AGE_S
+    # commands that may have been sent between the observation's capture and its measurement's timestamp
+    # (LeRobot's RTC engine preprocesses an observation its control loop captured up to a tick earlier)
+    capture_lag_steps: int = 0
 
 
 class CommandGuard:
@@ -319,7 +323,8 @@ class CommandGuard:
             return True, None, None
         if not self._is_fresh(measurement, limits.max_measurement_age_s):
             return True, None, None
-        steps = 1 + sum(t > measurement.time for t in self._sent_times)
+        lag = limits.capture_lag_steps if self.last_sent is not None else 0  # none sent since the reset: no lag
+        steps = 1 + lag + sum(t > measurement.time for t in self._sent_times)
         reach = None if limits.max_delta is None else limits.max_delta.double() * steps
         return True, joints.expand_as(like).clone(), reach
 
@@ -579,11 +584,13 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
 
     def _guard_rows(self, chunk: torch.Tensor, context: SafetyContext) -> GuardedRows:
         """An RTC chunk, guarded row by row when the engine's queue hands a row to the control loop (where a
-        ``policy.reset()`` since the chunk was made also restarts the guard)."""
+        ``policy.reset()`` since the chunk was made also restarts the guard). Non-finite rows (the policy's
+        hold after a dropped chunk, rtc.hold_chunk) repeat the last command: the arm stops where it is."""
 
         def send(row: torch.Tensor) -> torch.Tensor | None:
             self._follow_resets(context)
-            sent = self._guard.command(row[None], self._limits(row[None])) if self.enabled else row[None]
+            limits = dataclasses.replace(self._limits(row[None]), capture_lag_steps=1)
+            sent = self._guard.command(row[None], limits) if self.enabled else row[None]
             return None if sent is None else sent[0]
 
         return GuardedRows.wrap(chunk, send)

@@ -81,8 +81,10 @@ def test_non_finite_chunk_under_rtc_finishes_the_previous_chunk_then_holds(tiny_
     monkeypatch.setattr(policy.head, "sample", lambda *a, **k: torch.full((1, 16, ACTION_DIM), float("nan")))
     prefix = previous_chunk(1, 5)
     held = chunk(policy, batch, 0, inference_delay=DELAY, prev_chunk_left_over=prefix[0])
-    torch.testing.assert_close(held, hold_chunk(prefix, 16))
-    assert (held[:, 5:] == prefix[:, -1:]).all() and policy.rtc_dropped_chunks == 1
+    torch.testing.assert_close(held, hold_chunk(prefix, 16), equal_nan=True)
+    # the prefix, then rows the safety guard holds on (the last command sent); the next prefix leaves them out
+    assert torch.equal(held[:, :5], prefix) and torch.isnan(held[:, 5:]).all() and policy.rtc_dropped_chunks == 1
+    assert torch.equal(prefix_batch(held[0], 1, ACTION_DIM), prefix)
     with pytest.raises(RuntimeError, match="first action chunk is not finite"):
         chunk(policy, batch, 0, inference_delay=0, prev_chunk_left_over=None)
     # the synchronous path keeps handing NaN chunks to select_action's blender, which drops them
