@@ -234,7 +234,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
 
         Under RTC (``inference_delay`` given) the chunk continues ``prev_chunk_left_over``, and since
         RTC bypasses ``select_action`` and its blender, a non-finite chunk is caught here: the arm
-        finishes the previous chunk and holds its last action; with no previous chunk it raises, so
+        finishes the previous chunk and then holds (rtc.hold_chunk); with no previous chunk it raises, so
         LeRobot's engine retries and nothing reaches the motors. The safety step guards each row when the
         engine sends it (safety.py).
         """

@@ -234,3 +234,20 @@ def test_a_state_and_image_batch_mismatch_names_the_problem_and_the_fix():
     batch = {CAMERA: torch.rand(1, 3, 32, 32), OBS_STATE: torch.zeros(2, JOINTS), "task": ["pick", "pick"]}
     with pytest.raises(ValueError, match="Batch size mismatch.*Fix"):
         validate_batch(InputSpec((CAMERA,), JOINTS, JOINTS), batch, require_action=False)
+
+
+# ---- 4: the async client's command line (the stress test runs the client itself) ----
+def test_the_async_client_command_takes_its_safety_flags_and_needs_a_rate_limit(tmp_path):
+    import draccus
+
+    from lerobot_roboalign.async_inference import RoboAlignRobotClientConfig, client_limits
+
+    argv = ["--policy_type=roboalign", f"--pretrained_name_or_path={tmp_path}", "--robot.type=so101_follower",
+            "--robot.port=/dev/null", "--actions_per_chunk=16", "--task=pick", "--safety_max_delta=3",
+            "--safety_joint_min=[-90]", "--safety_joint_max=[90]"]  # fmt: skip
+    config = draccus.parse(config_class=RoboAlignRobotClientConfig, args=argv)
+    limits = client_limits(config, JOINTS)
+    assert limits.max_delta.tolist() == [3.0] * JOINTS and limits.high.tolist() == [90.0] * JOINTS
+    config.safety_max_delta = None  # and no checkpoint on this machine to read it from
+    with pytest.raises(ValueError, match="--safety_max_delta"):
+        client_limits(config, JOINTS)
