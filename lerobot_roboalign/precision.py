@@ -5,7 +5,10 @@ Trained weights are float32 master weights, always: AdamW's steps at the paper's
 1.2e-4, a norm weight of 1.0 in steps of 7.8e-3), so weights stored in bfloat16 mostly never change. Speed and
 activation memory come from autocast instead: on a GPU the matmuls run in bfloat16 while the optimizer updates
 float32 weights (and so keeps its state in float32). Weights that never train may stay in bfloat16, at half the
-memory: the VLA's frozen backbone (also the base under LoRA adapters) and GRPO's KL reference model.
+memory: the VLA's frozen backbone (also the base under LoRA adapters) and GRPO's KL reference model (TRL builds
+it in that dtype from ``model_init_kwargs``). The aligned model is saved in float32 under every launch: DeepSpeed
+computes with 16-bit module weights, so the final save takes its optimizer's float32 masters
+(``align.common.gather_full_state_dict``).
 """
 
 from dataclasses import dataclass
