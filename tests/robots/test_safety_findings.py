@@ -129,8 +129,7 @@ def bound_checkpoint(tmp_path, tiny_qwen25_backbone) -> Path:
 
 
 def test_finding3_rollout_flags_beat_calibration_check_which_beats_the_training_config(bound_checkpoint):
-    from lerobot_roboalign.calibration import check_calibration, joint_limits
-    from lerobot_roboalign.calibration import DeviceSpec
+    from lerobot_roboalign.calibration import DeviceSpec, check_calibration, joint_limits
 
     spec = DeviceSpec(type="so101_follower")
     low, high = joint_limits(check_calibration(ROOT / "calibration/so101_follower.json", spec), spec)
