@@ -174,7 +174,7 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
         if (path / "trainer_state.json").is_file() and (path / ACTION_VOCAB_FILE).is_file():
             return str(path)
         logger.warning("Removing incomplete checkpoint %s (the run was killed while saving it).", path)
-        shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=True)  # every rank decides the same and deletes it
     return None
 
 
@@ -271,7 +271,11 @@ def finish_training(trainer, processor, vocabulary: ActionVocabulary, output_dir
 
 
 class VocabularyCallback(TrainerCallback):
-    """Store the action vocabulary, FAST tokenizer and input format in every checkpoint: each is a usable backbone."""
+    """Store the action vocabulary, FAST tokenizer and input format in every checkpoint.
+
+    A checkpoint with a whole model (one process, DDP, ZeRO-2) is then a usable backbone; FSDP's and ZeRO-3's
+    sharded ones are for resuming (the final ``model/`` is always whole).
+    """
 
     def __init__(self, vocabulary: ActionVocabulary, fmt: AlignmentFormat | None = None):
         self.vocabulary = vocabulary
