@@ -273,8 +273,8 @@ def finish_training(trainer, processor, vocabulary: ActionVocabulary, output_dir
 class VocabularyCallback(TrainerCallback):
     """Store the action vocabulary, FAST tokenizer and input format in every checkpoint.
 
-    A checkpoint with a whole model (one process, DDP, ZeRO-2) is then a usable backbone; FSDP's and ZeRO-3's
-    sharded ones are for resuming (the final ``model/`` is always whole).
+    A checkpoint with a whole model (one process, DDP, ZeRO-2, ZeRO-3 with 16-bit gathering) is then a usable
+    backbone; FSDP's sharded ones are for resuming (the final ``model/`` is always whole, in float32).
     """
 
     def __init__(self, vocabulary: ActionVocabulary, fmt: AlignmentFormat | None = None):
