@@ -70,7 +70,7 @@ class PlanConfig:
     vllm_gpu_memory_utilization: float = 0.3
     vllm_sleep: bool = True
     # VLA (lerobot-train, examples/paper/*.json): frames per GPU, prompt tokens, the layer the head reads
-    vla_batch: int = 32
+    vla_batch: int = 4  # lerobot-train's --batch_size is per process: the paper's 32 over 8 GPUs
     vla_prompt_len: int = 256
     vla_layer: int = 18
     vla_head_hidden: int = 512
