@@ -264,7 +264,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (memory, speed) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (process, memory, speed) = plt.subplots(1, 3, figsize=(16, 4.5))
     colours = {("tiny", "action"): "tab:blue", ("tiny", "vqa"): "tab:orange",
                ("camera", "action"): "tab:green", ("camera", "vqa"): "tab:red"}
     for (setting, kind), colour in colours.items():
@@ -274,16 +274,20 @@ def plot(rows: list[dict], path: Path) -> None:
                 continue
             sizes = [r["samples"] for r in points]
             label = f"{kind}, {setting} frames, {path_name}" + (" (peer)" if path_name == "eager" else "")
-            style = "-" if path_name == "lazy" else "none"
-            memory.plot(sizes, [r["data_peak_mib"] for r in points], marker=marker, linestyle=style, color=colour,
-                        label=label, markersize=9)
-            speed.plot(sizes, [rate(r, "prepare_s") for r in points], marker=marker, linestyle=style, color=colour,
-                       label=label, markersize=9)
-    memory.set(xscale="log", yscale="symlog", xlabel="samples", ylabel="MiB above the imports (polled peak)",
-               title="Memory the data takes (peer: 1K only)")
-    speed.set(xscale="log", yscale="log", xlabel="samples", ylabel="samples / s", title="Preparation every rank repeats")
-    memory.legend(fontsize=7)
-    speed.legend(fontsize=7)
+            style = dict(marker=marker, linestyle="-" if path_name == "lazy" else "none", color=colour, label=label,
+                         markersize=9)
+            process.plot(sizes, [r["peak_rss_mib"] for r in points], **style)
+            memory.plot(sizes, [r["data_peak_mib"] for r in points], **style)
+            speed.plot(sizes, [rate(r, "prepare_s") for r in points], **style)
+    process.set(xscale="log", xlabel="samples", ylabel="MiB", ylim=(0, None),
+                title="Peak RSS of the process (ru_maxrss, imports included)")
+    memory.set(xscale="log", yscale="log", xlabel="samples", ylabel="MiB",
+               title="Memory of the data (polled peak above the imports)")
+    speed.set(xscale="log", yscale="log", xlabel="samples", ylabel="samples / s",
+              title="Preparation every rank repeats (1 process)")
+    for axis in (process, memory, speed):
+        axis.legend(fontsize=7)
+    fig.suptitle("Alignment data: lazy (lines) against the eager peer (x, 1K samples only)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -295,7 +299,11 @@ def main() -> None:
     parser.add_argument("--peer_size", type=int, default=1000, help="the size the eager peer runs at (both settings)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_align_data"))
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_align_data")
+    parser.add_argument("--plot_only", action="store_true", help="redraw the PNG from the JSON of a previous run")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.output.with_suffix(".json").read_text())["rows"], args.output.with_suffix(".png"))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     plan = [("tiny", kind, size, eager) for kind, sizes in (("action", args.action_sizes), ("vqa", args.vqa_sizes))
             for size in sizes for eager in (False, True) if not eager or size == args.peer_size]
