@@ -152,6 +152,10 @@ def test_sharded_sft_saves_the_whole_float32_model_and_resumes(
     shards = sharded_sft(kind, tiny_qwen25_backbone, data, tmp_path, steps=2, monkeypatch=monkeypatch)
     checkpoint = tmp_path / "run" / "checkpoint-2"
     assert (checkpoint / SHARDED[kind][2]).is_dir()  # the trainer's own sharded state, not a gathered copy
+    # The trainer config existed before from_pretrained, so the launch's sharded load was on when it ran
+    loads = [json.loads((shards / f"load{i}.json").read_text()) for i in range(2)]
+    expected = {"zero3_init": kind == "zero3", "fsdp_cpu_ram_efficient_loading": kind == "fsdp"}
+    assert loads == [expected, expected]
     ranks = [torch.load(shards / f"rank{i}.pt") for i in range(2)]
     embeddings = "model.language_model.embed_tokens.weight"
     full_size = parameters(tiny_qwen25_backbone)[embeddings].numel()

@@ -7,9 +7,11 @@ DeepSpeed's own code (DeepSpeed runs its CPU accelerator).
 
 Before the final save, every rank also writes its own shard of each trained parameter to
 ``$SHARDS_DIR/rank<i>.pt`` (FSDP: the DTensor's local shard; ZeRO-3: the flat partition), so a test can rebuild
-the trained weights without the gather it checks.
+the trained weights without the gather it checks, and records in ``$SHARDS_DIR/load<i>.json`` whether the
+sharded load was on (ZeRO-3 init, FSDP's cpu-ram-efficient loading) when the model was loaded.
 """
 
+import json
 import os
 import sys
 
@@ -50,13 +52,30 @@ def dump_shards_before(finish_training):
     return wrapped
 
 
+def record_sharded_load(from_pretrained):
+    def wrapped(*args, **kwargs):
+        from transformers.integrations import is_deepspeed_zero3_enabled
+        from transformers.modeling_utils import is_fsdp_enabled
+
+        rank = int(os.environ.get("RANK", 0))
+        flags = {"zero3_init": is_deepspeed_zero3_enabled(), "fsdp_cpu_ram_efficient_loading": is_fsdp_enabled()}
+        with open(f"{os.environ['SHARDS_DIR']}/load{rank}.json", "a") as file:
+            file.write(json.dumps(flags) + "\n")
+        return from_pretrained(*args, **kwargs)
+
+    return wrapped
+
+
 if __name__ == "__main__":
     from lerobot_roboalign import cli
-    from lerobot_roboalign.align import grpo, sft
+    from lerobot_roboalign.align import common, grpo, sft
 
     state.PartialState._prepare_backend = cpu_backend
     state.AcceleratorState.__init__ = keep_fsdp_on_cpu
     if os.environ.get("SHARDS_DIR"):
         sft.finish_training = dump_shards_before(sft.finish_training)
         grpo.finish_training = dump_shards_before(grpo.finish_training)
+        common.AutoModelForImageTextToText.from_pretrained = record_sharded_load(
+            common.AutoModelForImageTextToText.from_pretrained
+        )
     cli.main(sys.argv[1:])
