@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -256,6 +257,8 @@ class CommandGuard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.ever_measured = False  # measurements exist for this arm (kept across resets)
+        self._intervals: deque[float] = deque(maxlen=32)  # between commands: the control period (kept too)
+        self._last_send_time: float | None = None
         self.reset()
 
     def reset(self, at: float | None = None) -> None:
@@ -269,18 +272,22 @@ class CommandGuard:
             self.holds = 0  # commands held (the policy's blender holds, or no fresh measurement)
 
     def observe(self, measurement: Measurement | None) -> None:
-        """A measurement is only taken if it is newer than the last reset (not from an in-flight inference)."""
+        """The newest measurement; one from before the last reset (an inference in flight) moves nothing."""
         if measurement is None or measurement.joints is None:
             return
         with self._lock:
             self.ever_measured = True
-            if self._is_fresh(measurement, math.inf) and (
-                self.measurement is None or measurement.time >= self.measurement.time
-            ):
-                self.measurement = measurement
+            if self.measurement is None or measurement.time >= self.measurement.time:
+                self.measurement = measurement  # whether it is fresh enough is decided per command (_is_fresh)
 
-    def _is_fresh(self, measurement: Measurement, max_age_s: float) -> bool:
-        return measurement.time > self.reset_time and time.perf_counter() - measurement.time <= max_age_s
+    def _is_fresh(self, measurement: Measurement, limits: Limits) -> bool:
+        """Taken after the last reset (by more than the capture lag: under RTC the observation measured may
+        have been captured up to a control period before), and at most ``max_measurement_age_s`` ago."""
+        lag_s = limits.capture_lag_steps * statistics.median(self._intervals) if self._intervals else 0.0
+        return (
+            measurement.time > self.reset_time + lag_s
+            and time.perf_counter() - measurement.time <= limits.max_measurement_age_s
+        )
 
     def command(self, target: torch.Tensor, limits: Limits, hold: bool = False) -> torch.Tensor | None:
         """The (B, A) command to send for ``target``, or None: refused (nothing known to hold at)."""
@@ -291,7 +298,7 @@ class CommandGuard:
             applies, measured, reach = self._fresh_measurement(safe, limits)
             self.anchored = applies
             if hold or (applies and measured is None):
-                return self._hold(safe, measured, reach, limits)
+                return self._hold(safe, measured)
             fallback = self.last_sent if self.last_sent is not None else measured
             safe = self._replace_non_finite(safe, fallback)
             if safe is None:
@@ -321,7 +328,7 @@ class CommandGuard:
         joints = joints.reshape(-1, like.shape[-1]).to(like)  # float32, as the commands
         if joints.shape[0] not in (1, like.shape[0]) or not torch.isfinite(joints).all():
             return True, None, None
-        if not self._is_fresh(measurement, limits.max_measurement_age_s):
+        if not self._is_fresh(measurement, limits):
             return True, None, None
         lag = limits.capture_lag_steps if self.last_sent is not None else 0  # none sent since the reset: no lag
         steps = 1 + lag + sum(t > measurement.time for t in self._sent_times)
@@ -357,20 +364,22 @@ class CommandGuard:
         return _clamp_between(safe, measured.double() - reach, measured.double() + reach)
 
     # ---- bookkeeping ----------------------------------------------------------------------------
-    def _hold(
-        self, like: torch.Tensor, measured: torch.Tensor | None, reach: torch.Tensor | None, limits: Limits
-    ) -> torch.Tensor | None:
-        """Repeat the last command; with none since the reset, stay at the measured joints; else refuse."""
+    def _hold(self, like: torch.Tensor, measured: torch.Tensor | None) -> torch.Tensor | None:
+        """Repeat the last command; with none since the reset, stay at the measured joints (where the arm is,
+        even outside the limits: commanding it moves nothing); else refuse."""
         self.holds += 1
         if self.last_sent is not None:
             return self._sent(self.last_sent.clone(), like)
         if measured is not None:
-            return self._sent(self._clamp_to_measured(self._clamp_to_limits(measured, limits), measured, reach), like)
+            return self._sent(measured.clone(), like)
         return None
 
     def _sent(self, safe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        self.last_sent = safe.clone()
-        self._sent_times.append(time.perf_counter())
+        now = time.perf_counter()
+        if self._last_send_time is not None:
+            self._intervals.append(now - self._last_send_time)
+        self.last_sent, self._last_send_time = safe.clone(), now
+        self._sent_times.append(now)
         return safe.to(like.dtype if like.dtype.is_floating_point else torch.float32)
 
 
@@ -623,8 +632,7 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         """``policy.reset()`` alone (``lerobot-eval``) starts a new episode for this step too."""
         seen = (id(context), context.episode)
         if self._seen_episode is not None and seen != self._seen_episode and seen[0] == self._seen_episode[0]:
-            self._guard.reset(at=context.reset_time)
-            self._pin_next = False
+            self._guard.reset(at=context.reset_time)  # a pin set since (the async server's next chunk) stays
         self._seen_episode = seen
 
     def _sync_overrides(self, context: SafetyContext) -> None:

@@ -162,9 +162,9 @@ def _identity_clamp(self, safe, *args):
 
 
 MUTANTS = {
-    "fresh measurement (taken after the last reset)": (CommandGuard, "_is_fresh", lambda self, m, age: True),
+    "fresh measurement (taken after the last reset)": (CommandGuard, "_is_fresh", lambda self, m, limits: True),
     "hold without a fresh measurement": (
-        CommandGuard, "_hold", lambda self, like, measured, reach, limits: self._sent(like.nan_to_num(0.0), like),
+        CommandGuard, "_hold", lambda self, like, measured: self._sent(like.nan_to_num(0.0), like),
     ),
     "finite": (CommandGuard, "_replace_non_finite", _identity_clamp),
     "joint limits": (CommandGuard, "_clamp_to_limits", _identity_clamp),
