@@ -81,21 +81,31 @@ class GRPOSection:
     vllm_enable_sleep_mode: bool = True  # colocate: vLLM frees its GPU memory while the policy trains
 
 
-def grpo_training_defaults() -> TrainingConfig:
-    return TrainingConfig(
-        output_dir=Path("outputs/align_grpo"),
-        learning_rate=1e-6,
-        lr_scheduler_type="constant",
-        warmup_ratio=0.0,
-        per_device_train_batch_size=5,
-    )
+# GRPO's defaults live in subclasses, not in default_factory: draccus rebuilds a section from its class's defaults
+# as soon as one of its fields is given on the command line.
+@dataclass
+class GRPOModelConfig(ModelConfig):
+    """The model section of GRPO: all parameters trained, the vision tower included (the paper)."""
+
+    freeze_vision: bool = False
+
+
+@dataclass
+class GRPOTrainingConfig(TrainingConfig):
+    """The trainer section of GRPO: the paper's constant lr 1e-6, no warmup, 5 completions per device."""
+
+    output_dir: Path = Path("outputs/align_grpo")
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "constant"
+    warmup_ratio: float = 0.0
+    per_device_train_batch_size: int = 5
 
 
 @dataclass
 class AlignGRPOConfig:
     dataset: AlignDataConfig = field(default_factory=AlignDataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(freeze_vision=False))
-    training: TrainingConfig = field(default_factory=grpo_training_defaults)
+    model: GRPOModelConfig = field(default_factory=GRPOModelConfig)
+    training: GRPOTrainingConfig = field(default_factory=GRPOTrainingConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
     reasoning: Path | None = None  # `align reason` output used at SFT: sizes/checks the completion cap
