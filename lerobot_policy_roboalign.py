@@ -1,12 +1,14 @@
 """Entry point for LeRobot's plugin discovery.
 
 LeRobot imports a module named exactly like every installed ``lerobot_policy_*``
-distribution; importing it registers the ``roboalign`` policy (and this package's envs).
+distribution; importing it registers the ``roboalign`` policy, this package's envs and its
+processor steps (``lerobot_roboalign`` itself stays cheap to import, for ``roboalign --help``).
 """
 
 import sys
 
-import lerobot_roboalign  # noqa: F401
+import lerobot_roboalign
 from lerobot_roboalign.configuration_roboalign import check_cli_prompt_template
 
+lerobot_roboalign.register()
 check_cli_prompt_template(sys.argv[1:])  # LeRobot's CLIs import plugins before they parse the command line

@@ -37,7 +37,7 @@ import torch
 from lerobot.async_inference import constants, policy_server, robot_client
 from lerobot.async_inference.configs import RobotClientConfig
 
-import lerobot_roboalign  # noqa: F401  (registers the roboalign config and its processor steps)
+import lerobot_policy_roboalign  # noqa: F401  (registers the roboalign config and its processor steps)
 from lerobot_roboalign.safety import (
     DEFAULT_MAX_MEASUREMENT_AGE_S,
     SAFETY_STEP_NAME,

@@ -22,21 +22,15 @@ import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import draccus
-from lerobot.motors import MotorCalibration, MotorNormMode
-from lerobot.motors.feetech import FeetechMotorsBus
-from lerobot.robots import RobotConfig, koch_follower, make_robot_from_config, so_follower  # noqa: F401
-from lerobot.teleoperators import (  # noqa: F401
-    TeleoperatorConfig,
-    koch_leader,
-    make_teleoperator_from_config,
-    so_leader,
-)
 
-from .configuration_roboalign import SAFETY_FLAGS
-from .processor_roboalign import DEFAULT_SAFETY_MAX_DELTA
-from .safety import MEASURED_STATE_STEP_NAME, SAFETY_STEP_NAME
+if TYPE_CHECKING:
+    from lerobot.motors import MotorCalibration
 
+# LeRobot, torch and this package's policy modules are imported where used: `roboalign calibration check --help`
+# stays fast.
 logger = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = (
@@ -47,7 +41,6 @@ SUPPORTED_TYPES = (
     "so101_leader",
     "koch_leader",
 )
-CALIBRATION_KEYS = {f.name for f in fields(MotorCalibration)}
 # Dynamixel X-series Homing_Offset register range (e-manual); Feetech's comes from its sign bit.
 DYNAMIXEL_MAX_HOMING_OFFSET = 1_044_479
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
@@ -91,8 +84,22 @@ class CalibrationCheckConfig:
     replace_limits: bool = False
 
 
+def _calibration_keys() -> set[str]:
+    from lerobot.motors import MotorCalibration
+
+    return {f.name for f in fields(MotorCalibration)}
+
+
 def make_device(spec: DeviceSpec, calibration_dir: Path | None = None):
     """An unconnected LeRobot robot or teleoperator of ``spec.type`` (gives its motor table and paths)."""
+    from lerobot.robots import RobotConfig, koch_follower, make_robot_from_config, so_follower  # noqa: F401
+    from lerobot.teleoperators import (  # noqa: F401
+        TeleoperatorConfig,
+        koch_leader,
+        make_teleoperator_from_config,
+        so_leader,
+    )
+
     if not spec.type:
         raise CalibrationError(
             f"The arm's type is missing (a calibration file does not say which arm it is for): add --robot.type=TYPE, "
@@ -113,21 +120,26 @@ def make_device(spec: DeviceSpec, calibration_dir: Path | None = None):
 
 def _max_homing_offset(bus, model: str) -> int:
     """Feetech stores the offset sign-magnitude (the table gives the sign bit); Dynamixel in 4 bytes."""
+    from lerobot.motors.feetech import FeetechMotorsBus
+
     if isinstance(bus, FeetechMotorsBus):
         return (1 << bus.model_encoding_table[model]["Homing_Offset"]) - 1
     return DYNAMIXEL_MAX_HOMING_OFFSET
 
 
 def _motor_problems(name: str, entry: dict, bus) -> list[str]:
+    from lerobot.motors.feetech import FeetechMotorsBus
+
     motor = bus.motors[name]
     problems = []
-    missing, extra = CALIBRATION_KEYS - set(entry), set(entry) - CALIBRATION_KEYS
+    keys = _calibration_keys()
+    missing, extra = keys - set(entry), set(entry) - keys
     if missing or extra:
         return [
-            f"motor '{name}': keys must be exactly {sorted(CALIBRATION_KEYS)} "
+            f"motor '{name}': keys must be exactly {sorted(keys)} "
             f"(missing {sorted(missing)}, unexpected {sorted(extra)}); re-run lerobot-calibrate."
         ]
-    not_int = [k for k in CALIBRATION_KEYS if not isinstance(entry[k], int) or isinstance(entry[k], bool)]
+    not_int = [k for k in keys if not isinstance(entry[k], int) or isinstance(entry[k], bool)]
     if not_int:
         return [f"motor '{name}': {sorted(not_int)} must be integers (raw motor units); fix the values."]
     if entry["id"] != motor.id:
@@ -203,6 +215,8 @@ def _role_problems(path: Path, data: dict, spec: DeviceSpec) -> list[str]:
 
 def check_calibration(path: Path, spec: DeviceSpec) -> dict[str, MotorCalibration]:
     """Parse and validate ``path`` for an arm of ``spec.type``; raise :class:`CalibrationError` listing all problems."""
+    from lerobot.motors import MotorCalibration
+
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"Calibration file {path} does not exist; pass the path to a .json file.")
@@ -233,6 +247,8 @@ def check_calibration(path: Path, spec: DeviceSpec) -> dict[str, MotorCalibratio
 
 def joint_limits(calibration: dict[str, MotorCalibration], spec: DeviceSpec) -> tuple[list[float], list[float]]:
     """Calibrated range of each joint in the units LeRobot reads/writes at rollout (action order)."""
+    from lerobot.motors import MotorNormMode
+
     with tempfile.TemporaryDirectory() as tmp:
         bus = make_device(spec, Path(tmp)).bus
     low, high = [], []
@@ -266,6 +282,8 @@ def _tighter(old: list[float] | None, new: list[float], pick) -> list[float]:
 
 def _link_processors(checkpoint: Path, postprocessor: dict) -> None:
     """Upgrade a checkpoint saved before the measured-state step: add it, linked to safety step and policy."""
+    from .safety import MEASURED_STATE_STEP_NAME, SAFETY_STEP_NAME
+
     config_path, pre_path = checkpoint / "config.json", checkpoint / PREPROCESSOR_FILE
     if not (config_path.is_file() and pre_path.is_file()):
         return
@@ -291,7 +309,11 @@ def bind_to_checkpoint(
     Per joint the tighter of the checkpoint's limits and the calibrated range is kept, unless ``replace``:
     on a Koch the calibrated range is exactly LeRobot's own clamp, so it alone would add nothing.
     """
+    from .processor_roboalign import DEFAULT_SAFETY_MAX_DELTA
+    from .safety import SAFETY_STEP_NAME
+
     checkpoint = Path(checkpoint)
+    check_policy_type(checkpoint)
     config_path = checkpoint / POSTPROCESSOR_FILE
     if not config_path.is_file():
         raise CalibrationError(
@@ -331,9 +353,23 @@ def bind_to_checkpoint(
     return config_path, low, high
 
 
+def check_policy_type(checkpoint: Path) -> None:
+    """A checkpoint of another policy has no RoboAlign safety step to bind: name its type, not a missing file."""
+    config_path = Path(checkpoint) / "config.json"
+    policy_type = json.loads(config_path.read_text()).get("type") if config_path.is_file() else "roboalign"
+    if policy_type != "roboalign":
+        raise CalibrationError(
+            f"{checkpoint} is a {policy_type!r} policy, not a RoboAlign one: only a checkpoint trained with "
+            "--policy.type=roboalign has the safety step this binds the calibrated ranges to. Pass a RoboAlign "
+            "checkpoint, or drop --checkpoint (and use --robot.max_relative_target to bound that policy)."
+        )
+
+
 def _unset_training_flags(checkpoint: Path) -> None:
     """``safety_*`` saved in config.json by older versions would come back as rollout flags and override the
     limits just bound (they are already in the safety step: it was built from them at training)."""
+    from .configuration_roboalign import SAFETY_FLAGS
+
     config_path = checkpoint / "config.json"
     if not config_path.is_file():
         return

@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     words, rest = _resolve(argv)
     module = importlib.import_module(COMMANDS[words][0])
     entry = getattr(module, "main_" + words[-1].replace("-", "_"), None) or module.main
-    entry(rest)
+    saved = sys.argv
+    sys.argv = [" ".join(("roboalign", *words)), *rest]  # argparse's prog: `usage: roboalign align sft ...`
+    try:
+        entry(rest)
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

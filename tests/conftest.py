@@ -14,6 +14,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+import lerobot_roboalign  # noqa: E402
+
+lerobot_roboalign.register()  # as LeRobot's plugin discovery does in every lerobot-* command
+
 
 @pytest.fixture(scope="session")
 def tiny_backbone_factory(tmp_path_factory) -> Callable[[str], Path]:
