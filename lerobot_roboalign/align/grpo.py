@@ -47,6 +47,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
     longest_target_tokens,
 )
+from lerobot_roboalign.align.launch import with_whole_reference
 from lerobot_roboalign.align.reason import describe_motion, read_reasoning
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
 from lerobot_roboalign.alignment_format import AlignmentFormat
@@ -181,14 +182,14 @@ def train(cfg: AlignGRPOConfig) -> Path:
         freeze_vision_encoder(model)
     stop_ids = stop_token_ids(processor.tokenizer, model.generation_config)
     fmt = AlignmentFormat.from_data_config(cfg.dataset)
-    trainer = GRPOTrainer(
+    trainer = with_whole_reference(cfg.grpo.beta, lambda: GRPOTrainer(
         model=model,
         reward_funcs=make_reward_funcs(cfg.grpo.reward, processor.tokenizer, vocabulary, fast, stop_ids, cfg.grpo.l1_scale),
         args=args,
         train_dataset=build_dataset(samples),
         processing_class=processor,
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
-    )
+    ))
     trainer.train(resume_from_checkpoint=resume)
     return finish_training(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub)
 

@@ -9,6 +9,10 @@ Before the final save, every rank also writes its own shard of each trained para
 ``$SHARDS_DIR/rank<i>.pt`` (FSDP: the DTensor's local shard; ZeRO-3: the flat partition), so a test can rebuild
 the trained weights without the gather it checks, and records in ``$SHARDS_DIR/load<i>.json`` whether the
 sharded load was on (ZeRO-3 init, FSDP's cpu-ram-efficient loading) when the model was loaded.
+
+With ``$REWARD_STUB`` set, GRPO scores completions with :func:`stub_reward_funcs` (TRL's reward_funcs interface)
+instead of the action reward: an untrained tiny model never writes a valid action span, so its rewards would all be
+0 and GRPO would have no advantage to learn from.
 """
 
 import json
@@ -44,12 +48,24 @@ def local_shards(trainer) -> dict[str, torch.Tensor]:
     return shards
 
 
-def dump_shards_before(finish_training):
+def dump_shards_before(gather):
     def wrapped(trainer, *args, **kwargs):
         torch.save(local_shards(trainer), f"{os.environ['SHARDS_DIR']}/rank{trainer.accelerator.process_index}.pt")
-        return finish_training(trainer, *args, **kwargs)
+        return gather(trainer, *args, **kwargs)
 
     return wrapped
+
+
+def stub_reward_funcs(*args, **kwargs) -> list:
+    """Two rewards that vary with the sampled tokens, in place of ``rewards.make_reward_funcs``'s format and action."""
+
+    def token_sum(completion_ids, **_) -> list[float]:
+        return [sum(ids) % 11 / 10 for ids in completion_ids]
+
+    def token_count(completion_ids, **_) -> list[float]:
+        return [len(set(ids)) / max(len(ids), 1) for ids in completion_ids]
+
+    return [token_sum, token_count]
 
 
 def record_sharded_load(from_pretrained):
@@ -68,14 +84,15 @@ def record_sharded_load(from_pretrained):
 
 if __name__ == "__main__":
     from lerobot_roboalign import cli
-    from lerobot_roboalign.align import common, grpo, sft
+    from lerobot_roboalign.align import common, grpo
 
     state.PartialState._prepare_backend = cpu_backend
     state.AcceleratorState.__init__ = keep_fsdp_on_cpu
     if os.environ.get("SHARDS_DIR"):
-        sft.finish_training = dump_shards_before(sft.finish_training)
-        grpo.finish_training = dump_shards_before(grpo.finish_training)
+        common.gather_full_state_dict = dump_shards_before(common.gather_full_state_dict)  # the final save's gather
         common.AutoModelForImageTextToText.from_pretrained = record_sharded_load(
             common.AutoModelForImageTextToText.from_pretrained
         )
+    if os.environ.get("REWARD_STUB"):
+        grpo.make_reward_funcs = stub_reward_funcs
     cli.main(sys.argv[1:])
