@@ -47,7 +47,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
     longest_target_tokens,
 )
-from lerobot_roboalign.align.launch import with_whole_reference
+from lerobot_roboalign.align.launch import check_launch, with_whole_reference
 from lerobot_roboalign.align.reason import describe_motion, read_reasoning
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
 from lerobot_roboalign.alignment_format import AlignmentFormat
@@ -250,6 +250,7 @@ def score_model(
 
 def main(argv: list[str] | None = None) -> Path:
     cfg = draccus.parse(config_class=AlignGRPOConfig, args=argv or [])
+    check_launch()
     final = train(cfg)
     print(f"GRPO model written to {final}")
     return final

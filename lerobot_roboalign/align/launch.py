@@ -17,7 +17,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-CPU_CONFIG = "examples/accelerate/cpu.yaml"
+CPU_CONFIG = "examples/accelerate/cpu/ddp.yaml"
 T = TypeVar("T")
 
 

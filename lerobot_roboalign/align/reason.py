@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from lerobot_roboalign.align.common import ModelConfig, generate_completions, load_model_and_processor
 from lerobot_roboalign.align.data import AlignDataConfig, AlignSamples, load_samples, reasoning_messages
+from lerobot_roboalign.align.launch import check_launch
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ def reason_sharded(samples: AlignSamples, make: Callable[[], ReasoningSource], o
 
 def main(argv: list[str] | None = None) -> Path:
     cfg = draccus.parse(config_class=ReasonConfig, args=argv or [])
+    check_launch()
     samples = load_samples(cfg.dataset)
     max_images = max(len(source.cameras) for source in samples.sources)
     reason_sharded(samples, lambda: make_source(cfg, max_images), cfg.output, cfg.batch_size)

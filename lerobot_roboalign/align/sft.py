@@ -39,6 +39,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
     sft_dataset,
 )
+from lerobot_roboalign.align.launch import check_launch
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
 from lerobot_roboalign.align.vqa import VQAConfig, vqa_references
 from lerobot_roboalign.alignment_format import AlignmentFormat
@@ -136,6 +137,7 @@ def train(cfg: AlignSFTConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     cfg = draccus.parse(config_class=AlignSFTConfig, args=argv or [])
+    check_launch()
     final = train(cfg)
     print(f"SFT model written to {final}")
     return final
