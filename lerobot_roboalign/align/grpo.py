@@ -25,12 +25,12 @@ from datasets import Dataset
 from transformers import AutoProcessor
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
+from lerobot_roboalign.align import lora
 from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
     VocabularyCallback,
-    finish_training,
     freeze_vision_encoder,
     generate_completions,
     last_complete_checkpoint,
@@ -47,6 +47,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
     longest_target_tokens,
 )
+from lerobot_roboalign.align.lora import LoRASection
 from lerobot_roboalign.align.launch import check_launch, with_whole_reference
 from lerobot_roboalign.align.reason import describe_motion, read_reasoning
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
@@ -108,16 +109,23 @@ class AlignGRPOConfig:
     model: GRPOModelConfig = field(default_factory=GRPOModelConfig)
     training: GRPOTrainingConfig = field(default_factory=GRPOTrainingConfig)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    lora: LoRASection = field(default_factory=LoRASection)  # one GPU: LoRA / QLoRA on the SFT model (align/lora.py)
     push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
     reasoning: Path | None = None  # `align reason` output used at SFT: sizes/checks the completion cap
 
 
 def load_aligned(
-    cfg: ModelConfig, checkpoint: str | None = None, training: bool = False
+    cfg: ModelConfig, checkpoint: str | None = None, training: bool = False, adapter: LoRASection | None = None
 ) -> tuple[torch.nn.Module, object, ActionVocabulary, FastTokenizer]:
-    """An SFT'd MLLM with its action vocabulary and FAST tokenizer (a clear error when they are missing)."""
+    """An SFT'd MLLM with its action vocabulary and FAST tokenizer (a clear error when they are missing).
+
+    With ``adapter``, the model to train: a frozen (or 4-bit) base when it is enabled (``lora.py``).
+    """
     vocabulary = ActionVocabulary.from_pretrained(checkpoint or cfg.path)
-    model, processor = load_model_and_processor(cfg, checkpoint, training)
+    if adapter is not None:
+        model, processor = lora.load_for_training(cfg, adapter, checkpoint)
+    else:
+        model, processor = load_model_and_processor(cfg, checkpoint, training)
     vocabulary.check_tokenizer(processor.tokenizer)
     return model, processor, vocabulary, vocabulary.fast_tokenizer
 
@@ -169,6 +177,7 @@ def train(cfg: AlignGRPOConfig) -> Path:
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub)  # before hours of training, not after
     check_vllm(cfg.grpo)
+    lora.check_start(cfg.model.path)
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
     vocabulary = ActionVocabulary.from_pretrained(resume or cfg.model.path)
     samples = load_samples(cfg.dataset, vocabulary.fast_tokenizer)
@@ -177,8 +186,9 @@ def train(cfg: AlignGRPOConfig) -> Path:
     # The trainer config before the model: under accelerate it switches on ZeRO-3 init / FSDP's cpu-ram-efficient
     # loading, so that from_pretrained below already loads sharded.
     args = grpo_args(cfg)
-    model, processor, vocabulary, fast = load_aligned(cfg.model, resume, training=True)
-    if cfg.model.freeze_vision:
+    model, processor, vocabulary, fast = load_aligned(cfg.model, resume, training=True, adapter=cfg.lora)
+    model = lora.prepare(model, cfg.lora, cfg.training.gradient_checkpointing)
+    if cfg.model.freeze_vision and not cfg.lora.enabled:  # under LoRA only the adapter and action rows train
         freeze_vision_encoder(model)
     stop_ids = stop_token_ids(processor.tokenizer, model.generation_config)
     fmt = AlignmentFormat.from_data_config(cfg.dataset)
@@ -189,9 +199,11 @@ def train(cfg: AlignGRPOConfig) -> Path:
         train_dataset=build_dataset(samples),
         processing_class=processor,
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
+        **lora.trainer_kwargs(cfg.lora, model, vocabulary),
     ))
+    lora.finish_setup(trainer, cfg.lora)
     trainer.train(resume_from_checkpoint=resume)
-    return finish_training(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub)
+    return lora.finish(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub, cfg.model, cfg.lora)
 
 
 COMPLETION_MARGIN = 16

@@ -20,16 +20,15 @@ import numpy as np
 from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
+from lerobot_roboalign.align import lora
 from lerobot_roboalign.align.common import (
     MetricsCallback,
     ModelConfig,
     TrainingConfig,
     VocabularyCallback,
-    finish_training,
     freeze_vision_encoder,
     last_complete_checkpoint,
     load_fast_tokenizer,
-    load_model_and_processor,
     model_source,
 )
 from lerobot_roboalign.align.data import (
@@ -39,6 +38,7 @@ from lerobot_roboalign.align.data import (
     load_samples,
     sft_dataset,
 )
+from lerobot_roboalign.align.lora import LoRASection
 from lerobot_roboalign.align.launch import check_launch
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
 from lerobot_roboalign.align.vqa import VQAConfig, vqa_references
@@ -55,6 +55,7 @@ class AlignSFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     vqa: VQAConfig = field(default_factory=VQAConfig)
+    lora: LoRASection = field(default_factory=LoRASection)  # one GPU: LoRA / QLoRA (align/lora.py)
     reasoning: Path | None = None  # JSONL from `roboalign align reason`; None = scripted motion descriptions
     fast_vocab_size: int = 2048  # when a FAST tokenizer is fitted here (the paper's FAST+ vocabulary size)
     max_length: int | None = 2048
@@ -113,15 +114,17 @@ def train(cfg: AlignSFTConfig) -> Path:
 
     if cfg.push_to_hub:
         check_repo_id(cfg.push_to_hub)  # before hours of training, not after
+    lora.check_start(cfg.model.path)
     resume = last_complete_checkpoint(cfg.training.output_dir) if cfg.training.resume else None
     refuse_other_fast_tokenizer(cfg.model, resume or cfg.model.path)
     # The trainer config before the model: under accelerate it switches on ZeRO-3 init / FSDP's cpu-ram-efficient
     # loading, so that from_pretrained below already loads sharded.
     args = SFTConfig(**cfg.training.trainer_kwargs(cfg.model.precision()), completion_only_loss=True, max_length=cfg.max_length)
-    model, processor = load_model_and_processor(cfg.model, resume, training=True)
+    model, processor = lora.load_for_training(cfg.model, cfg.lora, resume)
     samples, fast = samples_with_tokens(cfg, resume or cfg.model.path)
     vocabulary = attach_action_vocabulary(model, processor, fast, model_source(cfg.model, resume))
-    if cfg.model.freeze_vision:
+    model = lora.prepare(model, cfg.lora, cfg.training.gradient_checkpointing)
+    if cfg.model.freeze_vision and not cfg.lora.enabled:  # under LoRA only the adapter and action rows train
         freeze_vision_encoder(model)
     fmt = AlignmentFormat.from_data_config(cfg.dataset)
     trainer = SFTTrainer(
@@ -130,9 +133,11 @@ def train(cfg: AlignSFTConfig) -> Path:
         train_dataset=build_dataset(cfg, samples, vocabulary),
         processing_class=processor,
         callbacks=[MetricsCallback(cfg.training.output_dir), VocabularyCallback(vocabulary, fmt)],
+        **lora.trainer_kwargs(cfg.lora, model, vocabulary),
     )
+    lora.finish_setup(trainer, cfg.lora)
     trainer.train(resume_from_checkpoint=resume)
-    return finish_training(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub)
+    return lora.finish(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub, cfg.model, cfg.lora)
 
 
 def main(argv: list[str] | None = None) -> Path:
