@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -38,17 +39,27 @@ def _is_hub_id(name_or_path: str) -> bool:
     return len(parts) == 2 and all(parts) and not name_or_path.startswith((".", "~"))
 
 
+def check_reachable(name_or_path: str, flag: str = "--policy.vlm_model_name", what: str = "Backbone") -> None:
+    """A model that is neither a local directory nor a Hub id the Hub (or its cache, offline) can give: say so now,
+    instead of transformers' ``OSError`` about a repository it cannot reach."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if Path(name_or_path).expanduser().exists() or (_is_hub_id(name_or_path) and not offline):
+        return
+    if _is_hub_id(name_or_path) and try_to_load_from_cache(name_or_path, "config.json") is not None:
+        return  # offline, from the cache
+    raise FileNotFoundError(
+        f"{what} {name_or_path!r} does not exist locally"
+        + (" and the Hub is offline (HF_HUB_OFFLINE=1), with no copy in its cache" if offline else "")
+        + f". Fix: pass {flag}=<a local checkpoint directory or a Hub id> (download it first with `hf download "
+        "<id> --local-dir DIR` where the Hub is reachable); for a tiny offline backbone run `roboalign "
+        "make-tiny-backbone OUT_DIR --arch qwen2_5_vl`."
+    )
+
+
 def load_vlm(name_or_path: str, dtype: torch.dtype) -> tuple[nn.Module, object]:
     """Load model and processor by hub id or path, with errors that say how to fix them."""
     path = Path(name_or_path).expanduser()
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    if not path.exists() and (offline or not _is_hub_id(name_or_path)):
-        raise FileNotFoundError(
-            f"Backbone {name_or_path!r} does not exist locally"
-            + (" and the Hub is offline (HF_HUB_OFFLINE=1)" if offline else "")
-            + ". Fix: pass --policy.vlm_model_name=<a local checkpoint directory or a Hub id>; for a tiny offline "
-            "backbone run `roboalign make-tiny-backbone OUT_DIR --arch qwen2_5_vl`."
-        )
+    check_reachable(name_or_path)
     source = str(path) if path.exists() else name_or_path
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)

@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, FAST_TOKENIZER_DIR, ActionVocabulary
 from lerobot_roboalign.alignment_format import AlignmentFormat
+from lerobot_roboalign.backbone import check_reachable
 from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.hub import push_backbone
 from lerobot_roboalign.precision import PrecisionPlan, align_precision, training_device
@@ -30,6 +31,7 @@ FINAL_SUBDIR = "model"
 METRICS_CSV = "metrics.csv"
 METRICS_PNG = "metrics.png"
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 
 
 @dataclass
@@ -43,9 +45,28 @@ class ModelConfig:
     # Compute dtype (autocast); trained weights are float32 whatever it is (precision.py). auto: bfloat16 on a
     # CUDA GPU that supports it, float32 elsewhere; bfloat16 on the CPU runs CPU autocast.
     dtype: str = "auto"
+    # transformers' attention kernel: sdpa (PyTorch's fused kernels), flash_attention_2 (pip install flash-attn,
+    # CUDA), eager (materialises every layer's attention matrix: `align plan` counts it).
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        check_attn_implementation(self.attn_implementation)
 
     def precision(self) -> PrecisionPlan:
         return align_precision(self.dtype, training_device())
+
+
+def check_attn_implementation(name: str) -> None:
+    """An unknown kernel, or flash_attention_2 without the flash-attn package: say so at parse time."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"--model.attn_implementation={name!r}: choose one of {ATTN_IMPLEMENTATIONS}.")
+    if name == "flash_attention_2" and not is_flash_attn_2_available():
+        raise ImportError(
+            "--model.attn_implementation=flash_attention_2 needs the flash-attn package on a CUDA GPU, which is not "
+            "available here: pip install flash-attn --no-build-isolation, or use --model.attn_implementation=sdpa."
+        )
 
 
 @dataclass
@@ -58,6 +79,9 @@ class TrainingConfig:
     warmup_ratio: float = 0.03
     num_train_epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides num_train_epochs
+    # Data loader processes per rank that decode the images while the model trains; None: 2 on a GPU, 0 on the CPU
+    # (where they would take the cores training uses). benchmarks/bench_align_data.py measures 0 against 2.
+    dataloader_num_workers: int | None = None
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     logging_steps: int = 10
@@ -90,8 +114,13 @@ class TrainingConfig:
             **precision.trainer_flags(training_device()),
             remove_unused_columns=False,
             disable_tqdm=False,
-            dataloader_num_workers=0,
+            dataloader_num_workers=self.num_workers(),
         )
+
+    def num_workers(self) -> int:
+        if self.dataloader_num_workers is not None:
+            return self.dataloader_num_workers
+        return 2 if training_device() == "cuda" else 0
 
 
 def holds_model(checkpoint: str | Path) -> bool:
@@ -113,7 +142,8 @@ def model_source(cfg: ModelConfig, checkpoint: str | None) -> str:
     return cfg.path
 
 
-def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None, training: bool = False):
+def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None, training: bool = False,
+                             flag: str = "--model.path"):
     """Model and processor of ``cfg.path``, or of a trainer ``checkpoint`` of it when resuming.
 
     For ``training`` the weights are float32 master weights and the trainer's autocast gives the compute dtype;
@@ -127,9 +157,10 @@ def load_model_and_processor(cfg: ModelConfig, checkpoint: str | None = None, tr
     The config keeps naming ``cfg.path``, so GRPO's KL reference stays the starting model on resume.
     """
     source = model_source(cfg, checkpoint)
+    check_reachable(source, flag, what="Model")
     precision = cfg.precision()
     dtype = precision.load if training else precision.frozen
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation=cfg.attn_implementation)
     processor = AutoProcessor.from_pretrained(source)
     model.config.name_or_path = cfg.path
     return model, processor

@@ -153,7 +153,8 @@ def grpo_args(cfg: AlignGRPOConfig):
     precision = cfg.model.precision()
     return GRPOConfig(
         **cfg.training.trainer_kwargs(precision),
-        model_init_kwargs={"dtype": precision.frozen},  # only the reference model is built from them here
+        # only the reference model is built from them here
+        model_init_kwargs={"dtype": precision.frozen, "attn_implementation": cfg.model.attn_implementation},
         num_generations=g.num_generations,
         beta=g.beta,
         temperature=g.temperature,

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from lerobot_roboalign.align.common import ModelConfig, generate_completions, load_model_and_processor
 from lerobot_roboalign.align.data import AlignDataConfig, AlignSamples, load_samples, reasoning_messages
 from lerobot_roboalign.align.launch import check_launch
+from lerobot_roboalign.backbone import check_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class MLLMReasoning:
     """The paper's source: the MLLM answers a reasoning prompt about the sample's images and task."""
 
     def __init__(self, model_path: str, max_new_tokens: int = 256, dtype: str = "auto"):
-        self.model, self.processor = load_model_and_processor(ModelConfig(path=model_path, dtype=dtype))
+        self.model, self.processor = load_model_and_processor(ModelConfig(path=model_path, dtype=dtype), flag="--model_path")
         self.model.to(launch_state().device).eval()  # this rank's GPU under accelerate
         self.max_new_tokens = max_new_tokens
         self.name = f"mllm:{Path(model_path).name}"
@@ -92,6 +93,7 @@ class VLLMReasoning:
         from transformers import AutoProcessor
 
         LLM, SamplingParams = import_vllm()
+        check_reachable(model_path, "--model_path", what="Model")
         state = launch_state()
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.llm = LLM(

@@ -157,7 +157,7 @@ def test_the_kl_reference_is_loaded_in_the_compute_dtype():
     for dtype, reference in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
         cfg = grpo.AlignGRPOConfig(model=ModelConfig(dtype=dtype))
         # TRL builds the reference from model_init_kwargs: in bf16 from the start, no float32 copy on the way
-        assert grpo.grpo_args(cfg).model_init_kwargs == {"dtype": reference}
+        assert grpo.grpo_args(cfg).model_init_kwargs == {"dtype": reference, "attn_implementation": "sdpa"}
     assert TrainingConfig().gradient_checkpointing
 
 
