@@ -673,15 +673,25 @@ def cube_probe_lines(cube: dict) -> list[str]:
     return lines
 
 
+def report_header(cfg: DemoConfig) -> list[str]:
+    """Title and mode; a quick run says first that its numbers are not results (0/N rows are expected there)."""
+    lines = ["# RoboAlign demo (simulated SO-101, tiny random backbone)", ""]
+    if cfg.quick:
+        lines += [
+            "**Quick sizes: this run checks that every stage runs, and says nothing about the method.** Its few "
+            "episodes and training steps leave the trained rows near 0 successes by design; the method's numbers "
+            "come from the default sizes (`roboalign demo`, docs/results.md).",
+            "",
+        ]
+    return [*lines, f"Mode: {'quick' if cfg.quick else 'full'}; sizes: `{json.dumps(asdict(cfg.sizes))}`.", ""]
+
+
 def format_report(
     cfg: DemoConfig, evals: dict[str, dict], scores: dict, walls: dict[str, float], pairs: list[tuple[str, str]],
     elapsed_s: float, curves: dict[str, dict[int, dict]], probe: dict, camera_off: dict[str, dict],
 ) -> str:
     lines = [
-        "# RoboAlign demo (simulated SO-101, tiny random backbone)",
-        "",
-        f"Mode: {'quick' if cfg.quick else 'full'}; sizes: `{json.dumps(asdict(cfg.sizes))}`.",
-        "",
+        *report_header(cfg),
         "What the policy sees: one 96x96 front camera image, the 14-D robot state (`agent_pos`: joints and "
         "gripper, no cube or goal position) and the instruction. pick_and_place names its goal in the "
         "instruction (one of a few places on the table); the cube position is only in the image.",

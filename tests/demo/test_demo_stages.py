@@ -2,7 +2,7 @@
 
 import json
 
-from lerobot_roboalign.demo import QUICK, DemoConfig, DemoSizes, Stages
+from lerobot_roboalign.demo import QUICK, DemoConfig, DemoSizes, Stages, report_header
 
 
 def test_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
@@ -58,3 +58,10 @@ def test_decoded_l1_is_compared_on_the_frames_that_decode_only():
     assert paired["n"] == 2 and paired["better"] == 1 and paired["worse"] == 1
     assert abs(paired["mean"] - 0.0) < 1e-12  # (0.3 - 0.1 + 0.2 - 0.4) / 2; the undecoded frame's 9.0 is left out
     assert paired_on_decoded([None, None], [0.3, 0.2], seed=0) is None
+
+
+def test_quick_report_says_first_that_it_checks_the_plumbing_not_the_method():
+
+    quick, full = report_header(DemoConfig(quick=True)), report_header(DemoConfig())
+    assert "every stage runs" in quick[2] and "says nothing about the method" in quick[2]
+    assert not any("every stage runs" in line for line in full) and full[2].startswith("Mode: full")
