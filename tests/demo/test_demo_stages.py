@@ -61,7 +61,6 @@ def test_decoded_l1_is_compared_on_the_frames_that_decode_only():
 
 
 def test_quick_report_says_first_that_it_checks_the_plumbing_not_the_method():
-
     quick, full = report_header(DemoConfig(quick=True)), report_header(DemoConfig())
     assert "every stage runs" in quick[2] and "says nothing about the method" in quick[2]
     assert not any("every stage runs" in line for line in full) and full[2].startswith("Mode: full")
