@@ -12,7 +12,10 @@ config file (DDP, DeepSpeed ZeRO-2/3, FSDP) and each stage's memory is the sum o
   (4P + 12T)/N + 4 x (root + 2 largest wrapped layers) (fp32 shards; bf16 copies and grads of the gathered units);
 - activations, a stated estimate: with gradient checkpointing, tokens x hidden x layers x 2 bytes of layer
   inputs plus one layer recomputed, tokens x (6 hidden + 4 intermediate) x 2 bytes; without it, that layer
-  term for every layer; plus the logits, tokens x vocab x 6 bytes (bf16 and their float32 copy for the loss);
+  term for every layer; plus the logits, tokens x vocab x 10 bytes (bf16 logits, their float32 upcast in the loss
+  and its float32 gradient); ``--attn_implementation=eager`` adds the attention matrix, batch x heads x tokens^2
+  x 8 bytes for the layer computed (bf16 scores and probabilities, float32 softmax) and, without checkpointing,
+  2 bytes of probabilities per other layer (sdpa and flash_attention_2 keep no tokens^2 term);
 - GRPO: the KL reference in bf16 (2P, or 2P/N where ZeRO-3/FSDP shard it) and vLLM colocated: its share of the
   GPU while it generates; with sleep mode it frees that share while the policy trains, so the peak is the larger
   of the generation and update phases;
@@ -20,9 +23,15 @@ config file (DDP, DeepSpeed ZeRO-2/3, FSDP) and each stage's memory is the sum o
   with AdamW, the backbone run without gradients (one layer at a time);
 - a fixed 3 GB for the CUDA context, NCCL buffers and allocator fragmentation.
 
+vLLM's KV cache is reported for GRPO: a rollout's completions on one GPU (``grpo_generation_batch`` / GPUs) x
+(prompt + completion) tokens x layers x 2 (K, V) x KV heads x head dim x 2 bytes, against what vLLM's share leaves
+after its bf16 weights. Where it does not hold them all, vLLM generates in waves (slower, not out of memory): the
+plan warns and names the share that would hold them.
+
 A launch fits when its peak stays under (1 - headroom) of the GPU memory (default 10%: the estimate's margin).
 Host RAM at load is reported too: every rank loads a float32 copy under DDP and ZeRO-2; ZeRO-3 init and FSDP's
-cpu-ram-efficient loading (the trainer config exists before the model, see ``common.py``) load one.
+cpu-ram-efficient loading (the trainer config exists before the model, see ``common.py``) load one; under FSDP each
+rank also reads GRPO's KL reference whole in bf16 (``launch.with_whole_reference``).
 
     roboalign align plan --model=Qwen/Qwen2.5-VL-7B-Instruct --gpu_memory_gb=80 --output_dir=plan
 """
@@ -36,6 +45,8 @@ import draccus
 import torch
 import yaml
 
+from lerobot_roboalign.align.common import ATTN_IMPLEMENTATIONS
+
 logger = logging.getLogger(__name__)
 
 GB = 1e9
@@ -45,6 +56,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 # Least communication first: the recommended launch of a stage is the first of these that fits.
 PREFERENCE = ("ddp", "zero2", "zero3", "fsdp")
 STAGES = ("sft", "grpo", "vla")
+LOGIT_BYTES = 10  # bf16 logits, their float32 upcast in the loss and the float32 gradient of that upcast
 
 
 @dataclass
@@ -69,6 +81,9 @@ class PlanConfig:
     vllm: bool = True
     vllm_gpu_memory_utilization: float = 0.3
     vllm_sleep: bool = True
+    # Completions per rollout over all GPUs (examples/paper/align_grpo.json: 512 prompts x 5 = 2560): vLLM's KV cache
+    grpo_generation_batch: int = 2560
+    attn_implementation: str = "sdpa"  # sdpa | flash_attention_2 | eager (the attention matrix is counted)
     # VLA (lerobot-train, examples/paper/*.json): frames per GPU, prompt tokens, the layer the head reads
     vla_batch: int = 4  # lerobot-train's --batch_size is per process: the paper's 32 over 8 GPUs
     vla_prompt_len: int = 256
@@ -81,6 +96,8 @@ class PlanConfig:
         unknown = sorted(set(self.stages) - set(STAGES))
         if unknown:
             raise ValueError(f"--stages: unknown {unknown}; choose from {list(STAGES)}.")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"--attn_implementation={self.attn_implementation!r}: choose from {ATTN_IMPLEMENTATIONS}.")
 
 
 @dataclass
@@ -98,6 +115,9 @@ class ModelSizes:
     layers: int
     intermediate: int
     vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
 
 
 @dataclass
@@ -156,6 +176,9 @@ def measure(built: torch.nn.Module, text, cfg: PlanConfig) -> ModelSizes:
         hidden=hidden,
         layers=layers,
         intermediate=text.intermediate_size,
+        heads=text.num_attention_heads,
+        kv_heads=text.num_key_value_heads,
+        head_dim=getattr(text, "head_dim", None) or hidden // text.num_attention_heads,
         vocab=text.vocab_size + cfg.action_tokens,
     )
 
@@ -198,11 +221,15 @@ def model_states(kind: str, params: int, trained: int, n: int, sizes: ModelSizes
                 gathered=4 * (sizes.fsdp_root + 2 * sizes.largest_layer))
 
 
-def activations(sizes: ModelSizes, batch: int, tokens: int, logit_tokens: int, checkpointing: bool) -> float:
+def activations(sizes: ModelSizes, batch: int, tokens: int, logit_tokens: int, checkpointing: bool,
+                attn: str = "sdpa") -> float:
     """Bytes of one micro-batch's activations (the stated estimate in the module docstring)."""
     one_layer = batch * tokens * (6 * sizes.hidden + 4 * sizes.intermediate) * 2
     kept = batch * tokens * sizes.hidden * sizes.layers * 2 + one_layer if checkpointing else one_layer * sizes.layers
-    return kept + batch * logit_tokens * sizes.vocab * 6
+    if attn == "eager":
+        scores = batch * sizes.heads * tokens**2
+        kept += 8 * scores + (0 if checkpointing else 2 * scores * (sizes.layers - 1))
+    return kept + batch * logit_tokens * sizes.vocab * LOGIT_BYTES
 
 
 def deepspeed_estimate(kind: str, params: int, largest: int, n: int) -> float | None:
@@ -237,10 +264,12 @@ def plan_stage(stage: str, launch: Launch, sizes: ModelSizes, cfg: PlanConfig) -
         trained = sizes.total - (sizes.vision if stage == "sft" and cfg.freeze_vision else 0)
         parts = model_states(kind, sizes.total, trained, n, sizes)
         if stage == "sft":
-            act = activations(sizes, cfg.sft_micro_batch, cfg.sft_seq_len, cfg.sft_seq_len, cfg.gradient_checkpointing)
+            act = activations(sizes, cfg.sft_micro_batch, cfg.sft_seq_len, cfg.sft_seq_len, cfg.gradient_checkpointing,
+                              cfg.attn_implementation)
         else:
             tokens = cfg.grpo_prompt_len + cfg.grpo_completion_len
-            act = activations(sizes, cfg.grpo_micro_batch, tokens, cfg.grpo_completion_len, cfg.gradient_checkpointing)
+            act = activations(sizes, cfg.grpo_micro_batch, tokens, cfg.grpo_completion_len, cfg.gradient_checkpointing,
+                              cfg.attn_implementation)
             reference = 2 * sizes.total / (n if kind in ("zero3", "fsdp") else 1)
             vllm = cfg.vllm_gpu_memory_utilization * cfg.gpu_memory_gb * GB if cfg.vllm else 0.0
     states = sum(parts.values()) + reference + OVERHEAD_GB * GB
@@ -249,6 +278,8 @@ def plan_stage(stage: str, launch: Launch, sizes: ModelSizes, cfg: PlanConfig) -
     peak = max(update, generation)
     weights = 2 * sizes.vla_backbone if stage == "vla" else 4 * sizes.total  # as loaded: bf16 frozen / fp32 trained
     host = weights * (1 if kind in ("zero3", "fsdp") else n)
+    if stage == "grpo" and kind == "fsdp":  # every rank reads the KL reference whole in bf16 (launch.py)
+        host += 2 * sizes.total * n
     ds = deepspeed_estimate(kind, sizes.total, sizes.largest_module, n) if stage != "vla" else None
     row = dict(
         stage=stage, config=launch.name, strategy=kind, gpus=n,
@@ -257,6 +288,7 @@ def plan_stage(stage: str, launch: Launch, sizes: ModelSizes, cfg: PlanConfig) -
         update_phase=update / GB, generation_phase=generation / GB if vllm else None,
         peak=peak / GB, fits=peak <= (1 - cfg.headroom) * cfg.gpu_memory_gb * GB, host_ram_at_load=host / GB,
         deepspeed_estimator=ds / GB if ds is not None else None,
+        **kv_cache(sizes, cfg, n) if stage == "grpo" and cfg.vllm else {},
         trained_parameters=trained,
     )
     return row
@@ -298,10 +330,38 @@ def markdown(result: dict) -> str:
             f"{r['optimizer']:.1f} | {r['gathered']:.1f} | {r['activations']:.1f} | {r['reference']:.1f} | "
             f"{r['vllm']:.1f} | {r['peak']:.1f} | {'yes' if r['fits'] else 'no'} | {ds} | {r['host_ram_at_load']:.0f} |"
         )
+    lines += kv_cache_lines(result)
     missing = [stage for stage, config in result["recommended"].items() if config is None]
     if missing:
         lines += ["", f"No planned launch fits {', '.join(missing)}: add GPUs, lower the micro-batch or offload."]
     return "\n".join(lines)
+
+
+def kv_cache(sizes: ModelSizes, cfg: PlanConfig, n: int) -> dict[str, float | int]:
+    """vLLM's KV cache on one GPU: what a rollout's completions need and what its share leaves after the weights."""
+    completions = -(-cfg.grpo_generation_batch // n)
+    per_token = sizes.layers * 2 * sizes.kv_heads * sizes.head_dim * 2
+    need = completions * (cfg.grpo_prompt_len + cfg.grpo_completion_len) * per_token
+    share = cfg.vllm_gpu_memory_utilization * cfg.gpu_memory_gb * GB
+    available = max(share - 2 * sizes.total, 0.0)
+    return dict(kv_cache_completions=completions, kv_cache_need=need / GB, kv_cache_available=available / GB,
+                kv_cache_fits=need <= available, vllm_share_needed=(2 * sizes.total + need) / (cfg.gpu_memory_gb * GB))
+
+
+def kv_cache_lines(result: dict) -> list[str]:
+    """vLLM's KV cache need per GRPO GPU count (the same under every launch), with a warning where it does not fit."""
+    lines = []
+    tokens = result["settings"]["grpo_prompt_len"] + result["settings"]["grpo_completion_len"]
+    for r in {r["gpus"]: r for r in result["rows"] if "kv_cache_need" in r}.values():
+        line = (f"vLLM KV cache (grpo, {r['gpus']} GPUs): {r['kv_cache_completions']} completions x {tokens} tokens "
+                f"per GPU need {r['kv_cache_need']:.1f} GB; vLLM's share leaves {r['kv_cache_available']:.1f} GB "
+                "after its bf16 weights.")
+        if not r["kv_cache_fits"]:
+            line += (" WARNING: it does not fit, so vLLM generates in waves (slower): raise "
+                     f"--grpo.vllm_gpu_memory_utilization to {r['vllm_share_needed']:.2f} (and plan again), or lower "
+                     "--grpo.generation_batch_size.")
+        lines.append(line)
+    return ["", *lines] if lines else []
 
 
 def main(argv: list[str] | None = None) -> dict:
