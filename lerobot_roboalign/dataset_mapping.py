@@ -36,20 +36,24 @@ def rename_features(
     return {rename_map.get(key, key): ft for key, ft in features.items()}
 
 
-def _rename_hint(missing: str, available: list[str]) -> str:
+def _rename_hint(missing: str, available: list[str], source: str) -> str:
     if not available:
-        return "record or choose a dataset that has this input"
-    return f'add it to the rename map, e.g. --rename_map=\'{{"{available[0]}": "{missing}"}}\''
+        return f"record or choose a {source} that has this input"
+    return (f"map one of the {source}'s cameras to it ({source} key -> policy key), e.g. "
+            f'--rename_map=\'{{"{available[0]}": "{missing}"}}\'')  # fmt: skip
 
 
-def _check_cameras(expected: list[str], provided: dict[str, PolicyFeature]) -> None:
+def _check_cameras(
+    expected: list[str], provided: dict[str, PolicyFeature], rename_map: dict[str, str], source: str
+) -> None:
     cameras = sorted(k for k, ft in provided.items() if ft.type is FeatureType.VISUAL)
-    unused = [c for c in cameras if c not in expected]
+    original = {new: old for old, new in rename_map.items()}  # the hint names the source's own key
+    unused = [original.get(c, c) for c in cameras if c not in expected]
     for camera in expected:
         if camera not in provided:
             raise ValueError(
-                f"The policy expects camera '{camera}' but the dataset provides {cameras} after renaming. "
-                f"Fix: {_rename_hint(camera, unused)}."
+                f"The policy expects camera '{camera}' but the {source} provides {cameras} after renaming. "
+                f"Fix: {_rename_hint(camera, unused, source)}."
             )
 
 
@@ -68,9 +72,9 @@ def _check_dim(
 
 
 def check_dataset_features(
-    policy_config, dataset_features: dict[str, Any], rename_map: dict[str, str]
+    policy_config, dataset_features: dict[str, Any], rename_map: dict[str, str], source: str = "dataset"
 ) -> None:
-    """Raise ``ValueError`` naming the key and the fix if the dataset cannot feed ``policy_config``.
+    """Raise ``ValueError`` naming the key and the fix if the dataset (or ``source``) cannot feed ``policy_config``.
 
     ``policy_config`` is a ``PreTrainedConfig``: its ``image_features``, ``robot_state_feature``
     and ``action_feature`` are what it expects (set by a checkpoint or a config file). A fresh
@@ -82,7 +86,7 @@ def check_dataset_features(
             f"The dataset has no camera (no 'observation.images.*' feature; it has {sorted(provided)}). "
             "Fix: choose a dataset with at least one camera."
         )
-    _check_cameras(list(policy_config.image_features), provided)
+    _check_cameras(list(policy_config.image_features), provided, rename_map or {}, source)
     _check_dim(
         OBS_STATE,
         policy_config.robot_state_feature,

@@ -48,7 +48,7 @@ class CalvinEvalConfig:
     num_chains: int = 1000
     max_steps_per_subtask: int = 360
     output_dir: str = "outputs/calvin_eval"
-    # Env key -> policy key, e.g. {"observation.images.rgb_static": "observation.images.image"}.
+    # Simulator key -> the checkpoint's key, e.g. {"observation.images.rgb_static": "observation.images.image_base"}.
     rename_map: dict[str, str] = field(default_factory=dict)
     # A JSON file holding the rename map (merged under --rename_map).
     rename_map_file: str | None = None
@@ -101,7 +101,7 @@ def load_policy(cfg: CalvinEvalConfig, env_cfg: CalvinEnv) -> LeRobotChainPolicy
     if cfg.device:
         policy_cfg.device = cfg.device
     rename_map = cfg.resolved_rename_map()
-    check_dataset_features(policy_cfg, env_to_policy_features(env_cfg), rename_map)
+    check_dataset_features(policy_cfg, env_to_policy_features(env_cfg), rename_map, source="simulator")
     policy = make_policy(cfg=policy_cfg, env_cfg=env_cfg, rename_map=rename_map)
     policy.eval()
     preprocessor, postprocessor = make_pre_post_processors(
