@@ -18,9 +18,7 @@ from typing import Any
 
 import draccus
 import numpy as np
-import torch
 
-from .env import CalvinChainEnv, CalvinEnv
 from .protocol import ChainResult, State, evaluate_chains, sample_chains, summarize, write_results
 from .scene import require_calvin
 
@@ -73,6 +71,7 @@ class LeRobotChainPolicy:
         self.postprocessor.reset()
 
     def __call__(self, observation: dict[str, Any], instruction: str) -> np.ndarray:
+        import torch
         from lerobot.envs.utils import preprocess_observation
 
         batch = preprocess_observation(observation)
@@ -83,7 +82,7 @@ class LeRobotChainPolicy:
         return action.reshape(-1).float().cpu().numpy()
 
 
-def load_policy(cfg: CalvinEvalConfig, env_cfg: CalvinEnv) -> LeRobotChainPolicy:
+def load_policy(cfg: CalvinEvalConfig, env_cfg) -> LeRobotChainPolicy:
     """Load the checkpoint as lerobot-eval does, after checking the env can feed it."""
     from lerobot.configs import PreTrainedConfig
     from lerobot.envs.utils import env_to_policy_features
@@ -166,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "roboalign calvin eval: pass --policy_path=<lerobot-train checkpoint/pretrained_model>."
         )
     require_calvin()  # before the (slow) checkpoint load
+    from .env import CalvinChainEnv, CalvinEnv  # LeRobot and torch: not needed for --help
+
     env_cfg = CalvinEnv(
         dataset_path=cfg.dataset_path,
         num_chains=cfg.num_chains,
