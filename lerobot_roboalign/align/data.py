@@ -14,10 +14,10 @@ import torch
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from PIL import Image
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from lerobot_roboalign.action_vocab import ACTION_END, ACTION_START
-from lerobot_roboalign.align.vqa import open_images
+from lerobot_roboalign.align.vqa import ROW_FEATURES, open_images
 from lerobot_roboalign.fast import FastTokenizer
 
 logger = logging.getLogger(__name__)
@@ -436,17 +436,17 @@ class SFTRows:
         }
 
 
-def sft_dataset(samples: AlignSamples, reasoning: list[str], vocabulary, vqa: dict[str, list]) -> Dataset:
-    """SFT rows (action samples, then ``vqa`` rows from ``vqa.vqa_references``) as references, built when read."""
-    actions, others = len(samples), len(vqa["image_paths"])
-    references = {
-        "sample": list(range(actions)) + [-1] * others,
-        "reasoning": list(reasoning) + [""] * others,
-        "vqa_prompt": [[]] * actions + vqa["vqa_prompt"],
-        "vqa_completion": [[]] * actions + vqa["vqa_completion"],
-        "image_paths": [[]] * actions + vqa["image_paths"],
-    }
-    return Dataset.from_dict(references).with_transform(SFTRows(samples, vocabulary))
+def sft_dataset(samples: AlignSamples, reasoning: list[str], vocabulary, vqa: Dataset) -> Dataset:
+    """SFT rows (action samples, then the ``vqa`` rows of ``vqa.vqa_references``) as references, built when read."""
+    actions = len(samples)
+    references = Dataset.from_dict({
+        "sample": list(range(actions)),
+        "reasoning": list(reasoning),
+        "vqa_prompt": [[]] * actions,
+        "vqa_completion": [[]] * actions,
+        "image_paths": [[]] * actions,
+    }, features=ROW_FEATURES)
+    return concatenate_datasets([references, vqa]).with_transform(SFTRows(samples, vocabulary))
 
 
 class GRPORows:
