@@ -36,6 +36,7 @@ def test_sub_command_help_is_fast_and_names_the_sub_command(words):
     assert seconds < HELP_SECONDS, f"roboalign {' '.join(words)} --help took {seconds:.1f} s"
 
 
+@pytest.mark.slow  # the other commands import torch, transformers or LeRobot before they can print their help
 def test_every_sub_command_help_names_the_sub_command_in_its_usage_line():
     from lerobot_roboalign.cli import COMMANDS
 
