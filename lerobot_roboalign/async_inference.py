@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +42,10 @@ from lerobot_roboalign.safety import (
     SAFETY_STEP_NAME,
     CommandGuard,
     Limits,
-    Measurement,
     RoboAlignActionSafetyStep,
+    capture,
     validate_limits,
+    validate_max_measurement_age,
 )
 
 POLICY_TYPE = "roboalign"
@@ -74,7 +74,8 @@ class RoboAlignRobotClientConfig(RobotClientConfig):
     # Per-joint limits in action order; default: the checkpoint's safety step.
     safety_joint_min: list[float] | None = None
     safety_joint_max: list[float] | None = None
-    # A bus reading older than this is none: the command is refused.
+    # Longest time (s) from an observation's capture to its chunk; for this client's own check, the bus reading
+    # taken right before each command (older is none: the command is refused). One default with the policy's.
     safety_max_measurement_age_s: float = DEFAULT_MAX_MEASUREMENT_AGE_S
 
 
@@ -90,7 +91,8 @@ def client_limits(config: RoboAlignRobotClientConfig, dim: int) -> Limits:
             "pass a --pretrained_name_or_path that exists on this machine with a safety step in its "
             "policy_postprocessor.json."
         )
-    validate_limits(max_delta, low, high)
+    validate_limits(max_delta, low, high, dim=dim)
+    validate_max_measurement_age(config.safety_max_measurement_age_s)
     if low is None:
         logger.warning("RoboAlign client: no joint limits (--safety_joint_min/max); only the rate limit applies.")
 
@@ -119,7 +121,7 @@ class RoboAlignRobotClient(robot_client.RobotClient):
 
     def _action_tensor_to_action_dict(self, action_tensor: torch.Tensor) -> dict[str, float]:
         """Called by LeRobot's control loop right before ``robot.send_action``: the command is guarded here."""
-        self.guard.observe(Measurement(self._measured_joints(), time.perf_counter()))
+        self.guard.observe(capture(self._measured_joints()))
         safe = self.guard.command(action_tensor.reshape(1, -1), self.limits)
         if safe is None:
             raise RuntimeError(

@@ -21,7 +21,6 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import draccus
@@ -320,6 +319,7 @@ def bind_to_checkpoint(
             f"{config_path} not found: --checkpoint must be a pretrained_model directory saved by lerobot-train."
         )
     pipeline = json.loads(config_path.read_text())
+    _check_sizes(checkpoint, len(limits[0]), max_delta)
     steps = pipeline["steps"]
     step = next((s for s in steps if s.get("registry_name") == SAFETY_STEP_NAME), None)
     if step is None:
@@ -345,6 +345,8 @@ def bind_to_checkpoint(
             "Pass --replace_limits=true to use the calibrated ranges alone."
         )
     step["config"]["joint_min"], step["config"]["joint_max"] = low, high
+    bound = {"joint_min", "joint_max", *(["max_delta"] if max_delta is not None else [])}
+    step["config"]["bound"] = sorted(bound | set(step["config"].get("bound") or []))
     if max_delta is not None:
         step["config"]["max_delta"] = max_delta
     _link_processors(checkpoint, pipeline)
@@ -362,6 +364,35 @@ def check_policy_type(checkpoint: Path) -> None:
             f"{checkpoint} is a {policy_type!r} policy, not a RoboAlign one: only a checkpoint trained with "
             "--policy.type=roboalign has the safety step this binds the calibrated ranges to. Pass a RoboAlign "
             "checkpoint, or drop --checkpoint (and use --robot.max_relative_target to bound that policy)."
+        )
+
+
+def _check_sizes(checkpoint: Path, joints: int, max_delta: float | None) -> None:
+    """Refuse a rate limit that is not finite or not > 0, an arm whose joint count is not the action's, and a
+    checkpoint whose observation.state differs in size from its action (commands could not be compared with the
+    measured joints); warn above the servos' reach. Caught here, not on the arm at the next rollout."""
+    from .safety import validate_max_delta
+
+    try:
+        validate_max_delta(max_delta, required=False)
+    except ValueError as err:
+        raise CalibrationError(f"--max_delta={max_delta}: {err}") from None
+    config_path = checkpoint / "config.json"
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    action = ((config.get("output_features") or {}).get("action") or {}).get("shape")
+    state = ((config.get("input_features") or {}).get("observation.state") or {}).get("shape")
+    if action and action[-1] != joints:
+        raise CalibrationError(
+            f"this arm has {joints} joints but the checkpoint's action has {action[-1]} values: was it trained on "
+            "another robot? Bind the calibration of the arm the policy was trained for."
+        )
+    if action and state and list(state) != list(action):
+        raise CalibrationError(
+            f"the checkpoint's observation.state has shape {state} but its action {action}: on a real arm the "
+            "state must be the action's joints (same order) so that each command can be compared with the measured "
+            "joints. Record observation.state as the joint positions (LeRobot's so101/koch followers do)."
         )
 
 

@@ -14,7 +14,9 @@ from lerobot.policies.rtc import RTCConfig
 logger = logging.getLogger(__name__)
 BACKBONE_MODES = ("frozen", "lora", "full")
 # Rollout flags that override the checkpoint's safety step; saved unset (see RoboAlignConfig._save_pretrained).
-SAFETY_FLAGS = ("safety_enabled", "safety_max_delta", "safety_joint_min", "safety_joint_max")
+SAFETY_FLAGS = (
+    "safety_enabled", "safety_max_delta", "safety_joint_min", "safety_joint_max", "safety_max_measurement_age_s"
+)
 
 
 @PreTrainedConfig.register_subclass("roboalign")
@@ -85,6 +87,9 @@ class RoboAlignConfig(PreTrainedConfig):
     safety_joint_min: list[float] | None = None
     safety_joint_max: list[float] | None = None
     safety_limit_margin: float = 0.05
+    # Longest time (s) from an observation's capture (the robot read) to its action chunk; over it the arm holds
+    # until a fresh chunk arrives (None: the safety step's, default safety.DEFAULT_MAX_MEASUREMENT_AGE_S = 5 s).
+    safety_max_measurement_age_s: float | None = None
     # Names this policy in its processors' safety steps: a postprocessor of another checkpoint is refused.
     safety_link: str = field(default_factory=lambda: uuid.uuid4().hex)
     chunk_blend_steps: int = 4  # cross-fade this many steps of consecutive chunks (0: no blending)

@@ -26,9 +26,10 @@ from .dataset_mapping import check_dataset_features, cli_rename_map
 from .feature_norm import ImageTokenStandardizer
 from .hub import backbone_reference, peft_base_reference, shared_backbone_name
 from .precision import cast_trainable, vla_precision
-from .processor_roboalign import InputSpec, safety_overrides, validate_batch
-from .rtc import freeze_loaded_heap, hold_chunk, make_inpainting, prefix_batch
-from .safety import ChunkBlender, SafetyContext
+from .processor_roboalign import InputSpec, safety_overrides, training_safety_values, validate_batch
+from .rtc import hold_chunk, make_inpainting, prefix_batch, prepare_rtc_rollout
+from .chunk_blending import ChunkBlender
+from .safety import SafetyContext
 
 logger = logging.getLogger(__name__)
 BACKBONE_INFO_FILE = "backbone.json"
@@ -94,7 +95,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         # This instance's own context with its processors' safety steps (safety.py); --policy.safety_* given for
         # this run override the checkpoint's safety step (loaded after this).
         self.safety_context = SafetyContext(link=config.safety_link)
-        self.safety_context.publish_overrides(safety_overrides(config))
+        self.safety_context.publish_overrides(safety_overrides(config), training_safety_values(config))
         self.rtc_dropped_chunks = 0
         self.init_rtc_processor()
         self.reset()
@@ -210,7 +211,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
         config = self.config.rtc_config
         self.rtc_processor = RTCProcessor(config) if config is not None and config.enabled else None
         if self.rtc_processor is not None:
-            freeze_loaded_heap()
+            prepare_rtc_rollout()
 
     def _inpainting(self, prev_chunk_left_over: Tensor | None, inference_delay: int | None, batch_size: int):
         rtc = self.config.rtc_config
@@ -238,15 +239,15 @@ class RoboAlignPolicy(PreTrainedPolicy):
         LeRobot's engine retries and nothing reaches the motors. The safety step guards each row when the
         engine sends it (safety.py).
         """
-        self.safety_context.enter()
+        self.safety_context.enter(batch, chunk=True)
         validate_batch(self._input_spec, batch, require_action=False)
         features, mask = self._features(batch)
         inpainting = self._inpainting(prev_chunk_left_over, inference_delay, features.shape[0])
         chunk = self.head.sample(features, mask, self._state(batch), inpainting)
         if inference_delay is None:
-            return chunk
+            return self.safety_context.tag(chunk)
         if torch.isfinite(chunk).all():
-            return chunk
+            return self.safety_context.tag(chunk)
         self.rtc_dropped_chunks += 1
         if prev_chunk_left_over is None:
             raise RuntimeError(
@@ -255,7 +256,7 @@ class RoboAlignPolicy(PreTrainedPolicy):
             )
         logger.warning("RoboAlign safety: non-finite RTC chunk dropped; finishing the previous chunk, then holding.")
         prefix = chunk[:, :0] if inpainting is None else inpainting.prefix.to(chunk)  # nothing left but holds
-        return hold_chunk(prefix, self.config.chunk_size)
+        return self.safety_context.tag(hold_chunk(prefix, self.config.chunk_size))
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
@@ -265,12 +266,12 @@ class RoboAlignPolicy(PreTrainedPolicy):
         of consecutive chunks are cross-faded, and a non-finite chunk is dropped (the arm finishes
         the previous one, then holds) instead of reaching the motors.
         """
-        self.safety_context.enter()
+        self.safety_context.enter(batch)
         if self._blender.needs_chunk():
-            self._blender.push(self.predict_action_chunk(batch)[:, : self.config.n_action_steps])
+            self._blender.push(self.predict_action_chunk(batch)[:, : self.config.n_action_steps].as_subclass(Tensor))
         action = self._blender.pop()
         self.safety_context.hold = self._blender.holding
-        return action
+        return self.safety_context.tag(action)
 
     # ---- checkpoints ----------------------------------------------------------------
     def _backbone_info(self) -> dict:

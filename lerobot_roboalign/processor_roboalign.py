@@ -5,7 +5,9 @@ template turn them into tokens inside the model, with the user-turn template and
 the MLLM was aligned with unless configured otherwise (see ``alignment_format.py``).
 """
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,9 +23,15 @@ from lerobot.processor import (
 )
 from lerobot.utils.constants import ACTION, OBS_STATE
 
-from .configuration_roboalign import RoboAlignConfig
+from .configuration_roboalign import SAFETY_FLAGS, RoboAlignConfig
 from .observations import RoboAlignObservationCheckStep
-from .safety import RoboAlignActionSafetyStep, RoboAlignMeasuredStateStep, validate_limits
+from .safety import (
+    DEFAULT_MAX_MEASUREMENT_AGE_S,
+    RoboAlignActionSafetyStep,
+    RoboAlignMeasuredStateStep,
+    validate_limits,
+    validate_max_measurement_age,
+)
 
 DEFAULT_SAFETY_MAX_DELTA = 5.0  # joint units per control step, when the config sets none at training
 
@@ -139,18 +147,36 @@ def safety_overrides(config: RoboAlignConfig) -> dict[str, Any]:
     """The ``--policy.safety_*`` settings given for this run (None: keep the checkpoint's), validated now.
 
     Each one overrides its own field (a joint_max alone keeps the checkpoint's joint_min); the safety step
-    checks the limits in force together."""
+    checks the limits in force together. A value equal to the one an older lerobot-train saved in config.json
+    (:func:`training_safety_values`) is that training value, not a flag: the safety step's (maybe bound) wins."""
     overrides = {
         "enabled": config.safety_enabled,
         "max_delta": config.safety_max_delta,
         "joint_min": config.safety_joint_min,
         "joint_max": config.safety_joint_max,
+        "max_measurement_age_s": config.safety_max_measurement_age_s,
     }
+    for key, value in training_safety_values(config).items():
+        if overrides[key] == value:
+            overrides[key] = None
     low, high = overrides["joint_min"], overrides["joint_max"]
-    validate_limits(overrides["max_delta"], low if high is not None else None, high if low is not None else None)
+    dim = config.action_feature.shape[0] if config.output_features.get(ACTION) is not None else None
+    validate_limits(overrides["max_delta"], low if high is not None else None, high if low is not None else None,
+                    dim=dim)  # fmt: skip
     for alone in (low, high) if (low is None) != (high is None) else ():
-        validate_limits(None, alone, alone)
+        validate_limits(None, alone, alone, dim=dim)
+    validate_max_measurement_age(overrides["max_measurement_age_s"])
     return overrides
+
+
+def training_safety_values(config: RoboAlignConfig) -> dict[str, Any]:
+    """``safety_*`` in the checkpoint's config.json: training values saved by versions before they were saved
+    unset, which would otherwise come back as rollout flags over the limits bound since (docs/safety.md)."""
+    path = Path(config.pretrained_path or "") / "config.json" if config.pretrained_path else None
+    if path is None or not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    return {k.removeprefix("safety_"): saved[k] for k in SAFETY_FLAGS if saved.get(k) is not None}
 
 
 def make_roboalign_pre_post_processors(
@@ -179,8 +205,17 @@ def make_roboalign_pre_post_processors(
         joint_min=config.safety_joint_min,
         joint_max=config.safety_joint_max,
         limit_margin=config.safety_limit_margin,
+        anchor_to_state=_state_matches_action(config),
+        max_measurement_age_s=settings["max_measurement_age_s"] or DEFAULT_MAX_MEASUREMENT_AGE_S,
         link=config.safety_link,
         dataset_stats=dataset_stats,
     )
     output_steps = [steps.unnormalize, safety, steps.to_cpu]
     return make_policy_processor_pipelines(input_steps=input_steps, output_steps=output_steps)
+
+
+def _state_matches_action(config: RoboAlignConfig) -> bool:
+    """Actions are compared with the measured joints only where observation.state has the action's size (joint
+    positions on a real arm); a sim's end-effector state beside delta actions is not compared."""
+    state, action = config.robot_state_feature, config.output_features.get(ACTION)
+    return state is not None and action is not None and tuple(state.shape) == tuple(action.shape)

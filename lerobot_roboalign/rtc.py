@@ -16,6 +16,9 @@ Time conventions: this head integrates from noise at s = 0 to the action at s = 
 v = action - noise; LeRobot's processor is written for pi0 (time 1 = noise, v = noise - action).
 So pi0 time = 1 - s and pi0 velocity = -v; with those the processor's clean estimate
 x - time * v_pi0 = x + (1 - s) * v is this head's, and its guided velocity is negated back.
+
+Safety under RTC (safety.py): :class:`RoboAlignRTCEngine` is LeRobot's engine whose control loop also hands each
+observation it reads, stamped with its capture, to the policy's safety step.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from dataclasses import dataclass
 
 import torch
 from lerobot.policies.rtc import RTCProcessor
+from lerobot.utils.constants import OBS_STATE
 from torch import Tensor
+
+from .safety import RoboAlignActionSafetyStep, StampedObservation, capture
 
 logger = logging.getLogger(__name__)
 RTC_MODES = ("guided", "hard")
@@ -53,6 +59,53 @@ def freeze_loaded_heap() -> None:
     _FROZE.append(True)
     logger.info("RTC: froze %d loaded objects out of the garbage collector (%.0f ms)",
                 gc.get_freeze_count(), (time.perf_counter() - start) * 1e3)  # fmt: skip
+
+
+def prepare_rtc_rollout() -> None:
+    """LeRobot's RTC engine is about to be built for this policy: freeze the heap, use the guarded engine."""
+    freeze_loaded_heap()
+    use_guarded_rtc_engine()
+
+
+def use_guarded_rtc_engine() -> type:
+    """Make ``lerobot-rollout --inference.type=rtc`` build :class:`RoboAlignRTCEngine` (LeRobot's factory builds the
+    engine by its module-level name, as the async server and client are built). Its extra work is for the
+    RoboAlign safety step; with any other policy it is LeRobot's engine."""
+    from lerobot.rollout.inference import factory
+
+    if not _ENGINE:
+        _ENGINE.append(_guarded_engine_class(factory.RTCInferenceEngine))
+    factory.RTCInferenceEngine = _ENGINE[0]
+    return _ENGINE[0]
+
+
+_ENGINE: list[type] = []
+
+
+def _guarded_engine_class(engine: type) -> type:
+    class RoboAlignRTCEngine(engine):
+        """LeRobot's RTC engine whose control loop hands every observation it reads to the safety step.
+
+        Each observation is stamped with its capture (time and order among captures and resets) when the
+        control loop notifies it: the safety step checks the next rows against those joints (every tick, not once
+        per inference), and the inference thread's measurement of that observation keeps the stamp, so a chunk
+        computed from an observation captured before a reset is known as such whatever the timing.
+        """
+
+        def notify_observation(self, obs: dict) -> None:
+            measurement = capture(self._measured_joints(obs))
+            for step in self._postprocessor.steps:
+                if isinstance(step, RoboAlignActionSafetyStep):
+                    step.observe_tick(measurement)
+            super().notify_observation(StampedObservation(obs, measurement))
+
+        def _measured_joints(self, obs: dict) -> Tensor | None:
+            names = (self._hw_features.get(OBS_STATE) or {}).get("names")
+            if not names or any(name not in obs for name in names):
+                return None
+            return torch.tensor([[float(dict.__getitem__(obs, name)) for name in names]], dtype=torch.float32)
+
+    return RoboAlignRTCEngine
 
 
 def prefix_batch(prev_chunk_left_over: Tensor, batch_size: int, action_dim: int) -> Tensor | None:

@@ -1,33 +1,35 @@
 """Safety between a RoboAlign policy and a real arm's motors: one invariant at the last point before them.
 
-The invariant (docs/safety.md): every command sent is finite, inside the joint limits, within ``max_delta``
-of the previous command sent and within ``max_delta`` per control step of the joints last measured; with no
-fresh measurement the command is refused and the arm holds. :class:`CommandGuard` enforces it, one command
-at a time, where each entry point hands a command to the robot:
+The invariant (docs/safety.md): every command sent is finite; within ``max_delta`` of the previous command sent
+and within ``max_delta`` per control step of the latest joints measured after the last reset; and inside the
+joint limits, except on a joint measured outside them, where it moves back toward the range by at most
+``max_delta`` per step. A chunk computed from an observation captured before the last reset, or whose inference
+took longer than ``max_measurement_age_s`` from the observation's capture, moves nothing: the arm holds (the last
+command, or the measured joints before any command) until a fresh chunk arrives. :class:`CommandGuard` enforces
+it, one command at a time, where each entry point hands a command to the robot:
 
 * ``lerobot-rollout`` (sync), ``lerobot-eval``, DAgger on the sync engine, the async server: the
   postprocessor's :class:`RoboAlignActionSafetyStep` on each (B, A) action;
 * ``lerobot-rollout --inference.type=rtc`` (and DAgger on it): the step returns the chunk as
   :class:`GuardedRows`, whose rows pass the guard when LeRobot's ``ActionQueue.get()`` hands one to the
-  control loop, so the guard sees the rows in the order the arm gets them, whatever the inference latency;
+  control loop; the engine (rtc.RoboAlignRTCEngine) hands the guard every observation the control loop reads,
+  stamped with its capture, so each row is checked against the joints read that tick;
 * the async client: :class:`lerobot_roboalign.async_inference.RoboAlignRobotClient`, after LeRobot's chunk
   aggregation, with the joints read from the bus right before each command.
 
-:class:`ChunkBlender` (inside ``select_action``) drops non-finite chunks and cross-fades chunk boundaries.
-:class:`RoboAlignMeasuredStateStep` (preprocessor) takes the measured joints. The policy, its preprocessor
-and its postprocessor are loaded apart; they meet per thread: the preprocessor leaves its measurement in
-a thread-local slot, the policy instance takes it into its own :class:`SafetyContext` (with its
-``--policy.safety_*`` settings and its resets) and the postprocessor that runs next in that thread uses
-that context. LeRobot runs pre -> policy -> post in one thread in every engine, so two policies in one
-process never share a context, whatever their checkpoints' ``safety_link``.
+Freshness is the observation's own: a :class:`Measurement` carries its capture time and its place in the order of
+captures and resets, from the robot read to the guard. The policy, its preprocessor and its postprocessor are
+loaded apart and meet through the data: :class:`RoboAlignMeasuredStateStep` puts the measurement in the batch
+the policy receives, the policy instance takes it into its own :class:`SafetyContext` (its ``--policy.safety_*``
+settings, its resets, its chunk) and tags its output with that context, which the safety step reads. So any
+interleaving of several policies in one thread keeps their contexts apart.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import logging
 import math
-import statistics
 import threading
 import time
 from collections import deque
@@ -45,78 +47,79 @@ logger = logging.getLogger(__name__)
 
 SAFETY_STEP_NAME = "roboalign_action_safety"
 MEASURED_STATE_STEP_NAME = "roboalign_measured_state"
-OVERRIDABLE = ("enabled", "max_delta", "joint_min", "joint_max")
-DEFAULT_MAX_MEASUREMENT_AGE_S = 3.0
+MEASUREMENT_KEY = "roboalign_measurement"  # in the preprocessed batch: the measurement travels with its data
+OVERRIDABLE = ("enabled", "max_delta", "joint_min", "joint_max", "max_measurement_age_s")
+# From an observation's capture to its chunk's arrival; over it the chunk moves nothing (the arm holds). It covers a
+# 7B's first forward on a GPU (CUDA context, autotuning): docs/safety.md.
+DEFAULT_MAX_MEASUREMENT_AGE_S = 5.0
+# Above this max_delta (joint units per control step: 900 deg/s at 30 fps, beyond an SO-101's or Koch's servos)
+# the rate limit no longer limits anything a real arm can do: warned.
+MAX_DELTA_CEILING = 30.0
 
-
-class ChunkBlender:
-    """Action queue of a chunking policy that never emits a non-finite action nor a chunk-boundary jump.
-
-    The policy asks :meth:`needs_chunk` every control step and, when true, pushes a freshly
-    predicted chunk. A new chunk is requested while ``blend_steps`` actions of the previous
-    one remain; those overlapping steps are cross-faded linearly from old to new.
-    """
-
-    def __init__(self, blend_steps: int = 0) -> None:
-        if blend_steps < 0:
-            raise ValueError(f"blend_steps must be >= 0 (got {blend_steps}); set it to 0 to disable blending.")
-        self.blend_steps = blend_steps
-        self._queue: deque[torch.Tensor] = deque()
-        self._last: torch.Tensor | None = None
-        self._hold: torch.Tensor | None = None  # the action repeated while chunks are dropped
-        self.holding = False  # the last popped action is a hold, not a policy target
-        self.dropped_chunks = 0
-
-    def reset(self) -> None:
-        self._queue.clear()
-        self._last = None
-        self._hold = None
-        self.holding = False
-
-    def needs_chunk(self) -> bool:
-        return len(self._queue) <= self.blend_steps
-
-    def push(self, chunk: torch.Tensor) -> None:
-        """Queue a (B, T, A) chunk, blending its head into the previous chunk's remainder."""
-        if not torch.isfinite(chunk).all():
-            self.dropped_chunks += 1
-            logger.warning(
-                "RoboAlign safety: dropped an action chunk with non-finite values; "
-                "finishing the previous chunk / holding the last action instead."
-            )
-            if not self._queue and self._last is not None:
-                self._hold = self._last
-                self._queue.append(self._hold)
-            return
-        new = list(chunk.unbind(dim=1))
-        old = list(self._queue)
-        overlap = min(len(old), len(new))
-        for i in range(overlap):
-            weight = (i + 1) / (overlap + 1)
-            new[i] = (1 - weight) * old[i] + weight * new[i]
-        self._queue = deque(new)
-
-    def pop(self) -> torch.Tensor:
-        """Next (B, A) action; raises if no finite action was ever produced."""
-        if not self._queue:
-            raise RuntimeError(
-                "RoboAlign safety: the policy has produced no finite action chunk yet, so there is no safe "
-                "target to hold. Check the checkpoint (NaN weights?) and the observation normalisation stats."
-            )
-        self._last = self._queue.popleft()
-        self.holding = self._last is self._hold
-        return self._last
+clock: Callable[[], float] = time.perf_counter  # every safety timestamp (tests inject their own clock)
+_ORDER = itertools.count(1)  # captures and resets, numbered in the order they happen (any thread)
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """Joint positions from one observation (raw ``observation.state``) and when they were taken."""
+    """Joint positions from one observation (raw ``observation.state``), when they were captured (the robot read,
+    on :data:`clock`) and their place among captures and resets (``order``: a capture before a reset is lower)."""
 
     joints: torch.Tensor | None
     time: float
+    order: int = 0
 
 
-_LOCAL = threading.local()  # per thread: the preprocessor's last measurement, the policy context that ran last
+def capture(joints: torch.Tensor | None) -> Measurement:
+    """A measurement captured now."""
+    return Measurement(joints, clock(), next(_ORDER))
+
+
+def reset_mark() -> int:
+    """A reset's place in the order: measurements captured before it are lower."""
+    return next(_ORDER)
+
+
+_LOCAL = threading.local()  # per thread: a capture read from a stamped observation, the last measurement/context
+
+
+class StampedObservation(dict):
+    """A robot observation with its :class:`Measurement` (taken by the control loop when it read the robot).
+
+    LeRobot's RTC engine builds its inference batch from the held observation in its own thread (reading the
+    values with ``obs[key]``); that read hands the capture to the thread's next :class:`RoboAlignMeasuredStateStep`,
+    so a measurement's time and order are those of the robot read, not of the preprocessing.
+    """
+
+    def __init__(self, observation: dict, measurement: Measurement) -> None:
+        super().__init__(observation)
+        self.measurement = measurement
+
+    def __getitem__(self, key: Any) -> Any:
+        _LOCAL.capture = self.measurement
+        return super().__getitem__(key)
+
+
+def measure(joints: torch.Tensor | None) -> Measurement:
+    """The measurement of the state a preprocessor sees: the capture of the stamped observation it was built from
+    (same joint values), else captured now (the sync engine preprocesses right after its robot read)."""
+    stamp, _LOCAL.capture = getattr(_LOCAL, "capture", None), None
+    if stamp is not None and _same_joints(stamp.joints, joints):
+        return Measurement(joints, stamp.time, stamp.order)
+    return capture(joints)
+
+
+def _same_joints(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is not None and b is not None and a.numel() == b.numel() and torch.equal(a.flatten(), b.flatten())
+
+
+@dataclass
+class ChunkStamp:
+    """The observation a chunk was computed from, and when the chunk reached the safety step."""
+
+    capture: Measurement | None
+    ready: float | None = None
+    logged: bool = False
 
 
 @dataclass
@@ -127,39 +130,80 @@ class SafetyContext:
     measurement: Measurement | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # --policy.safety_* given for this run
     overrides_version: int = 0
+    sources: dict[str, str] = field(default_factory=dict)  # where each setting not overridden comes from
     episode: int = 0
-    reset_time: float = 0.0  # when the policy was last reset (measurements before it are stale)
+    reset_order: int = 0  # the policy's last reset (measurements captured before it are stale)
     measures: bool = False  # joint measurements reach this policy (kept across resets)
     hold: bool = False  # the policy's blender is holding: the next command repeats the last one
+    chunk: ChunkStamp | None = None  # the chunk the next actions come from
 
-    def enter(self) -> None:
-        """The policy runs in this thread: take the preprocessor's measurement, serve the next postprocessor."""
-        measurement = getattr(_LOCAL, "measurement", None)
+    def enter(self, batch: dict | None = None, chunk: bool = False) -> None:
+        """The policy runs on ``batch``: take its measurement (``chunk``: a new chunk is computed from it)."""
+        measurement = batch.get(MEASUREMENT_KEY) if isinstance(batch, dict) else None
+        if measurement is None:
+            measurement, _LOCAL.measurement = getattr(_LOCAL, "measurement", None), None
         if measurement is not None:
-            self.measurement, _LOCAL.measurement = measurement, None
+            self.measurement = measurement
             self.measures = self.measures or measurement.joints is not None
+        if chunk:
+            self.chunk = ChunkStamp(self.measurement)
         _LOCAL.context = self
 
-    def publish_overrides(self, overrides: dict[str, Any]) -> None:
+    def tag(self, action: torch.Tensor) -> torch.Tensor:
+        """The policy's output, carrying this context to the safety step (through LeRobot's unnormaliser)."""
+        tagged = action.as_subclass(PolicyOutput)
+        tagged.context = self
+        return tagged
+
+    def publish_overrides(self, overrides: dict[str, Any], sources: dict[str, str] | None = None) -> None:
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
+        self.sources = dict(sources or {})
         self.overrides_version += 1
 
     def new_episode(self) -> None:
-        """The env / arm was reset: forget the measurement; safety steps restart at their next command."""
+        """The env / arm was reset: forget the measurement and the chunk; safety steps restart at their next
+        command, and anything captured before now is stale."""
         self.measurement = None
+        self.chunk = None
         self.hold = False
         self.episode += 1
-        self.reset_time = time.perf_counter()
+        self.reset_order = reset_mark()
 
 
-def note_measurement(joints: torch.Tensor | None) -> None:
-    """Preprocessor side: a new observation starts a pre -> policy -> post round in this thread."""
-    _LOCAL.measurement, _LOCAL.context = Measurement(joints, time.perf_counter()), None
+class PolicyOutput(torch.Tensor):
+    """A policy's action tensor tagged with its :class:`SafetyContext`; arithmetic (LeRobot's unnormaliser) keeps
+    the tag, everything else returns plain tensors."""
+
+    context: SafetyContext | None = None
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            result = func(*args, **(kwargs or {}))
+        source = next((a for a in args if isinstance(a, PolicyOutput)), None)
+        if source is None or not isinstance(result, torch.Tensor) or func not in _KEEPS_TAG:
+            return result
+        return source.context.tag(result)
 
 
-def current_context(fallback: SafetyContext) -> SafetyContext:
-    """The context of the policy that ran last in this thread, else ``fallback`` (a step used without a policy)."""
-    context = getattr(_LOCAL, "context", None)
+_KEEPS_TAG = {
+    getattr(torch.Tensor, name)
+    for name in ("__mul__", "__rmul__", "__add__", "__radd__", "__sub__", "__rsub__", "__truediv__", "mul", "add",
+                 "sub", "div", "to", "float", "clone", "detach", "contiguous")  # fmt: skip
+} | {torch.mul, torch.add, torch.sub, torch.div}
+
+
+def note_measurement(joints: torch.Tensor | None) -> Measurement:
+    """Preprocessor side: a new observation's measurement (also left for a policy that is not handed the batch)."""
+    measurement = measure(joints)
+    _LOCAL.measurement, _LOCAL.context = measurement, None
+    return measurement
+
+
+def context_of(action: torch.Tensor, fallback: SafetyContext) -> SafetyContext:
+    """The context of the policy that computed ``action``; else the one that ran last in this thread; else
+    ``fallback`` (a step used without a policy)."""
+    context = getattr(action, "context", None) or getattr(_LOCAL, "context", None)
     if context is None:
         fallback.enter()
         _LOCAL.context = None
@@ -181,21 +225,48 @@ def _per_joint(value: float | list[float] | None, dim: int, name: str) -> torch.
     return tensor
 
 
-def validate_limits(
-    max_delta: float | list[float] | None, joint_min: list[float] | None, joint_max: list[float] | None
-) -> None:
-    """Refuse limits that let a bad target through or force motion (NaN, inf, max_delta <= 0, min > max)."""
-    if max_delta is not None:
-        deltas = torch.as_tensor(max_delta, dtype=torch.float64).flatten()
-        if not (torch.isfinite(deltas).all() and (deltas > 0).all()):
+def validate_max_delta(max_delta: float | list[float] | None, required: bool = True) -> None:
+    """Refuse a rate limit that is missing (``required``), not finite or not > 0; warn above a servo's reach."""
+    if max_delta is None:
+        if required:
             raise ValueError(
-                f"RoboAlign safety: max_delta must be finite and > 0 for every joint (got {max_delta}); "
-                "it is the largest change of a target per control step, in joint units. "
-                "Set --policy.safety_max_delta to e.g. 5.0, or --policy.safety_enabled=false to disable "
-                "the step."
+                "RoboAlign safety: max_delta is null, so nothing would limit how far a command moves per step. "
+                "Set --policy.safety_max_delta (joint units per control step, e.g. 5.0) or max_delta in the "
+                "checkpoint's policy_postprocessor.json (`roboalign calibration check FILE --robot.type=... "
+                "--checkpoint=... --max_delta=5`), or --policy.safety_enabled=false to disable the step."
             )
+        return
+    deltas = torch.as_tensor(max_delta, dtype=torch.float64).flatten()
+    if not (deltas.numel() and torch.isfinite(deltas).all() and (deltas > 0).all()):
+        raise ValueError(
+            f"RoboAlign safety: max_delta must be finite and > 0 for every joint (got {max_delta}); "
+            "it is the largest change of a target per control step, in joint units. "
+            "Set --policy.safety_max_delta to e.g. 5.0, or --policy.safety_enabled=false to disable "
+            "the step."
+        )
+    if (deltas > MAX_DELTA_CEILING).any():
+        logger.warning(
+            "RoboAlign safety: max_delta %s is above %s joint units per control step (900 deg/s at 30 fps, beyond "
+            "the servos): the rate limit then limits nothing a real arm can do. 5 is a usual value.",
+            max_delta, MAX_DELTA_CEILING,
+        )  # fmt: skip
+
+
+def validate_limits(
+    max_delta: float | list[float] | None,
+    joint_min: list[float] | None,
+    joint_max: list[float] | None,
+    dim: int | None = None,
+    required: bool = False,
+) -> None:
+    """Refuse limits that let a bad target through or force motion (NaN, inf, max_delta <= 0 or missing when
+    ``required``, min > max, a count other than 1 or ``dim`` values)."""
+    validate_max_delta(max_delta, required)
     if (joint_min is None) != (joint_max is None):
         raise ValueError("RoboAlign safety: give both joint_min and joint_max, or neither.")
+    if dim is not None:
+        for name, value in (("max_delta", max_delta), ("joint_min", joint_min), ("joint_max", joint_max)):
+            _per_joint(value, dim, name)
     if joint_min is None:
         return
     low = torch.as_tensor(joint_min, dtype=torch.float64).flatten()
@@ -218,6 +289,14 @@ def validate_limits(
         )
 
 
+def validate_max_measurement_age(seconds: float | None) -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"RoboAlign safety: max_measurement_age_s must be finite and > 0 (got {seconds}); it is the longest "
+            f"time from an observation's capture to its chunk, in seconds (default {DEFAULT_MAX_MEASUREMENT_AGE_S})."
+        )
+
+
 def limits_from_stats(stats: dict[str, Any], margin: float) -> tuple[list[float], list[float]]:
     """Joint limits from a dataset's action min/max, widened by ``margin`` of each joint's range."""
     if not (math.isfinite(margin) and margin >= 0):
@@ -226,6 +305,11 @@ def limits_from_stats(stats: dict[str, Any], margin: float) -> tuple[list[float]
     high = torch.as_tensor(stats["max"], dtype=torch.float32).flatten()
     pad = (high - low) * margin
     return (low - pad).tolist(), (high + pad).tolist()
+
+
+def within_age(age_s: float, limit_s: float) -> bool:
+    """The one age rule (a measurement's, a chunk's inference): at most ``max_measurement_age_s``."""
+    return age_s <= limit_s
 
 
 @dataclass
@@ -237,57 +321,51 @@ class Limits:
     high: torch.Tensor | None
     anchor_to_state: bool = True
     max_measurement_age_s: float = DEFAULT_MAX_MEASUREMENT_AGE_S
-    # commands that may have been sent between the observation's capture and its measurement's timestamp
-    # (LeRobot's RTC engine preprocesses an observation its control loop captured up to a tick earlier)
-    capture_lag_steps: int = 0
 
 
 class CommandGuard:
     """The invariant, one command at a time, in the order the arm receives them.
 
     Clamps, in order (each a method: the seams the mutation test removes one at a time): ``_is_fresh`` (a
-    measurement taken before the last :meth:`reset`, e.g. by an inference in flight, or more than
-    ``max_measurement_age_s`` ago, is none), ``_hold`` (without a fresh measurement: repeat the last command,
-    or refuse), ``_replace_non_finite``, ``_clamp_to_limits``, ``_clamp_to_previous`` (max_delta from the
-    previous command sent), ``_clamp_to_measured`` (max_delta per command sent since the measurement, from
-    the measured joints; applied last, so where the arm was moved away from the last command, e.g. a human
-    correction, the command follows the arm, not the stale command).
+    measurement captured before the last :meth:`reset`, or more than ``max_measurement_age_s`` ago, is none),
+    ``_hold`` (a held command: the last command sent, else the joints measured since the reset; refused with
+    neither), ``_replace_non_finite``, ``_clamp_to_limits``, ``_clamp_to_previous`` (max_delta from the previous
+    command sent), ``_clamp_to_measured`` (max_delta per command sent since the measurement's capture, from the
+    measured joints; applied last, so where the arm is away from the last command (a stalled arm, a human
+    correction, an arm outside the limits) the command follows the arm, not the stale command).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.ever_measured = False  # measurements exist for this arm (kept across resets)
-        self._intervals: deque[float] = deque(maxlen=32)  # between commands: the control period (kept too)
-        self._last_send_time: float | None = None
         self.reset()
 
-    def reset(self, at: float | None = None) -> None:
-        """Forget the commands sent and the measurement; measurements taken before ``at`` (now) are stale."""
+    def reset(self, order: int | None = None) -> None:
+        """Forget the commands sent and the measurement; measurements captured before the reset (``order``: the
+        policy's reset, else now) are stale."""
         with getattr(self, "_lock", threading.Lock()):
             self.last_sent: torch.Tensor | None = None
             self.measurement: Measurement | None = None
-            self.reset_time = time.perf_counter() if at is None else at
+            self.reset_order = reset_mark() if order is None else order
             self.anchored = False  # the last command was compared with a measurement
-            self._sent_times: deque[float] = deque(maxlen=4096)
-            self.holds = 0  # commands held (the policy's blender holds, or no fresh measurement)
+            self._sent_orders: deque[int] = deque(maxlen=4096)
+            self.holds = 0  # commands held (a stale chunk, the policy's blender holds, no fresh measurement)
 
     def observe(self, measurement: Measurement | None) -> None:
-        """The newest measurement; one from before the last reset (an inference in flight) moves nothing."""
+        """The newest measurement (by capture order); whether it is fresh enough is decided per command."""
         if measurement is None or measurement.joints is None:
             return
         with self._lock:
             self.ever_measured = True
-            if self.measurement is None or measurement.time >= self.measurement.time:
-                self.measurement = measurement  # whether it is fresh enough is decided per command (_is_fresh)
+            if self.measurement is None or measurement.order >= self.measurement.order:
+                self.measurement = measurement
+
+    def since_reset(self, measurement: Measurement | None) -> bool:
+        return measurement is not None and measurement.order > self.reset_order
 
     def _is_fresh(self, measurement: Measurement, limits: Limits) -> bool:
-        """Taken after the last reset (by more than the capture lag: under RTC the observation measured may
-        have been captured up to a control period before), and at most ``max_measurement_age_s`` ago."""
-        lag_s = limits.capture_lag_steps * statistics.median(self._intervals) if self._intervals else 0.0
-        return (
-            measurement.time > self.reset_time + lag_s
-            and time.perf_counter() - measurement.time <= limits.max_measurement_age_s
-        )
+        """Captured after the last reset, and at most ``max_measurement_age_s`` ago."""
+        return self.since_reset(measurement) and within_age(clock() - measurement.time, limits.max_measurement_age_s)
 
     def command(self, target: torch.Tensor, limits: Limits, hold: bool = False) -> torch.Tensor | None:
         """The (B, A) command to send for ``target``, or None: refused (nothing known to hold at)."""
@@ -298,7 +376,7 @@ class CommandGuard:
             applies, measured, reach = self._fresh_measurement(safe, limits)
             self.anchored = applies
             if hold or (applies and measured is None):
-                return self._hold(safe, measured)
+                return self._hold(safe, measured, reach)
             fallback = self.last_sent if self.last_sent is not None else measured
             safe = self._replace_non_finite(safe, fallback)
             if safe is None:
@@ -309,31 +387,40 @@ class CommandGuard:
             return self._sent(safe, target)
 
     # ---- the clamps --------------------------------------------------------------------------------
+    def _joints_like(self, measurement: Measurement | None, like: torch.Tensor) -> torch.Tensor | None:
+        """The measured joints as (B, A) commands, or None (no measurement, another batch, not finite)."""
+        if measurement is None:
+            return None
+        joints = measurement.joints
+        if joints.shape[-1] != like.shape[-1]:
+            raise ValueError(
+                f"RoboAlign safety: observation.state has {joints.shape[-1]} values but the action has "
+                f"{like.shape[-1]}, so a command cannot be compared with the measured joints. For joint-position "
+                "actions record observation.state with the action's joints (same order); for actions that are not "
+                "joint positions set anchor_to_state: false in the checkpoint's policy_postprocessor.json."
+            )
+        joints = joints.reshape(-1, like.shape[-1]).to(like)  # float32, as the commands
+        if joints.shape[0] not in (1, like.shape[0]) or not torch.isfinite(joints).all():
+            return None
+        return joints.expand_as(like).clone()
+
     def _fresh_measurement(
         self, like: torch.Tensor, limits: Limits
     ) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
         """(measurement applies to these commands, the fresh measured joints or None, how far from them).
 
-        It applies to absolute joint targets whose measurement has the action's shape; then a measurement
-        older than the last reset or than ``max_measurement_age_s`` is no measurement.
+        It applies to absolute joint targets (``anchor_to_state``) once measurements exist; then a measurement
+        captured before the last reset or more than ``max_measurement_age_s`` ago is no measurement.
         """
         if not (limits.anchor_to_state and self.ever_measured):
             return False, None, None
         measurement = self.measurement
-        if measurement is None:
+        joints = self._joints_like(measurement, like)
+        if joints is None or not self._is_fresh(measurement, limits):
             return True, None, None
-        joints = measurement.joints
-        if joints.shape[-1] != like.shape[-1]:
-            return False, None, None  # e.g. delta actions beside a state of another size
-        joints = joints.reshape(-1, like.shape[-1]).to(like)  # float32, as the commands
-        if joints.shape[0] not in (1, like.shape[0]) or not torch.isfinite(joints).all():
-            return True, None, None
-        if not self._is_fresh(measurement, limits):
-            return True, None, None
-        lag = limits.capture_lag_steps if self.last_sent is not None else 0  # none sent since the reset: no lag
-        steps = 1 + lag + sum(t > measurement.time for t in self._sent_times)
+        steps = 1 + sum(order > measurement.order for order in self._sent_orders)
         reach = None if limits.max_delta is None else limits.max_delta.double() * steps
-        return True, joints.expand_as(like).clone(), reach
+        return True, joints, reach
 
     def _replace_non_finite(self, safe: torch.Tensor, fallback: torch.Tensor | None) -> torch.Tensor | None:
         bad = ~torch.isfinite(safe).all(dim=-1)
@@ -364,22 +451,24 @@ class CommandGuard:
         return _clamp_between(safe, measured.double() - reach, measured.double() + reach)
 
     # ---- bookkeeping ----------------------------------------------------------------------------
-    def _hold(self, like: torch.Tensor, measured: torch.Tensor | None) -> torch.Tensor | None:
-        """Repeat the last command; with none since the reset, stay at the measured joints (where the arm is,
-        even outside the limits: commanding it moves nothing); else refuse."""
+    def _hold(
+        self, like: torch.Tensor, measured: torch.Tensor | None, reach: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Repeat the last command (kept within reach of fresh measured joints: a stalled or pushed arm is not
+        pushed back); with none since the reset, stay at the joints measured since it, whatever their age (where
+        the arm is, even outside the limits: commanding it there moves nothing); else refuse."""
         self.holds += 1
         if self.last_sent is not None:
-            return self._sent(self.last_sent.clone(), like)
+            return self._sent(self._clamp_to_measured(self.last_sent.clone(), measured, reach), like)
+        if measured is None and self.since_reset(self.measurement):
+            measured = self._joints_like(self.measurement, like)
         if measured is not None:
             return self._sent(measured.clone(), like)
         return None
 
     def _sent(self, safe: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        now = time.perf_counter()
-        if self._last_send_time is not None:
-            self._intervals.append(now - self._last_send_time)
-        self.last_sent, self._last_send_time = safe.clone(), now
-        self._sent_times.append(now)
+        self.last_sent = safe.clone()
+        self._sent_orders.append(next(_ORDER))
         return safe.to(like.dtype if like.dtype.is_floating_point else torch.float32)
 
 
@@ -447,13 +536,16 @@ def _first_guarded(args: Any) -> GuardedRows | None:
     return None
 
 
+
+
 @ProcessorStepRegistry.register(name=MEASURED_STATE_STEP_NAME)
 @dataclass
 class RoboAlignMeasuredStateStep(ProcessorStep):
     """Preprocessor step: hands the raw ``observation.state`` (before normalisation) to the safety step.
 
     Without it the safety step could not know where the arm is, so it could not keep a command within
-    ``max_delta`` of the measured joints, nor tell a fresh measurement from one taken before a reset.
+    ``max_delta`` of the measured joints, nor tell a fresh measurement from one captured before a reset. The
+    :class:`Measurement` goes into the batch (``MEASUREMENT_KEY``), for the policy that runs on it.
     ``link`` is kept for checkpoints that name their policy (see :meth:`RoboAlignActionSafetyStep._check_link`).
     """
 
@@ -461,8 +553,10 @@ class RoboAlignMeasuredStateStep(ProcessorStep):
 
     def __call__(self, transition: dict) -> dict:
         state = (transition.get(TransitionKey.OBSERVATION) or {}).get(OBS_STATE)
-        note_measurement(None if state is None else torch.as_tensor(state).detach().to("cpu", torch.float32).clone())
-        return transition
+        joints = None if state is None else torch.as_tensor(state).detach().to("cpu", torch.float32).clone()
+        measurement = note_measurement(joints)
+        complementary = {**(transition.get(TransitionKey.COMPLEMENTARY_DATA) or {}), MEASUREMENT_KEY: measurement}
+        return {**transition, TransitionKey.COMPLEMENTARY_DATA: complementary}
 
     def get_config(self) -> dict[str, Any]:
         return {"link": self.link}
@@ -481,8 +575,7 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     (B, A) actions (LeRobot's sync engine, ``lerobot-eval``, each action of the async server's chunk) are
     guarded here, in order. A (B, T, A) chunk (RTC engine) is returned as :class:`GuardedRows`: its rows are
     guarded when the engine's queue hands them to the control loop, since only then is it known which row
-    follows which command (rows of a chunk computed before a reset wait for a measurement taken after it,
-    and are then limited from there). Limits are plain lists in the saved config so an
+    follows which command and what the arm measured that tick. Limits are plain lists in the saved config so an
     arm's calibrated ranges can be bound to a checkpoint (``roboalign calibration check --checkpoint``);
     the policy's ``--policy.safety_*`` settings override them at load time (docs/safety.md: precedence).
 
@@ -490,12 +583,15 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         enabled: turn the whole step off (not advised on a real arm).
         max_delta: largest change of a command per control step, one value or one per joint (joint units:
             degrees on SO-100/101 joints, 0..100 on their gripper; -100..100 over the calibrated range on Koch).
+            Required while enabled.
         joint_min / joint_max: per-joint limits; ``None`` derives them from ``dataset_stats``.
         limit_margin: widening of dataset-derived limits, as a fraction of each joint's range.
         anchor_to_state: actions are absolute targets in the units of ``observation.state`` (true for
-            SO-100/101/Koch joint-position control; delta actions are never compared to the state).
-        max_measurement_age_s: a measurement older than this is none: the arm holds.
+            SO-100/101/Koch joint-position control; then the state must have the action's size).
+        max_measurement_age_s: the longest time from an observation's capture to its chunk (and the oldest
+            measurement a command is compared with); over it the arm holds.
         link: the ``safety_link`` of the policy saved with this step (a mismatch is refused).
+        bound: the settings ``roboalign calibration check --checkpoint`` wrote (named in the log's sources).
         dataset_stats: LeRobot stats, only read at construction (not saved).
     """
 
@@ -507,12 +603,12 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
     anchor_to_state: bool = True
     max_measurement_age_s: float = DEFAULT_MAX_MEASUREMENT_AGE_S
     link: str | None = None
+    bound: list[str] | None = None
     dataset_stats: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
     _guard: CommandGuard = field(default_factory=CommandGuard, init=False, repr=False)
     _own: SafetyContext = field(default_factory=SafetyContext, init=False, repr=False)
     _saved: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _seen_overrides: tuple[int, int] | None = field(default=None, init=False, repr=False)
-    _seen_episode: tuple[int, int] | None = field(default=None, init=False, repr=False)
     _warned_no_state: bool = field(default=False, init=False, repr=False)
     _pin_next: bool = field(default=False, init=False, repr=False)
 
@@ -529,30 +625,31 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
             )
         self.dataset_stats = None
         validate_limits(self.max_delta, self.joint_min, self.joint_max)
-        if not (math.isfinite(self.max_measurement_age_s) and self.max_measurement_age_s > 0):
-            raise ValueError(
-                f"RoboAlign safety: max_measurement_age_s must be finite and > 0 (got {self.max_measurement_age_s})."
-            )
+        if self.enabled and self.max_delta is None:
+            validate_max_delta(None)
+        validate_max_measurement_age(self.max_measurement_age_s)
         self._saved = {k: getattr(self, k) for k in OVERRIDABLE}
         self._own.link = self.link
 
     def get_config(self) -> dict[str, Any]:
         return {
-            "enabled": self._saved["enabled"],
-            "max_delta": self._saved["max_delta"],
-            "joint_min": self._saved["joint_min"],
-            "joint_max": self._saved["joint_max"],
+            **{key: self._saved[key] for key in OVERRIDABLE},
             "limit_margin": self.limit_margin,
             "anchor_to_state": self.anchor_to_state,
-            "max_measurement_age_s": self.max_measurement_age_s,
             "link": self.link,
+            "bound": self.bound,
         }
 
     def reset(self) -> None:
-        """New episode (LeRobot's engines reset the postprocessor): the next command starts from a fresh
-        measurement; anything measured before now (an inference in flight) moves nothing."""
+        """New episode (LeRobot's engines reset the postprocessor): the next command starts from a measurement
+        captured after now; anything captured before (an inference in flight) moves nothing."""
         self._guard.reset()
         self._pin_next = False
+
+    def observe_tick(self, measurement: Measurement) -> None:
+        """A measurement the control loop took (rtc.RoboAlignRTCEngine, each tick): the next rows are checked
+        against it."""
+        self._guard.observe(measurement)
 
     def start_chunk_at_observation(self) -> None:
         """The next actions are a chunk whose first one is for the observation's own time step.
@@ -569,7 +666,8 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
         return features
 
     def action(self, action: PolicyAction) -> PolicyAction:
-        context = current_context(self._own)
+        context = context_of(action, self._own)
+        action = action.as_subclass(torch.Tensor)
         self._check_link(context)
         self._sync_overrides(context)
         self._follow_resets(context)
@@ -580,28 +678,53 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
             return action
         if action.ndim == 3:
             return self._guard_rows(action, context)
-        hold, self._pin_next = hold or self._pin_next, False
+        hold, self._pin_next = hold or self._pin_next or self._stale(context.chunk), False
         safe = self._guard.command(action, self._limits(action), hold=hold)
         self._warn_if_unanchored()
         if safe is None:
             raise RuntimeError(
-                "RoboAlign safety: no safe target (the action is not finite, or there is no fresh joint "
-                "measurement, and nothing was sent since the reset to hold at); refusing to command the arm. "
-                "Check the robot's observation.state and the checkpoint's normalisation stats."
+                "RoboAlign safety: the first action since the reset is not finite and no joint position was "
+                "measured since the reset to hold at; refusing to command the arm. Check the checkpoint (NaN "
+                "weights?), its normalisation stats and the robot's observation.state."
             )
         return safe
 
+    def _stale(self, chunk: ChunkStamp | None) -> bool:
+        """The chunk's observation was captured before the last reset, or its inference took longer than
+        ``max_measurement_age_s`` from that capture (logged once per chunk, with the time it took)."""
+        if chunk is None or chunk.capture is None or not (self.anchor_to_state and self._guard.ever_measured):
+            return False
+        if chunk.ready is None:
+            chunk.ready = clock()
+        if not self._guard.since_reset(chunk.capture):
+            return True
+        took = chunk.ready - chunk.capture.time
+        if within_age(took, self.max_measurement_age_s):
+            return False
+        if not chunk.logged:
+            chunk.logged = True
+            logger.warning(
+                "RoboAlign safety: inference took %.1f s from the observation's capture, over the %g s limit "
+                "(safety_max_measurement_age_s): holding the arm until a fresh chunk arrives.",
+                took, self.max_measurement_age_s,
+            )  # fmt: skip
+        return True
+
     def _guard_rows(self, chunk: torch.Tensor, context: SafetyContext) -> GuardedRows:
         """An RTC chunk, guarded row by row when the engine's queue hands a row to the control loop (where a
-        ``policy.reset()`` since the chunk was made also restarts the guard). Non-finite rows (the policy's
-        hold after a dropped chunk, rtc.hold_chunk) repeat the last command: the arm stops where it is."""
+        ``policy.reset()`` since the chunk was made also restarts the guard). Rows of a stale chunk hold, and
+        non-finite rows (the policy's hold after a dropped chunk, rtc.hold_chunk) repeat the last command."""
+        stamp = context.chunk
 
         def send(row: torch.Tensor) -> torch.Tensor | None:
             self._follow_resets(context)
-            limits = dataclasses.replace(self._limits(row[None]), capture_lag_steps=1)
-            sent = self._guard.command(row[None], limits) if self.enabled else row[None]
+            if not self.enabled:
+                return row
+            sent = self._guard.command(row[None], self._limits(row[None]), hold=self._stale(stamp))
             return None if sent is None else sent[0]
 
+        if stamp is not None and stamp.ready is None:
+            stamp.ready = clock()
         return GuardedRows.wrap(chunk, send)
 
     def _limits(self, like: torch.Tensor) -> Limits:
@@ -615,9 +738,9 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
             return
         self._warned_no_state = True
         logger.warning(
-            "RoboAlign safety: no measured joint position matching the action (%s), so commands are not compared "
-            "with the measured joints and the first one after a reset is clamped but not rate-limited.",
-            "anchor_to_state=false" if not self.anchor_to_state else "no observation.state of that size",
+            "RoboAlign safety: commands are not compared with measured joints (%s), so the first one after a reset "
+            "is clamped but not rate-limited.",
+            "anchor_to_state=false" if not self.anchor_to_state else "no observation.state",
         )
 
     def _check_link(self, context: SafetyContext) -> None:
@@ -630,28 +753,37 @@ class RoboAlignActionSafetyStep(PolicyActionProcessorStep):
 
     def _follow_resets(self, context: SafetyContext) -> None:
         """``policy.reset()`` alone (``lerobot-eval``) starts a new episode for this step too."""
-        seen = (id(context), context.episode)
-        if self._seen_episode is not None and seen != self._seen_episode and seen[0] == self._seen_episode[0]:
-            self._guard.reset(at=context.reset_time)  # a pin set since (the async server's next chunk) stays
-        self._seen_episode = seen
+        if context.reset_order > self._guard.reset_order:
+            pin = self._pin_next
+            self._guard.reset(order=context.reset_order)
+            self._pin_next = pin  # a pin set since (the async server's next chunk) stays
 
     def _sync_overrides(self, context: SafetyContext) -> None:
-        """Apply the policy's ``--policy.safety_*`` over the saved settings; log which limits are in force."""
+        """Apply the policy's ``--policy.safety_*`` over the saved settings; log each setting and its source."""
         seen = (id(context), context.overrides_version)
         if seen == self._seen_overrides:
             return
         settings = {**self._saved, **context.overrides}
-        validate_limits(settings["max_delta"], settings["joint_min"], settings["joint_max"])
+        validate_limits(settings["max_delta"], settings["joint_min"], settings["joint_max"],
+                        required=settings["enabled"])  # fmt: skip
+        validate_max_measurement_age(settings["max_measurement_age_s"])
         for key, value in settings.items():
             setattr(self, key, value)
         self._seen_overrides = seen
-        given = sorted(context.overrides) or "none"
         logger.info(
-            "RoboAlign safety in force: enabled=%s max_delta=%s joint_min=%s joint_max=%s (overridden by "
-            "--policy.safety_*: %s; the rest from the checkpoint's policy_postprocessor.json)",
-            self.enabled, self.max_delta, _fmt(self.joint_min), _fmt(self.joint_max), given,
-        )  # fmt: skip
+            "RoboAlign safety in force: %s",
+            "; ".join(f"{key}={_fmt(settings[key])} ({self._source(key, context)})" for key in OVERRIDABLE),
+        )
+
+    def _source(self, key: str, context: SafetyContext) -> str:
+        if key in context.overrides:
+            return f"--policy.safety_{key}"
+        if key in (self.bound or []) or key in context.sources:
+            return f"bound by `roboalign calibration check`, in policy_postprocessor.json{context.sources.get(key, '')}"
+        return "policy_postprocessor.json, as saved at training"
 
 
-def _fmt(values: list[float] | None) -> str:
-    return "None" if values is None else "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+    return str(value)

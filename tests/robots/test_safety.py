@@ -7,10 +7,8 @@ import torch
 from lerobot.processor import PolicyProcessorPipeline
 from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
 
-from lerobot_roboalign.safety import (
-    ChunkBlender,
-    RoboAlignActionSafetyStep,
-)
+from lerobot_roboalign.chunk_blending import ChunkBlender
+from lerobot_roboalign.safety import RoboAlignActionSafetyStep
 
 NAN = float("nan")
 
@@ -33,8 +31,8 @@ def test_step_holds_last_safe_target_on_non_finite_action(caplog):
 
 
 def test_step_refuses_a_non_finite_first_action():
-    with pytest.raises(RuntimeError, match="no safe target"):
-        RoboAlignActionSafetyStep().action(torch.tensor([[NAN, 0.0]]))
+    with pytest.raises(RuntimeError, match="no joint position was measured"):
+        RoboAlignActionSafetyStep(max_delta=1.0).action(torch.tensor([[NAN, 0.0]]))
 
 
 def test_step_guards_chunk_rows_in_the_order_they_are_read():
@@ -62,7 +60,7 @@ def test_stats_without_min_max_keep_rate_limit_and_warn(caplog):
 
 def test_step_rejects_bad_limits_with_the_fix():
     with pytest.raises(ValueError, match="swap them"):
-        RoboAlignActionSafetyStep(joint_min=[1.0], joint_max=[0.0])
+        RoboAlignActionSafetyStep(max_delta=1.0, joint_min=[1.0], joint_max=[0.0])
     with pytest.raises(ValueError, match="one per joint"):
         RoboAlignActionSafetyStep(max_delta=[1.0, 2.0, 3.0]).action(torch.zeros(1, 2))
 

@@ -42,7 +42,7 @@ def test_non_finite_first_action_holds_the_measured_position():
 
 
 def test_delta_actions_are_not_anchored_to_a_state_of_another_size(caplog):
-    tap, step = _pair(max_delta=0.1)
+    tap, step = _pair(max_delta=0.1, anchor_to_state=False)  # what the processor factory saves for such a policy
     _observe(tap, [[0.0] * 14])  # e.g. so101_lang: 14-D state, 4-D [dx, dy, dz, grasp] action
     with caplog.at_level(logging.WARNING, logger="lerobot_roboalign.safety"):
         assert step.action(torch.tensor([[1.0, 1.0, 1.0, 1.0]])).tolist() == [[1.0, 1.0, 1.0, 1.0]]
