@@ -24,9 +24,9 @@ SQUARE_COLORS = np.array([[230, 40, 40], [40, 90, 230], [40, 200, 60], [230, 200
 
 
 def dataset_features(cameras: tuple[str, ...], image_hw: tuple[int, int], state_dim: int,
-                     action_dim: int) -> dict:
+                     action_dim: int, video: bool = False) -> dict:
     features = {
-        f"observation.images.{cam}": {"dtype": "image", "shape": (*image_hw, 3),
+        f"observation.images.{cam}": {"dtype": "video" if video else "image", "shape": (*image_hw, 3),
                                       "names": ["height", "width", "channels"]}
         for cam in cameras
     }
@@ -78,6 +78,7 @@ def write_synthetic_dataset(
     episode_length: int = 40,
     fps: int = 10,
     seed: int = 0,
+    video: bool = False,  # cameras as MP4 videos (LeRobot's encoder), as recorded datasets store them
 ) -> LeRobotDataset:
     """Write (or reuse, if already complete) a synthetic dataset at ``root`` and return it, read back."""
     root = Path(root)
@@ -90,19 +91,19 @@ def write_synthetic_dataset(
         staging = root.with_name(f".{root.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
         record(staging, repo_id, cameras, image_hw, state_dim, action_dim, tasks, num_episodes,
-               episode_length, fps, seed)
+               episode_length, fps, seed, video)
         staging.rename(root)
     return LeRobotDataset(repo_id, root=root)
 
 
 def record(root: Path, repo_id: str, cameras: tuple[str, ...], image_hw: tuple[int, int], state_dim: int,
            action_dim: int, tasks: tuple[str, ...], num_episodes: int, episode_length: int, fps: int,
-           seed: int) -> None:
+           seed: int, video: bool = False) -> None:
     """Record the episodes with LeRobot's writer; tasks alternate across episodes."""
     rng = np.random.default_rng(seed)
-    features = dataset_features(tuple(cameras), tuple(image_hw), state_dim, action_dim)
+    features = dataset_features(tuple(cameras), tuple(image_hw), state_dim, action_dim, video)
     dataset = LeRobotDataset.create(repo_id, fps=fps, features=features, root=root, robot_type="synthetic",
-                                    use_videos=False)
+                                    use_videos=video)
     for episode in range(num_episodes):
         task_index = episode % len(tasks)
         actions = task_trajectory(task_index, episode_length, action_dim, rng)
