@@ -9,6 +9,9 @@ import sys
 
 import lerobot_roboalign
 from lerobot_roboalign.configuration_roboalign import check_cli_prompt_template
+from lerobot_roboalign.dataset_mapping import check_cli_offline_dataset
 
 lerobot_roboalign.register()
-check_cli_prompt_template(sys.argv[1:])  # LeRobot's CLIs import plugins before they parse the command line
+# LeRobot's CLIs import plugins before they parse the command line: refuse what their parser would garble.
+check_cli_prompt_template(sys.argv[1:])
+check_cli_offline_dataset(sys.argv)

@@ -108,6 +108,36 @@ def check_dataset_features(
     )
 
 
+def missing_offline_dataset(repo_id: str, root: str | Path | None, root_flag: str = "--dataset.root=DIR") -> str | None:
+    """The error for a Hub dataset id that is not on this machine while the Hub is offline (else ``None``).
+
+    LeRobot (through huggingface_hub) stops there with ``OfflineModeIsEnabled`` and a hint to go online only.
+    """
+    from huggingface_hub import constants
+    from lerobot.utils.constants import HF_LEROBOT_HOME
+
+    local = HF_LEROBOT_HOME / repo_id
+    if root is not None or not constants.HF_HUB_OFFLINE or (local / "meta" / "info.json").is_file():
+        return None
+    return (
+        f"Dataset {repo_id!r} is not on this machine (not in {local}) and the Hub is offline (HF_HUB_OFFLINE=1). "
+        f"Fix: pass the folder that holds it with {root_flag}, or unset HF_HUB_OFFLINE to download it."
+    )
+
+
+def check_cli_offline_dataset(argv: list[str]) -> None:
+    """For ``lerobot-train`` (LeRobot imports this plugin before it parses): refuse an offline Hub dataset id."""
+    if not argv or not Path(argv[0]).name.startswith("lerobot-train"):
+        return
+    repo_id, root = parser.parse_arg("dataset.repo_id", argv[1:]), parser.parse_arg("dataset.root", argv[1:])
+    config_path = parser.parse_arg("config_path", argv[1:])
+    if config_path and Path(config_path).suffix == ".json" and Path(config_path).is_file():
+        dataset = json.loads(Path(config_path).read_text()).get("dataset") or {}
+        repo_id, root = repo_id or dataset.get("repo_id"), root or dataset.get("root")
+    if repo_id and (message := missing_offline_dataset(repo_id, root)):
+        raise SystemExit(f"lerobot-train: {message}")
+
+
 def cli_rename_map(args: list[str] | None = None) -> dict[str, str]:
     """The ``--rename_map`` of the running LeRobot command (``{}`` if none).
 

@@ -293,6 +293,10 @@ def dataset_action_chunks(
     from lerobot.datasets import LeRobotDataset
     from lerobot.utils.constants import ACTION
 
+    from .dataset_mapping import missing_offline_dataset
+
+    if message := missing_offline_dataset(repo_id, root, "--dataset.roots='[DIR]'"):
+        raise FileNotFoundError(message)
     dataset = LeRobotDataset(repo_id, root=root)
     columns = dataset.hf_dataset.select_columns([ACTION, "episode_index"]).with_format("numpy")[:]
     actions, episodes = np.asarray(np.stack(columns[ACTION]), dtype=np.float64), columns["episode_index"]
