@@ -66,3 +66,10 @@ def test_calibration_check_names_the_type_of_another_policys_checkpoint(tmp_path
     message = str(stop.value)
     assert "is a 'act' policy, not a RoboAlign one" in message and "--policy.type=roboalign" in message
     assert "not found" not in message
+
+
+def test_alignment_data_on_an_offline_hub_dataset_id_points_at_dataset_roots(offline_empty_cache):
+    from lerobot_roboalign.align.data import AlignDataConfig, open_dataset
+
+    with pytest.raises(FileNotFoundError, match=r"'me/absent' is not on this machine .* --dataset\.roots='\[DIR\]'"):
+        open_dataset("me/absent", None, AlignDataConfig(repo_ids=["me/absent"]), None)

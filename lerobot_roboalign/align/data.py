@@ -18,6 +18,7 @@ from datasets import Dataset, concatenate_datasets
 
 from lerobot_roboalign.action_vocab import ACTION_END, ACTION_START
 from lerobot_roboalign.align.vqa import ROW_FEATURES, open_images
+from lerobot_roboalign.dataset_mapping import missing_offline_dataset
 from lerobot_roboalign.fast import FastTokenizer
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,8 @@ class OpenedDataset:
 
 def open_dataset(repo_id: str, root: str | None, cfg: AlignDataConfig, fast: FastTokenizer | None) -> OpenedDataset:
     """Open a dataset and read its small columns (actions, indices, state); images are read per sample, later."""
+    if message := missing_offline_dataset(repo_id, root, "--dataset.roots='[DIR]'"):
+        raise FileNotFoundError(message)
     meta = LeRobotDatasetMetadata(repo_id, root=root)
     cameras = resolve_cameras(meta, cfg.cameras)
     if fast is not None:
