@@ -175,6 +175,12 @@ def check_robot_client(argv: list[str], checkpoint: Path):
     return client
 
 
+def check_preflight(argv: list[str], checkpoint: Path):
+    """``roboalign rollout check`` takes lerobot-rollout's flags: they parse with LeRobot's RolloutConfig."""
+    assert argv[1:3] == ["rollout", "check"]
+    return check_lerobot(["lerobot-rollout", *argv[3:]], checkpoint)
+
+
 def check_make(argv: list[str], checkpoint: Path):
     assert re.search(rf"^{argv[1]}:", (REPO / "Makefile").read_text(), re.M), f"no make target {argv[1]}"
 
@@ -265,11 +271,16 @@ RULES = (
     # Top of the README and journey 1: the fresh-machine commands and the demo.
     parse(README, r"^make (demo|test|setup)$", check_make, "the fresh-machine commands; .ci/run runs make test, "
           "tests/demo/test_demo.py runs the demo (--quick)"),  # fmt: skip
-    parse(README, r"^pip install lerobot_policy_roboalign$", no_check, "installs from PyPI (no network here)"),
+    parse(README, r"^pip install -e \"\.\[feetech\]\"$", check_pip_extras, SETUP),
+    parse(README, r"^pip wheel --no-deps -w dist \.$", no_check,
+          "tests/test_wheel_install.py builds the wheel and installs it into a fresh venv"),
+    parse(README, r"^pip install \"dist/lerobot_policy_roboalign-0\.1\.0-py3-none-any\.whl\[feetech\]\"$",
+          check_pip_extras, "tests/test_wheel_install.py installs the built wheel into a fresh venv"),
+    parse(README, r"^roboalign files export \.$", no_check,
+          "tests/test_wheel_install.py runs it from an installed wheel (a clone has the files already)"),
     parse(README, r"^\. \.venv/bin/activate$", no_check, "shell set-up"),
     parse(README, r"^roboalign demo( |$)", check_roboalign, "tests/demo/test_demo.py runs the quick demo end to end"),
     # Journey 2: a real arm.
-    parse(README, r"^pip install \"lerobot_policy_roboalign\[feetech\]\"$", check_pip_extras, "installs from PyPI"),
     parse(README, r"^lerobot-(setup-motors|calibrate|teleoperate) ", check_lerobot,
           "interactive (a person moves the arm); " + HARDWARE),
     run(README, r"^lerobot-record --config_path=robots/so101/record\.yaml$", "arm", TINY_RECORD, virtual_arm=True),
@@ -278,6 +289,8 @@ RULES = (
         "arm", TINY_VLA),  # fmt: skip
     run(README, r"^roboalign calibration check ~/\S+ --robot\.type=so101_follower --checkpoint=", "arm"),
     run(README, r"^lerobot-rollout --config_path=robots/so101/rollout\.yaml ", "arm", TINY_ROLLOUT, virtual_arm=True),
+    parse(README, r"^roboalign rollout check --config_path=robots/so101/rollout\.yaml ", check_preflight,
+          HARDWARE + "; tests/robots/test_preflight.py runs every check on virtual SO-101 and Koch arms"),
     parse(README, r"^python -m lerobot_roboalign\.async_inference --", check_policy_server,
           "a gRPC server that waits for a robot (tests/robots/ run it with LeRobot's client on loopback)"),
     parse(README, r"^python -m lerobot_roboalign\.async_inference client ", check_robot_client, HARDWARE),
