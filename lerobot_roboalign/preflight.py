@@ -300,6 +300,8 @@ def check_inference(cfg, robot, clock: Callable[[], float]) -> Check:
         return Check("policy", False, f"loads, but an inference on this robot's observation failed: {err}",
                      "fix the cameras and state above first; the error names the key.")  # fmt: skip
     seconds = clock() - start
+    if getattr(cfg.inference, "type", "sync") == "rtc":
+        return _rtc_latency_check(cfg, seconds)
     limit = _measurement_age_limit(checkpoint, getattr(cfg.policy, "safety_max_measurement_age_s", None))
     if seconds > limit:
         return Check("policy", False, f"loads, but one inference took {seconds:.2f} s, over the safety step's "
@@ -307,6 +309,21 @@ def check_inference(cfg, robot, clock: Callable[[], float]) -> Check:
                      "run on a GPU (--device=cuda), use a smaller backbone, or RTC (robots/<arm>/rollout_rtc.yaml).")  # fmt: skip
     return Check("policy", True, f"{cfg.policy.type} loads on {device}; one inference {seconds:.2f} s "
                  f"(measurement age limit {limit:g} s)")  # fmt: skip
+
+
+def _rtc_latency_check(cfg, seconds: float) -> Check:
+    """Under RTC the arm runs the previous chunk meanwhile: the delay in control steps must fit the execution horizon
+    and leave half a chunk, or the queue runs dry (README: Inference modes)."""
+    delay = math.ceil(seconds * cfg.fps)
+    horizon, chunk = cfg.inference.rtc.execution_horizon, cfg.policy.chunk_size
+    if delay >= horizon or chunk < 2 * delay:
+        return Check("policy", False, f"loads, but one inference took {seconds:.2f} s = {delay} control steps at "
+                     f"{cfg.fps:g} fps: RTC needs fewer than --inference.rtc.execution_horizon={horizon} and at most "
+                     f"half the chunk ({chunk}).", "run on a GPU (--device=cuda), use a smaller backbone, or train "
+                     f"with --policy.chunk_size={2 * delay} or more and set --inference.rtc.execution_horizon="
+                     f"{delay + 1} or more.")  # fmt: skip
+    return Check("policy", True, f"{cfg.policy.type} loads; one inference {seconds:.2f} s = {delay} control steps "
+                 f"(RTC execution horizon {horizon}, chunk {chunk})")  # fmt: skip
 
 
 def run_checks(argv: list[str], clock: Callable[[], float] = time.perf_counter) -> list[Check]:

@@ -132,3 +132,14 @@ def test_an_inference_slower_than_the_measurement_age_limit_is_refused(roboalign
     line = _run(virtual_hw, argv, seconds=limit + 1)["policy"]
     assert line.startswith("[FAIL]") and f"{limit + 1:.2f} s" in line and f"measurement age limit of {limit:g} s" in line
     assert "--device=cuda" in line and "rollout_rtc.yaml" in line
+
+
+@pytest.mark.slow
+def test_under_rtc_the_delay_must_fit_the_execution_horizon_and_half_the_chunk(roboalign_checkpoint, tmp_path,
+                                                                               virtual_hw):  # fmt: skip
+    argv, config = _setup("so101", roboalign_checkpoint, tmp_path)
+    rtc = virtualize(ROOT / "robots" / "so101" / "rollout_rtc.yaml", tmp_path, _cameras(roboalign_checkpoint))
+    argv = [f"--config_path={rtc}", *argv[1:]]
+    assert _run(virtual_hw, argv, seconds=0.1)["policy"].startswith("[ ok ]")  # 3 steps at 30 fps: fits
+    line = _run(virtual_hw, argv, seconds=0.5)["policy"]  # 15 steps: over the horizon (10) and half the chunk
+    assert line.startswith("[FAIL]") and "15 control steps" in line and "--inference.rtc.execution_horizon=16" in line
