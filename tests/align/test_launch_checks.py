@@ -1,6 +1,7 @@
 """Alignment commands check the launch against the machine before loading anything, and say what to change."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,19 @@ def test_the_8_gpu_launch_stops_at_once_on_a_machine_without_them():
     result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "has no CUDA GPU" in result.stderr and "examples/accelerate/cpu/ddp.yaml" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_cpu_config_runs_two_ranks(tiny_qwen25_backbone, synthetic_dataset_factory, tmp_path):
+    root, repo_id = synthetic_dataset_factory(action_dim=2, state_dim=2, num_episodes=2, episode_length=12)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", str(EXAMPLES / "cpu" / "ddp.yaml"),
+              "-m", "lerobot_roboalign.cli", "align", "sft", f"--model.path={tiny_qwen25_backbone}",
+              f"--dataset.repo_ids=[{repo_id}]", f"--dataset.roots=[{root}]", "--dataset.cameras=[front]",
+              "--dataset.chunk_size=2", "--dataset.num_samples=4", "--fast_vocab_size=32",
+              f"--training.output_dir={tmp_path}", "--training.max_steps=2", "--training.per_device_train_batch_size=1",
+              "--training.save_steps=2"]
+    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["epoch"] == 1.0  # 2 steps x 2 ranks x 1 sample = the 4 samples: both ranks trained
