@@ -220,3 +220,20 @@ def finish(trainer, processor, vocabulary: ActionVocabulary, output_dir: Path, f
             push_backbone(final, push_to_hub)
     trainer.accelerator.wait_for_everyone()
     return final
+
+
+def adapter_parameters(model: torch.nn.Module, r: int, targets: list[str] | tuple[str, ...]) -> tuple[int, int]:
+    """(LoRA parameters at rank ``r``, parameters bitsandbytes quantizes) of ``model``, meta or real.
+
+    bitsandbytes quantizes every linear layer but the LM head (the vision tower's too); embeddings, norms and
+    the LM head stay unquantized (float32 after ``prepare_model_for_kbit_training``).
+    """
+    pattern = target_pattern(targets)
+    output = model.get_output_embeddings()
+    adapters = quantized = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not output:
+            quantized += module.weight.numel()
+            if re.fullmatch(pattern, name):
+                adapters += r * (module.in_features + module.out_features)
+    return adapters, quantized

@@ -21,6 +21,12 @@ config file (DDP, DeepSpeed ZeRO-2/3, FSDP) and each stage's memory is the sum o
   of the generation and update phases;
 - the VLA (lerobot-train, DDP): the frozen backbone in bf16 up to ``vla_layer`` (no LM head), the float32 head
   with AdamW, the backbone run without gradients (one layer at a time);
+- LoRA / QLoRA (``--method=lora|qlora``, one GPU or DDP; ``align/lora.py``): the base frozen in bf16 (2 bytes per
+  parameter), or its linear layers but the LM head in 4 bits (NF4 with double quantisation, 0.516 bytes) and the
+  rest in float32 (``prepare_model_for_kbit_training``) plus one linear layer dequantized to bf16 at a time; the
+  trained parameters (adapters at rank ``lora_r`` and the action tokens' rows) as float32 masters with their
+  gradients and AdamW states (16 bytes); GRPO's KL reference is the base with the adapter disabled (no copy);
+  host RAM: the float32 reload that merges the adapter at the end;
 - a fixed 3 GB for the CUDA context, NCCL buffers and allocator fragmentation.
 
 vLLM's KV cache is reported for GRPO: a rollout's completions on one GPU (``grpo_generation_batch`` / GPUs) x
@@ -46,6 +52,7 @@ import torch
 import yaml
 
 from lerobot_roboalign.align.common import ATTN_IMPLEMENTATIONS
+from lerobot_roboalign.align.lora import LANGUAGE_TARGETS
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +64,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 PREFERENCE = ("ddp", "zero2", "zero3", "fsdp")
 STAGES = ("sft", "grpo", "vla")
 LOGIT_BYTES = 10  # bf16 logits, their float32 upcast in the loss and the float32 gradient of that upcast
+METHODS = ("full", "lora", "qlora")
+NF4_BYTES = 0.5 + 0.127 / 8  # 4-bit weights plus double-quantized block scales (QLoRA paper: 0.127 bits per parameter)
 
 
 @dataclass
@@ -70,6 +79,10 @@ class PlanConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     action_tokens: int = 2050  # <ACTION_START>, <ACTION_END> and the FAST vocabulary added at SFT
     gradient_checkpointing: bool = True
+    # full: every parameter trained (vision frozen at SFT); lora: adapters on a frozen bf16 base; qlora: on a 4-bit base
+    method: str = "full"
+    lora_r: int = 16
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_TARGETS))
     # SFT (examples/paper/align_sft.json): samples per GPU and step, tokens per sample
     sft_micro_batch: int = 4
     sft_seq_len: int = 2048
@@ -98,6 +111,8 @@ class PlanConfig:
             raise ValueError(f"--stages: unknown {unknown}; choose from {list(STAGES)}.")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"--attn_implementation={self.attn_implementation!r}: choose from {ATTN_IMPLEMENTATIONS}.")
+        if self.method not in METHODS:
+            raise ValueError(f"--method={self.method!r}: choose from {list(METHODS)}.")
 
 
 @dataclass
@@ -118,6 +133,9 @@ class ModelSizes:
     heads: int
     kv_heads: int
     head_dim: int
+    action_rows: int = 0  # the action tokens' rows of the embeddings and an untied LM head (trained under LoRA)
+    lora: int = 0  # adapter parameters at --lora_r on --lora_target_modules
+    quantized: int = 0  # parameters in 4 bits under QLoRA: every linear layer but the LM head
 
 
 @dataclass
@@ -141,6 +159,7 @@ def build_on_meta(model: str):
         ) from error
     with init_empty_weights():
         built = AutoModelForImageTextToText.from_config(config)
+    built.tie_weights()  # from_config leaves a tied LM head (Qwen2.5-VL-3B) a separate tensor on the meta device
     return built, getattr(config, "text_config", config)
 
 
@@ -152,6 +171,7 @@ def model_sizes(model: str, cfg: PlanConfig) -> ModelSizes:
 def measure(built: torch.nn.Module, text, cfg: PlanConfig) -> ModelSizes:
     """Counts of ``built`` (meta or real) with ``cfg.action_tokens`` more rows in its embeddings and LM head."""
     from lerobot_roboalign.align.common import VISION_MODULE_NAMES
+    from lerobot_roboalign.align.lora import adapter_parameters
 
     params = dict(built.named_parameters())  # tied weights once
     hidden = text.hidden_size
@@ -180,6 +200,8 @@ def measure(built: torch.nn.Module, text, cfg: PlanConfig) -> ModelSizes:
         kv_heads=text.num_key_value_heads,
         head_dim=getattr(text, "head_dim", None) or hidden // text.num_attention_heads,
         vocab=text.vocab_size + cfg.action_tokens,
+        action_rows=added,
+        **dict(zip(("lora", "quantized"), adapter_parameters(built, cfg.lora_r, cfg.lora_target_modules), strict=True)),
     )
 
 
@@ -221,6 +243,16 @@ def model_states(kind: str, params: int, trained: int, n: int, sizes: ModelSizes
                 gathered=4 * (sizes.fsdp_root + 2 * sizes.largest_layer))
 
 
+def adapter_states(method: str, trained: int, sizes: ModelSizes) -> dict[str, float]:
+    """LoRA / QLoRA bytes per GPU (each GPU a whole replica): the frozen base and the float32 trained parameters."""
+    if method == "lora":
+        frozen, gathered = 2 * sizes.total, 0
+    else:  # one linear layer's weight dequantized to bf16 for its matmul (the largest: an MLP projection)
+        frozen = NF4_BYTES * sizes.quantized + 4 * (sizes.total - sizes.quantized)
+        gathered = 2 * sizes.hidden * sizes.intermediate
+    return dict(weights=frozen + 4 * trained, gradients=4 * trained, optimizer=8 * trained, gathered=gathered)
+
+
 def activations(sizes: ModelSizes, batch: int, tokens: int, logit_tokens: int, checkpointing: bool,
                 attn: str = "sdpa") -> float:
     """Bytes of one micro-batch's activations (the stated estimate in the module docstring)."""
@@ -250,6 +282,9 @@ def deepspeed_estimate(kind: str, params: int, largest: int, n: int) -> float | 
 def plan_stage(stage: str, launch: Launch, sizes: ModelSizes, cfg: PlanConfig) -> dict | None:
     """One row of the plan: the memory parts in GB per GPU, their peak, and whether it fits."""
     n, kind = launch.num_processes, launch.kind
+    adapter = cfg.method != "full" and stage != "vla"
+    if adapter and kind != "ddp":
+        return None  # LoRA runs on one GPU or as DDP replicas
     vllm = reference = 0.0
     if stage == "vla":
         if kind != "ddp":
@@ -261,8 +296,12 @@ def plan_stage(stage: str, launch: Launch, sizes: ModelSizes, cfg: PlanConfig) -
         act += cfg.vla_batch * 17 * cfg.vla_head_hidden * cfg.vla_head_layers * 40  # the head's own, small
         trained = head
     else:
-        trained = sizes.total - (sizes.vision if stage == "sft" and cfg.freeze_vision else 0)
-        parts = model_states(kind, sizes.total, trained, n, sizes)
+        if adapter:
+            trained = sizes.lora + sizes.action_rows
+            parts = adapter_states(cfg.method, trained, sizes)
+        else:
+            trained = sizes.total - (sizes.vision if stage == "sft" and cfg.freeze_vision else 0)
+            parts = model_states(kind, sizes.total, trained, n, sizes)
         if stage == "sft":
             act = activations(sizes, cfg.sft_micro_batch, cfg.sft_seq_len, cfg.sft_seq_len, cfg.gradient_checkpointing,
                               cfg.attn_implementation)
@@ -270,7 +309,8 @@ def plan_stage(stage: str, launch: Launch, sizes: ModelSizes, cfg: PlanConfig) -
             tokens = cfg.grpo_prompt_len + cfg.grpo_completion_len
             act = activations(sizes, cfg.grpo_micro_batch, tokens, cfg.grpo_completion_len, cfg.gradient_checkpointing,
                               cfg.attn_implementation)
-            reference = 2 * sizes.total / (n if kind in ("zero3", "fsdp") else 1)
+            # Under LoRA the reference is the base with the adapter disabled (TRL): no copy.
+            reference = 0.0 if adapter else 2 * sizes.total / (n if kind in ("zero3", "fsdp") else 1)
             vllm = cfg.vllm_gpu_memory_utilization * cfg.gpu_memory_gb * GB if cfg.vllm else 0.0
     states = sum(parts.values()) + reference + OVERHEAD_GB * GB
     update = states + act + (min(vllm, VLLM_ASLEEP_GB * GB) if cfg.vllm_sleep else vllm)
@@ -280,9 +320,11 @@ def plan_stage(stage: str, launch: Launch, sizes: ModelSizes, cfg: PlanConfig) -
     host = weights * (1 if kind in ("zero3", "fsdp") else n)
     if stage == "grpo" and kind == "fsdp":  # every rank reads the KL reference whole in bf16 (launch.py)
         host += 2 * sizes.total * n
+    if adapter:  # every rank loads the base in bf16; the main process reloads it in float32 to merge the adapter
+        host = max(2 * sizes.total * n, 4 * sizes.total)
     ds = deepspeed_estimate(kind, sizes.total, sizes.largest_module, n) if stage != "vla" else None
     row = dict(
-        stage=stage, config=launch.name, strategy=kind, gpus=n,
+        stage=stage, method=cfg.method if adapter else "full", config=launch.name, strategy=kind, gpus=n,
         **{k: v / GB for k, v in parts.items()},
         activations=act / GB, reference=reference / GB, vllm=vllm / GB, overhead=OVERHEAD_GB,
         update_phase=update / GB, generation_phase=generation / GB if vllm else None,
@@ -317,6 +359,7 @@ def markdown(result: dict) -> str:
         f"Model {result['model']}: {sizes['total'] / 1e9:.2f}B parameters (vision {sizes['vision'] / 1e9:.2f}B), "
         f"{result['gpu_memory_gb']:g} GB per GPU (fits: peak under {1 - result['settings']['headroom']:.0%} of it). "
         "GB per GPU:",
+        *adapter_line(result),
         "",
         "| stage | config | GPUs | weights | grads | optimizer | gathered | activations | reference | vLLM | "
         "peak | fits | DeepSpeed est. | host RAM at load |",
@@ -326,7 +369,7 @@ def markdown(result: dict) -> str:
         ds = f"{r['deepspeed_estimator']:.1f}" if r["deepspeed_estimator"] is not None else "-"
         mark = " (recommended)" if result["recommended"].get(r["stage"]) == r["config"] else ""
         lines.append(
-            f"| {r['stage']} | {r['config']}{mark} | {r['gpus']} | {r['weights']:.1f} | {r['gradients']:.1f} | "
+            f"| {r['stage']}{'' if r['method'] == 'full' else ' ' + r['method']} | {r['config']}{mark} | {r['gpus']} | {r['weights']:.1f} | {r['gradients']:.1f} | "
             f"{r['optimizer']:.1f} | {r['gathered']:.1f} | {r['activations']:.1f} | {r['reference']:.1f} | "
             f"{r['vllm']:.1f} | {r['peak']:.1f} | {'yes' if r['fits'] else 'no'} | {ds} | {r['host_ram_at_load']:.0f} |"
         )
@@ -335,6 +378,16 @@ def markdown(result: dict) -> str:
     if missing:
         lines += ["", f"No planned launch fits {', '.join(missing)}: add GPUs, lower the micro-batch or offload."]
     return "\n".join(lines)
+
+
+def adapter_line(result: dict) -> list[str]:
+    """What LoRA / QLoRA trains, under the header (nothing for a full run)."""
+    settings, sizes = result["settings"], result["sizes"]
+    if settings["method"] == "full":
+        return []
+    base = "bf16" if settings["method"] == "lora" else "4-bit NF4 (linear layers), float32 rest"
+    return [f"{settings['method']}: base frozen in {base}; trained: rank-{settings['lora_r']} adapters "
+            f"{sizes['lora'] / 1e6:.1f}M + action-token rows {sizes['action_rows'] / 1e6:.1f}M parameters (float32)."]
 
 
 def kv_cache(sizes: ModelSizes, cfg: PlanConfig, n: int) -> dict[str, float | int]:
