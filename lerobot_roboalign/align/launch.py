@@ -52,7 +52,9 @@ def launch_problems(request: LaunchRequest, gpus: int, bf16_gpu: bool, deepspeed
                         "'lerobot_policy_roboalign[deepspeed]', or launch with examples/accelerate/fsdp.yaml.")
     if request.cpu:
         return problems
-    if gpus == 0 and (request.processes > 1 or request.mixed_precision != "no" or request.deepspeed or request.fsdp):
+    # Without a GPU: GPU mixed precision (what the GPU configs ask), or ranks that only ACCELERATE_USE_CPU makes CPU
+    # ones (DeepSpeed runs its own CPU accelerator, in float32).
+    if gpus == 0 and (request.mixed_precision != "no" or (request.processes > 1 and not request.deepspeed)):
         problems.append(
             f"The accelerate config asks for {request.processes} GPU process(es) (mixed precision "
             f"{request.mixed_precision}{', DeepSpeed' if request.deepspeed else ''}{', FSDP' if request.fsdp else ''}) "

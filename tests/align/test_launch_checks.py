@@ -22,6 +22,7 @@ def request(**changes) -> LaunchRequest:
 
 @pytest.mark.parametrize(("launch", "gpus", "bf16", "installed", "fix"), [
     (request(), 0, False, True, "ACCELERATE_USE_CPU=true accelerate launch --config_file examples/accelerate/cpu/ddp.yaml"),
+    (request(processes=2, mixed_precision="no", fsdp=True), 0, False, True, "ACCELERATE_USE_CPU=true"),
     (request(), 2, True, True, "--num_processes=2"),
     (request(processes=2), 2, False, True, "--mixed_precision=fp16"),
     (request(processes=2, deepspeed=True), 2, True, False, "pip install 'lerobot_policy_roboalign[deepspeed]'"),
@@ -36,6 +37,7 @@ def test_each_mismatch_names_its_fix(launch, gpus, bf16, installed, fix):
     (request(), 8),
     (request(processes=2, mixed_precision="no", cpu=True, fsdp=True), 0),  # the CPU config, tiny sizes
     (request(processes=1, mixed_precision="no"), 0),  # no accelerate launch at all
+    (request(processes=2, mixed_precision="no", deepspeed=True), 0),  # DeepSpeed's CPU accelerator, float32
 ])
 def test_launches_that_fit_pass(launch, gpus):
     assert launch_problems(launch, gpus, bf16_gpu=True, deepspeed_installed=True) == []
