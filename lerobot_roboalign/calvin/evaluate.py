@@ -88,8 +88,10 @@ def load_policy(cfg: CalvinEvalConfig, env_cfg) -> LeRobotChainPolicy:
     from lerobot.envs.utils import env_to_policy_features
     from lerobot.policies.factory import make_policy, make_pre_post_processors
 
+    from .. import register
     from ..dataset_mapping import check_dataset_features
 
+    register()  # `roboalign` imports nothing of LeRobot's until a command needs it: the policy type is registered here
     if not Path(cfg.policy_path).is_dir():
         raise FileNotFoundError(
             f"--policy_path={cfg.policy_path!r} is not a checkpoint folder: pass the "
