@@ -16,14 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import draccus
-import matplotlib
+import numpy as np
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from .fast import FastTokenizer, dataset_action_chunks, fit_from_datasets
 
-from .fast import FastTokenizer, dataset_action_chunks, fit_from_datasets  # noqa: E402
+
+def _pyplot():
+    """matplotlib (headless) only where a plot is drawn: `roboalign tokenizer fit --help` stays fast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 @dataclass
@@ -197,6 +203,7 @@ def write_tables(rows: list[dict], output: Path) -> None:
 
 
 def plot_tradeoff(rows: list[dict], path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     tokens = [row["tokens_mean"] for row in rows]
     ax.plot(tokens, [np.mean(row["error_mean"]) for row in rows], "o-", label="mean |error|")
@@ -213,6 +220,7 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
 def plot_trajectories(originals: np.ndarray, reconstructions: dict[float, np.ndarray], path: Path) -> None:
     """One panel per chunk, all action dims: original (solid), smallest (dotted), largest scale (dashed)."""
     styles = {min(reconstructions): ":", max(reconstructions): "--"}
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(originals), figsize=(4 * len(originals), 3.2), squeeze=False)
     for index, ax in enumerate(axes[0]):
         for dim in range(originals.shape[-1]):

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import draccus
 
-from .backbone import _is_hub_id
-
 logger = logging.getLogger(__name__)
 
 HUB_RECORD_FILE = "hub.json"
@@ -43,6 +41,8 @@ class BackbonePush:
 
 
 def check_repo_id(repo_id: str) -> None:
+    from .backbone import _is_hub_id  # torch and transformers: not needed for `roboalign align push --help`
+
     if not _is_hub_id(repo_id):
         raise ValueError(
             f"{repo_id!r} is not a Hub repository id. Fix: pass <user or org>/<name>, e.g. me/so101-aligned."

@@ -8,7 +8,11 @@ template) that loads by path with ``AutoModelForImageTextToText.from_pretrained`
 models' names so code written against the tiny model runs unchanged on the real one.
 
     roboalign make-tiny-backbone OUT_DIR --arch=qwen3_vl
+
+torch, tokenizers and transformers are imported where used, so ``roboalign make-tiny-backbone --help`` is fast.
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -17,32 +21,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import draccus
-import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import (
-    GenerationConfig,
-    GPT2Tokenizer,
-    PreTrainedModel,
-    ProcessorMixin,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2Tokenizer,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLProcessor,
-    Qwen3VLVideoProcessor,
-    SmolVLMConfig,
-    SmolVLMForConditionalGeneration,
-    SmolVLMImageProcessor,
-    SmolVLMProcessor,
-    SmolVLMVideoProcessor,
-)
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, GPT2Tokenizer, PreTrainedModel, ProcessorMixin, Qwen2Tokenizer
 
 BPE_VOCAB_SIZE = 2048
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
@@ -178,6 +162,9 @@ def robot_corpus() -> list[str]:
 
 def train_bpe(vocab_size: int = BPE_VOCAB_SIZE) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Train a byte-level BPE with Qwen2's pre-tokenizer; returns (vocab, merges)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -192,6 +179,8 @@ def train_bpe(vocab_size: int = BPE_VOCAB_SIZE) -> tuple[dict[str, int], list[tu
 
 
 def qwen_tokenizer() -> Qwen2Tokenizer:
+    from transformers import Qwen2Tokenizer
+
     vocab, merges = train_bpe()
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                extra_special_tokens=QWEN_SPECIAL_TOKENS[1:])
@@ -200,6 +189,8 @@ def qwen_tokenizer() -> Qwen2Tokenizer:
 
 
 def smolvlm_tokenizer() -> GPT2Tokenizer:
+    from transformers import GPT2Tokenizer
+
     vocab, merges = train_bpe()
     tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|im_start|>",
                               eos_token="<end_of_utterance>", pad_token="<|im_end|>",
@@ -222,12 +213,22 @@ def qwen_token_ids(tokenizer) -> dict[str, int]:
 
 
 def qwen_generation_config(tokenizer) -> GenerationConfig:
+    from transformers import GenerationConfig
+
     eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     return GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, do_sample=False)
 
 
 def build_qwen2_5_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
     """Qwen2.5-VL: patch 14, merge 2; a 224x224 image becomes 6x6 = 36 visual tokens."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
     tokenizer = qwen_tokenizer()
     text = dict(TEXT, vocab_size=padded_vocab_size(tokenizer), pad_token_id=tokenizer.pad_token_id,
                 bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
@@ -247,6 +248,14 @@ def build_qwen2_5_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
 
 def build_qwen3_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
     """Qwen3-VL: patch 16, merge 2, deepstack; a 224x224 image becomes 6x6 = 36 visual tokens."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
     tokenizer = qwen_tokenizer()
     text = dict(TEXT, vocab_size=padded_vocab_size(tokenizer), head_dim=HEAD_DIM,
                 pad_token_id=tokenizer.pad_token_id,
@@ -269,6 +278,15 @@ def build_qwen3_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
 
 def build_smolvlm() -> tuple[PreTrainedModel, ProcessorMixin]:
     """SmolVLM2 layout as SmolVLA expects it: 512x512 images, patch 16, pixel-shuffle 4 -> 64 tokens."""
+    from transformers import (
+        GenerationConfig,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
     tokenizer = smolvlm_tokenizer()
     text = dict(TEXT, model_type="llama", vocab_size=padded_vocab_size(tokenizer), head_dim=HEAD_DIM,
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
@@ -322,6 +340,8 @@ def make_tiny_backbone(output_dir: Path, arch: str = "qwen2_5_vl", seed: int = 0
     output_dir = Path(output_dir)
     if check_existing(output_dir, arch):
         return output_dir
+    import torch
+
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model, processor = ARCHITECTURES[arch][1]()

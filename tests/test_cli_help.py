@@ -9,7 +9,8 @@ import pytest
 # Generous bound for a loaded 2-core CI machine; on an idle one these take well under 2 s.
 HELP_SECONDS = 10.0
 # Sub-commands whose modules keep their heavy imports (torch, transformers, LeRobot) inside functions.
-LIGHT_COMMANDS = (("calibration", "check"), ("rollout", "check"), ("files", "export"), ("calvin", "eval"), ("demo",))
+LIGHT_COMMANDS = (("calibration", "check"), ("rollout", "check"), ("files", "export"), ("calvin", "eval"), ("demo",),
+                  ("make-tiny-backbone",), ("align", "push"), ("tokenizer", "fit"), ("tokenizer", "report"))
 
 
 def _help(*words: str) -> tuple[subprocess.CompletedProcess, float]:
