@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage(tuple(argv[:1])))  # like `git remote --help`: a group's help lists its commands
         return
     words, rest = _resolve(argv)
+    if not any(arg in ("-h", "--help") for arg in rest):
+        # As LeRobot's plugin discovery does: checkpoints a command loads name roboalign's config, envs and steps.
+        importlib.import_module("lerobot_roboalign").register()
     module = importlib.import_module(COMMANDS[words][0])
     entry = getattr(module, "main_" + words[-1].replace("-", "_"), None) or module.main
     saved = sys.argv
