@@ -47,7 +47,11 @@ class Check:
     fix: str = ""
 
     def line(self) -> str:
-        return f"[ ok ] {self.name}: {self.detail}" if self.ok else f"[FAIL] {self.name}: {self.detail} Fix: {self.fix}"
+        return (
+            f"[ ok ] {self.name}: {self.detail}"
+            if self.ok
+            else f"[FAIL] {self.name}: {self.detail} Fix: {self.fix}"
+        )
 
 
 def _example_command(robot_type: str) -> str:
@@ -84,7 +88,8 @@ def parse_rollout_config(argv: list[str]):
     def capture(cfg: RolloutConfig) -> None:
         parsed["cfg"] = cfg
 
-    capture.__annotations__["cfg"] = RolloutConfig  # parser.wrap reads the class, not this module's string annotation
+    # parser.wrap reads the annotation's class, not this module's (postponed) string annotation.
+    capture.__annotations__["cfg"] = RolloutConfig
     saved, sys.argv = sys.argv, [PROG, *argv]
     try:
         parser.wrap()(capture)()
@@ -95,7 +100,9 @@ def parse_rollout_config(argv: list[str]):
 
 def _spec(arm_type: str, robot_config) -> DeviceSpec:
     """The arm as the user named it (LeRobot reports an SO-101 config's type as so100_follower)."""
-    return DeviceSpec(type=arm_type, id=robot_config.id, use_degrees=getattr(robot_config, "use_degrees", None))
+    return DeviceSpec(
+        type=arm_type, id=robot_config.id, use_degrees=getattr(robot_config, "use_degrees", None)
+    )
 
 
 def _install_fix(spec: DeviceSpec) -> str:
@@ -179,9 +186,13 @@ def check_features(robot, spec: DeviceSpec, policy_config, rename_map: dict[str,
                          f"--rename_map='{{\"{next(iter(cameras), 'observation.images.NAME')}\": \"{key}\"}}'")  # fmt: skip
         elif tuple(provided[key]) != (feature.shape[1], feature.shape[2], feature.shape[0]):
             height, width = feature.shape[1:]
-            problems.append(f"camera {key!r} is {provided[key][0]}x{provided[key][1]}, trained at {height}x{width}")
+            problems.append(
+                f"camera {key!r} is {provided[key][0]}x{provided[key][1]}, trained at {height}x{width}"
+            )
             fixes.append(f"set its width: {width}, height: {height} in --robot.cameras")
-    joints = [k for k, v in robot.observation_features.items() if not isinstance(v, tuple) and k.endswith(".pos")]
+    joints = [
+        k for k, v in robot.observation_features.items() if not isinstance(v, tuple) and k.endswith(".pos")
+    ]
     names = _training_names(Path(policy_config.pretrained_path))
     for key, feature in (("observation.state", policy_config.robot_state_feature),
                          ("action", policy_config.action_feature)):  # fmt: skip
@@ -193,7 +204,9 @@ def check_features(robot, spec: DeviceSpec, policy_config, rename_map: dict[str,
             fixes.append(f"use a checkpoint trained on a {spec.type} recording")
     if problems:
         return Check("cameras and state", False, "; ".join(problems) + ".", "; ".join(fixes) + ".")
-    return Check("cameras and state", True, f"cameras {sorted(provided)} and {len(joints)} joints match the checkpoint")
+    return Check(
+        "cameras and state", True, f"cameras {sorted(provided)} and {len(joints)} joints match the checkpoint"
+    )
 
 
 def _safety_step(checkpoint: Path) -> dict[str, Any] | None:
@@ -216,13 +229,17 @@ def _limits_problems(
     # Same units as LeRobot's max_relative_target; above it the policy's own rate limit would never act.
     ceiling = max_relative_target if isinstance(max_relative_target, int | float) else math.inf
     if delta is None or any(not (math.isfinite(d) and 0 < d <= ceiling) for d in deltas):
-        return [f"max_delta={delta} is not a positive step of at most max_relative_target ({max_relative_target})"]
+        return [
+            f"max_delta={delta} is not a positive step of at most max_relative_target ({max_relative_target})"
+        ]
     if calibrated is not None:
         cal_low, cal_high = calibrated
         outside = [i for i, (lo, hi) in enumerate(zip(low, high, strict=True))
                    if lo < cal_low[i] - LIMIT_TOLERANCE or hi > cal_high[i] + LIMIT_TOLERANCE]  # fmt: skip
         if outside:
-            return [f"joint limits of joints {outside} reach past this arm's calibrated range (not bound to it)"]
+            return [
+                f"joint limits of joints {outside} reach past this arm's calibrated range (not bound to it)"
+            ]
     return []
 
 
@@ -233,7 +250,9 @@ def check_safety(cfg, spec: DeviceSpec, calibration: dict | None) -> Check:
     bind = (f"roboalign calibration check {cfg.robot.calibration_dir or '~/.cache/huggingface/lerobot/calibration/robots/...'}"
             f"/{cfg.robot.id}.json --robot.type={spec.type} --checkpoint={checkpoint} --max_delta=4")  # fmt: skip
     if step is None:
-        return Check("safety limits", False, f"{checkpoint / POSTPROCESSOR_FILE} has no RoboAlign safety step.", bind)
+        return Check(
+            "safety limits", False, f"{checkpoint / POSTPROCESSOR_FILE} has no RoboAlign safety step.", bind
+        )
     limits = {}
     for key in ("enabled", "max_delta", "joint_min", "joint_max"):  # --policy.safety_* given at rollout win
         given = getattr(cfg.policy, f"safety_{key}", None)
@@ -277,7 +296,9 @@ def check_inference(cfg, robot, clock: Callable[[], float]) -> Check:
     checkpoint = Path(cfg.policy.pretrained_path)
     device = cfg.device or cfg.policy.device or "cpu"
     try:
-        policy = get_policy_class(cfg.policy.type).from_pretrained(checkpoint, config=cfg.policy).to(device).eval()
+        policy = (
+            get_policy_class(cfg.policy.type).from_pretrained(checkpoint, config=cfg.policy).to(device).eval()
+        )
         preprocessor, postprocessor = make_pre_post_processors(
             policy_cfg=cfg.policy, pretrained_path=str(checkpoint),
             preprocessor_overrides={"device_processor": {"device": device},
@@ -365,5 +386,7 @@ def main_check(argv: list[str] | None = None) -> None:
     print("\n".join(check.line() for check in checks))
     failed = [check.name for check in checks if not check.ok]
     if failed:
-        raise SystemExit(f"{PROG}: {len(failed)} check(s) failed ({', '.join(failed)}); fix them before lerobot-rollout.")
+        raise SystemExit(
+            f"{PROG}: {len(failed)} check(s) failed ({', '.join(failed)}); fix them before lerobot-rollout."
+        )
     print(f"{PROG}: all {len(checks)} checks passed; run lerobot-rollout with the same flags.")

@@ -42,7 +42,9 @@ def export_files(output_dir: Path, overwrite: bool = False) -> tuple[list[Path],
         shutil.copyfile(source, target)
         written.append(target)
     if not written and not kept:
-        raise SystemExit(f"roboalign files export: no robots/ or calibration/ under {root}; reinstall the package.")
+        raise SystemExit(
+            f"roboalign files export: no robots/ or calibration/ under {root}; reinstall the package."
+        )
     return written, kept
 
 

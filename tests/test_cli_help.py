@@ -9,8 +9,17 @@ import pytest
 # Generous bound for a loaded 2-core CI machine; on an idle one these take well under 2 s.
 HELP_SECONDS = 10.0
 # Sub-commands whose modules keep their heavy imports (torch, transformers, LeRobot) inside functions.
-LIGHT_COMMANDS = (("calibration", "check"), ("rollout", "check"), ("files", "export"), ("calvin", "eval"), ("demo",),
-                  ("make-tiny-backbone",), ("align", "push"), ("tokenizer", "fit"), ("tokenizer", "report"))
+LIGHT_COMMANDS = (
+    ("calibration", "check"),
+    ("rollout", "check"),
+    ("files", "export"),
+    ("calvin", "eval"),
+    ("demo",),
+    ("make-tiny-backbone",),
+    ("align", "push"),
+    ("tokenizer", "fit"),
+    ("tokenizer", "report"),
+)
 
 
 def _help(*words: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -22,7 +31,9 @@ def _help(*words: str) -> tuple[subprocess.CompletedProcess, float]:
 
 def test_top_level_help_is_fast_and_imports_no_heavy_package():
     probe = "import sys; from lerobot_roboalign.cli import main; main(['--help']); print(sorted({'torch', 'lerobot', 'transformers'} & set(sys.modules)))"
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines()[-1] == "[]"
     _, seconds = _help()

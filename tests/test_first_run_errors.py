@@ -54,7 +54,9 @@ def test_lerobot_train_offline_with_the_dataset_in_the_cache_or_a_root_is_not_re
 def test_tokenizer_fit_on_an_offline_hub_dataset_id_points_at_dataset_roots(offline_empty_cache):
     from lerobot_roboalign.fast import dataset_action_chunks
 
-    with pytest.raises(FileNotFoundError, match=r"'me/absent' is not on this machine .* --dataset\.roots='\[DIR\]'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"'me/absent' is not on this machine .* --dataset\.roots='\[DIR\]'"
+    ):
         dataset_action_chunks("me/absent", None, chunk_size=16)
 
 
@@ -71,5 +73,7 @@ def test_calibration_check_names_the_type_of_another_policys_checkpoint(tmp_path
 def test_alignment_data_on_an_offline_hub_dataset_id_points_at_dataset_roots(offline_empty_cache):
     from lerobot_roboalign.align.data import AlignDataConfig, open_dataset
 
-    with pytest.raises(FileNotFoundError, match=r"'me/absent' is not on this machine .* --dataset\.roots='\[DIR\]'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"'me/absent' is not on this machine .* --dataset\.roots='\[DIR\]'"
+    ):
         open_dataset("me/absent", None, AlignDataConfig(repo_ids=["me/absent"]), None)

@@ -26,7 +26,9 @@ print("roboalign" in PreTrainedConfig.get_known_choices(), {"so101_lang", "calvi
 
 
 def _run(*command: str | Path, cwd: Path) -> str:
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd, timeout=600, check=False)
+    result = subprocess.run(
+        [str(c) for c in command], capture_output=True, text=True, cwd=cwd, timeout=600, check=False
+    )
     assert result.returncode == 0, f"{command}: {result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -38,7 +40,18 @@ def wheel_venv(tmp_path_factory) -> Path:
     source = tmp / "src"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         ".venv", ".git", "outputs", "build", "logs", "*.egg-info", "__pycache__", ".pytest_cache", "_shipped"))  # fmt: skip
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", source, cwd=tmp)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        tmp / "dist",
+        source,
+        cwd=tmp,
+    )
     wheel = next((tmp / "dist").glob("lerobot_policy_roboalign-*.whl"))
     venv.create(tmp / "venv", with_pip=True)
     site = next((tmp / "venv" / "lib").glob("python3*/site-packages"))
@@ -60,5 +73,7 @@ def test_the_installed_wheel_exports_its_files_and_checks_a_shipped_calibration(
             assert (tmp_path / "out" / "robots" / name / f"{config}.yaml").is_file()
     shipped = tmp_path / "out" / "calibration" / "so101_follower.json"
     assert shipped.read_bytes() == (ROOT / "calibration" / "so101_follower.json").read_bytes()
-    out = _run(wheel_venv / "roboalign", "calibration", "check", shipped, "--robot.type=so101_follower", cwd=tmp_path)
+    out = _run(
+        wheel_venv / "roboalign", "calibration", "check", shipped, "--robot.type=so101_follower", cwd=tmp_path
+    )
     assert "OK:" in out and "valid so101_follower calibration (6 motors)" in out

@@ -38,7 +38,9 @@ def test_a_map_to_names_the_checkpoint_lacks_names_the_simulator_and_its_own_key
     rename_map = CalvinEvalConfig(rename_map_file=str(SHIPPED_MAP)).resolved_rename_map()
     checkpoint = calvin_checkpoint_config(("observation.images.top", "observation.images.wrist"))
     with pytest.raises(ValueError) as error:
-        check_dataset_features(checkpoint, env_to_policy_features(CalvinEnv()), rename_map, source="simulator")
+        check_dataset_features(
+            checkpoint, env_to_policy_features(CalvinEnv()), rename_map, source="simulator"
+        )
     message = str(error.value)
     assert "the simulator provides" in message and "dataset" not in message
     # The fix puts the simulator's key on the left (not the map's current target) and the checkpoint's on the right.

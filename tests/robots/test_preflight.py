@@ -53,7 +53,10 @@ def _run(virtual_hw, argv: list[str], arm_type: str = "so101_follower", calibrat
 def test_robot_type_missing_is_named_with_the_fix(tmp_path):
     config = tmp_path / "rollout.yaml"
     config.write_text(yaml.safe_dump({"robot": {"port": "/dev/ttyACM0"}, "fps": 30}))
-    for argv in ([f"--config_path={config}", "--policy.path=x"], ["--robot.port=/dev/ttyACM0", "--policy.path=x"]):
+    for argv in (
+        [f"--config_path={config}", "--policy.path=x"],
+        ["--robot.port=/dev/ttyACM0", "--policy.path=x"],
+    ):
         check = check_robot_type(argv)
         assert not check.ok and "--robot.type=so101_follower" in check.line() and "Fix:" in check.line()
     assert check_robot_type([f"--config_path={ROOT / 'robots/koch/rollout.yaml'}"]).ok
@@ -71,12 +74,21 @@ def test_help_prints_its_own_usage(capsys):
 def test_every_check_passes_on_the_virtual_arm(arm, roboalign_checkpoint, tmp_path, virtual_hw, capsys):
     argv, _ = _setup(arm, roboalign_checkpoint, tmp_path)
     lines = _run(virtual_hw, argv, f"{arm}_follower")
-    assert list(lines) == ["robot type", "calibration", "motors", "cameras and state", "safety limits", "policy"], lines
+    assert list(lines) == [
+        "robot type",
+        "calibration",
+        "motors",
+        "cameras and state",
+        "safety limits",
+        "policy",
+    ], lines
     assert all(line.startswith("[ ok ]") for line in lines.values()), "\n".join(lines.values())
 
 
 @pytest.mark.slow
-def test_missing_calibration_for_a_new_id_gives_the_install_command(roboalign_checkpoint, tmp_path, virtual_hw):
+def test_missing_calibration_for_a_new_id_gives_the_install_command(
+    roboalign_checkpoint, tmp_path, virtual_hw
+):
     argv, _ = _setup("so101", roboalign_checkpoint, tmp_path)
     line = _run(virtual_hw, [*argv, "--robot.id=new_arm"])["calibration"]
     assert line.startswith("[FAIL]") and "EOFError" in line
@@ -88,7 +100,9 @@ def test_missing_calibration_for_a_new_id_gives_the_install_command(roboalign_ch
 def test_a_koch_file_installed_for_an_so101_is_refused(roboalign_checkpoint, tmp_path, virtual_hw):
     argv, config = _setup("so101", roboalign_checkpoint, tmp_path)
     robot = yaml.safe_load(config.read_text())["robot"]
-    shutil.copyfile(ROOT / "calibration" / "koch_follower.json", Path(robot["calibration_dir"]) / f"{robot['id']}.json")
+    shutil.copyfile(
+        ROOT / "calibration" / "koch_follower.json", Path(robot["calibration_dir"]) / f"{robot['id']}.json"
+    )
     lines = _run(virtual_hw, argv)
     assert lines["calibration"].startswith("[FAIL]") and "Is it a Koch calibration?" in lines["calibration"]
     assert "lerobot-calibrate --robot.type=so101_follower" in lines["calibration"]
@@ -120,26 +134,40 @@ def test_unsafe_limits_are_refused_with_the_bind_command(roboalign_checkpoint, t
     wide = "[" + ",".join(["500.0"] * 6) + "]"
     lines = _run(virtual_hw, [*argv, f"--policy.safety_joint_max={wide}", "--robot.max_relative_target=null"])
     line = lines["safety limits"]
-    assert line.startswith("[FAIL]") and "past this arm's calibrated range" in line and "max_relative_target" in line
+    assert (
+        line.startswith("[FAIL]")
+        and "past this arm's calibrated range" in line
+        and "max_relative_target" in line
+    )
     assert "--robot.type=so101_follower --checkpoint=" in line
     assert _run(virtual_hw, [*argv, "--policy.safety_enabled=false"])["safety limits"].startswith("[FAIL]")
 
 
 @pytest.mark.slow
-def test_an_inference_slower_than_the_measurement_age_limit_is_refused(roboalign_checkpoint, tmp_path, virtual_hw):
+def test_an_inference_slower_than_the_measurement_age_limit_is_refused(
+    roboalign_checkpoint, tmp_path, virtual_hw
+):
     argv, _ = _setup("so101", roboalign_checkpoint, tmp_path)
     limit = _measurement_age_limit(tmp_path / "pretrained_model")
     line = _run(virtual_hw, argv, seconds=limit + 1)["policy"]
-    assert line.startswith("[FAIL]") and f"{limit + 1:.2f} s" in line and f"measurement age limit of {limit:g} s" in line
+    assert (
+        line.startswith("[FAIL]")
+        and f"{limit + 1:.2f} s" in line
+        and f"measurement age limit of {limit:g} s" in line
+    )
     assert "--device=cuda" in line and "rollout_rtc.yaml" in line
 
 
 @pytest.mark.slow
 def test_under_rtc_the_delay_must_fit_the_execution_horizon_and_half_the_chunk(roboalign_checkpoint, tmp_path,
                                                                                virtual_hw):  # fmt: skip
-    argv, config = _setup("so101", roboalign_checkpoint, tmp_path)
+    argv, _ = _setup("so101", roboalign_checkpoint, tmp_path)
     rtc = virtualize(ROOT / "robots" / "so101" / "rollout_rtc.yaml", tmp_path, _cameras(roboalign_checkpoint))
     argv = [f"--config_path={rtc}", *argv[1:]]
     assert _run(virtual_hw, argv, seconds=0.1)["policy"].startswith("[ ok ]")  # 3 steps at 30 fps: fits
     line = _run(virtual_hw, argv, seconds=0.5)["policy"]  # 15 steps: over the horizon (10) and half the chunk
-    assert line.startswith("[FAIL]") and "15 control steps" in line and "--inference.rtc.execution_horizon=16" in line
+    assert (
+        line.startswith("[FAIL]")
+        and "15 control steps" in line
+        and "--inference.rtc.execution_horizon=16" in line
+    )
