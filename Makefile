@@ -60,6 +60,7 @@ test-fast: setup
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/readme_figures.py   # the README's figures from the new results
 
 # Re-pin after changing dependencies (run in a working .venv).
 constraints:
