@@ -63,7 +63,11 @@ def check_robot_type(argv: list[str]) -> Check:
     """Before LeRobot parses: without a robot type its parser stops with a draccus decode error."""
     given = next((a.split("=", 1)[1] for a in argv if a.startswith("--robot.type=")), None)
     config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config_path=")), None)
-    if given is None and config_path is not None and Path(config_path).is_file():
+    if given is None and config_path is not None and not Path(config_path).is_file():
+        return Check("robot type", False, f"--config_path={config_path} does not exist.",
+                     "pass an existing file, e.g. --config_path=robots/so101/rollout.yaml from the clone, or write "
+                     "them out with `roboalign files export .`.")  # fmt: skip
+    if given is None and config_path is not None:
         given = ((yaml.safe_load(Path(config_path).read_text()) or {}).get("robot") or {}).get("type")
     if not given:
         return Check("robot type", False, "no --robot.type and none in --config_path: lerobot-rollout cannot build "
@@ -243,12 +247,12 @@ def _limits_problems(
     return []
 
 
-def check_safety(cfg, spec: DeviceSpec, calibration: dict | None) -> Check:
+def check_safety(cfg, spec: DeviceSpec, calibration: dict | None, calibration_path: Path) -> Check:
     """The safety step is on, its limits are bound inside this arm's calibrated ranges and its rate limit is sane."""
     checkpoint = Path(cfg.policy.pretrained_path)
     step = _safety_step(checkpoint)
-    bind = (f"roboalign calibration check {cfg.robot.calibration_dir or '~/.cache/huggingface/lerobot/calibration/robots/...'}"
-            f"/{cfg.robot.id}.json --robot.type={spec.type} --checkpoint={checkpoint} --max_delta=4")  # fmt: skip
+    bind = (f"roboalign calibration check {calibration_path} --robot.type={spec.type} --checkpoint={checkpoint} "
+            "--max_delta=4")  # fmt: skip
     if step is None:
         return Check(
             "safety limits", False, f"{checkpoint / POSTPROCESSOR_FILE} has no RoboAlign safety step.", bind
@@ -372,7 +376,7 @@ def run_checks(argv: list[str], clock: Callable[[], float] = time.perf_counter) 
     if calibration is not None:
         checks.append(check_motors(robot, spec))
     checks.append(check_features(robot, spec, cfg.policy, cfg.rename_map))
-    checks.append(check_safety(cfg, spec, calibration))
+    checks.append(check_safety(cfg, spec, calibration, Path(robot.calibration_fpath)))
     checks.append(check_inference(cfg, robot, clock))
     return checks
 

@@ -60,6 +60,10 @@ def test_robot_type_missing_is_named_with_the_fix(tmp_path):
         check = check_robot_type(argv)
         assert not check.ok and "--robot.type=so101_follower" in check.line() and "Fix:" in check.line()
     assert check_robot_type([f"--config_path={ROOT / 'robots/koch/rollout.yaml'}"]).ok
+    missing = check_robot_type([f"--config_path={tmp_path / 'nowhere.yaml'}"]).line()
+    assert (
+        missing.startswith("[FAIL]") and "does not exist" in missing and "roboalign files export" in missing
+    )
     with pytest.raises(SystemExit, match=r"1 check\(s\) failed \(robot type\)"):
         main_check(["--robot.port=/dev/ttyACM0", "--policy.path=x"])
 
@@ -139,7 +143,10 @@ def test_unsafe_limits_are_refused_with_the_bind_command(roboalign_checkpoint, t
         and "past this arm's calibrated range" in line
         and "max_relative_target" in line
     )
-    assert "--robot.type=so101_follower --checkpoint=" in line
+    assert (
+        f"{tmp_path}/calibration/robot/my_so101_follower.json --robot.type=so101_follower --checkpoint="
+        in line
+    )
     assert _run(virtual_hw, [*argv, "--policy.safety_enabled=false"])["safety limits"].startswith("[FAIL]")
 
 
