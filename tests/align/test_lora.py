@@ -313,3 +313,23 @@ def test_qlora_sft_runs_and_merges_into_a_float32_backbone(tiny_qwen25_backbone,
         assert {weights.get_slice(k).get_dtype() for k in weights.keys()} == {"F32"}
     model, _, vocabulary, _ = load_aligned(ModelConfig(path=str(final)))
     assert model.get_input_embeddings().num_embeddings > max(vocabulary.action_ids)
+
+
+@pytest.mark.slow
+def test_a_lora_run_resumes_from_its_adapter_checkpoint_as_if_never_stopped(confident_backbone, align_data_config,
+                                                                             tmp_path):
+    from safetensors.torch import load_file
+
+    from lerobot_roboalign.align import sft
+
+    argv = [f"--model.path={confident_backbone}", *data_args(align_data_config), "--fast_vocab_size=32", *LORA_ARGS]
+    sft.main([*argv, *training_args(tmp_path / "straight", 5e-3, 4, 2, save_steps=2)])
+    sft.main([*argv, *training_args(tmp_path / "stopped", 5e-3, 2, 2, save_steps=2)])
+    checkpoint = tmp_path / "stopped" / "checkpoint-2"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "config.json").exists()
+    sft.main([*argv, *training_args(tmp_path / "stopped", 5e-3, 4, 2, save_steps=2)])  # resumes from checkpoint-2
+    assert json.loads((tmp_path / "stopped" / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    straight = load_file(tmp_path / "straight" / "checkpoint-4" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "stopped" / "checkpoint-4" / "adapter_model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-6
