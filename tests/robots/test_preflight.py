@@ -163,6 +163,8 @@ def test_an_inference_slower_than_the_measurement_age_limit_is_refused(
         and f"measurement age limit of {limit:g} s" in line
     )
     assert "--device=cuda" in line and "rollout_rtc.yaml" in line
+    given = _run(virtual_hw, [*argv, "--policy.safety_max_measurement_age_s=0.5"], seconds=1.0)["policy"]
+    assert given.startswith("[FAIL]") and "measurement age limit of 0.5 s" in given  # the rollout flag wins
 
 
 @pytest.mark.slow
