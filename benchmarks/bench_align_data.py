@@ -14,7 +14,12 @@ a rank does for its own 1/ranks share, inside training. The datasets are LeRobot
 package's synthetic writer (two 32x32 cameras) and LLaVA-style JSON over 32x32 PNGs: small frames keep the run
 to minutes on 2 cores, so decode times are lower bounds for real camera frames.
 
-    python benchmarks/bench_align_data.py [--action_sizes 1000 10000 50000] [--vqa_sizes 1000 10000]
+Peak RSS per row is the growth of the peak RSS from 10K to 100K rows over the 90K rows added (issue 30: memory
+must stay flat per rank at the paper's 400K + 1.88M rows); the VQA file is LLaVA's JSON list, streamed. Data
+loader throughput (samples/s over one pass) is measured with 0 and 2 worker processes on the camera-size frames,
+where decoding is the work the workers take off the training process (``--training.dataloader_num_workers``).
+
+    python benchmarks/bench_align_data.py [--action_sizes 1000 10000 100000] [--vqa_sizes 1000 10000 100000]
 """
 
 import argparse
@@ -171,8 +176,9 @@ def build_rows(kind: str, path: str, size: int, work: Path, eager: bool):
     return build_dataset(AlignSFTConfig(dataset=cfg), load_samples(cfg, fast), vocabulary)
 
 
-def measure(kind: str, path: str, size: int, work: Path, eager: bool) -> dict:
-    """Prepare the rows, then read them all through a DataLoader as the trainer does (8 rows a batch)."""
+def measure(kind: str, path: str, size: int, work: Path, eager: bool, workers: int = 0) -> dict:
+    """Prepare the rows, then read them all through a DataLoader as the trainer does (8 rows a batch, ``workers``
+    processes decoding)."""
     import torch.utils.data
 
     import lerobot_roboalign.align.sft  # noqa: F401  (the imports of both paths, before the baseline)
@@ -182,23 +188,23 @@ def measure(kind: str, path: str, size: int, work: Path, eager: bool) -> dict:
     start = time.perf_counter()
     dataset = build_rows(kind, path, size, work, eager)
     prepared = time.perf_counter()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=list)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=list, num_workers=workers)
     pixels = 0
     for batch in loader:
         pixels += sum(np.asarray(image).size for row in batch for image in row["images"])
     done = time.perf_counter()
     assert len(dataset) == size and pixels > 0
     work_peak = monitor.stop()
-    return {"kind": kind, "path": "eager" if eager else "lazy", "samples": size,
+    return {"kind": kind, "path": "eager" if eager else "lazy", "samples": size, "workers": workers,
             "prepare_s": prepared - start, "decode_pass_s": done - prepared, "peak_rss_mib": peak_rss_mib(),
             "rss_after_imports_mib": monitor.start_mib, "data_peak_mib": work_peak - monitor.start_mib}
 
 
-def run_child(kind: str, path: Path, size: int, work: Path, eager: bool, setting: str) -> dict:
-    command = [sys.executable, __file__, "--child", kind, str(path), str(size), str(work), str(int(eager))]
+def run_child(kind: str, path: Path, size: int, work: Path, eager: bool, setting: str, workers: int = 0) -> dict:
+    command = [sys.executable, __file__, "--child", kind, str(path), str(size), str(work), str(int(eager)), str(workers)]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     row = {**json.loads(result.stdout.strip().splitlines()[-1]), "setting": setting}
-    print(f"{setting:>6} {row['path']:>5} {kind:>6} {size:>6}: peak RSS {row['peak_rss_mib']:6.0f} MiB (data "
+    print(f"{setting:>6} {row['path']:>5} {kind:>6} {size:>6} w{workers}: peak RSS {row['peak_rss_mib']:6.0f} MiB (data "
           f"{row['data_peak_mib']:6.1f} MiB), prepare {row['prepare_s']:6.1f} s, loader pass {row['decode_pass_s']:6.1f} s",
           flush=True)
     return row
@@ -209,9 +215,28 @@ def rate(row: dict, key: str) -> float:
     return row["samples"] / max(row[key], 1e-9)
 
 
-def pick(rows: list[dict], setting: str, kind: str, path: str) -> list[dict]:
-    return sorted((r for r in rows if (r["setting"], r["kind"], r["path"]) == (setting, kind, path)),
-                  key=lambda r: r["samples"])
+def pick(rows: list[dict], setting: str, kind: str, path: str, workers: int = 0) -> list[dict]:
+    return sorted((r for r in rows if (r["setting"], r["kind"], r["path"], r.get("workers", 0))
+                   == (setting, kind, path, workers)), key=lambda r: r["samples"])
+
+
+def bytes_per_row(rows: list[dict], small: int = 10_000, large: int = 100_000) -> float | None:
+    """Peak RSS growth from ``small`` to ``large`` rows, in bytes per added row."""
+    sizes = {r["samples"]: r["peak_rss_mib"] for r in rows}
+    if small not in sizes or large not in sizes:
+        return None
+    return (sizes[large] - sizes[small]) * 2**20 / (large - small)
+
+
+def workers_speedup(rows: list[dict], setting: str, kind: str) -> dict | None:
+    """Loader-pass samples/s with 0 and 2 workers at the same size."""
+    none, two = pick(rows, setting, kind, "lazy", 0), pick(rows, setting, kind, "lazy", 2)
+    if not two:
+        return None
+    base = next(r for r in none if r["samples"] == two[0]["samples"])
+    return {"samples": base["samples"], "samples_per_s_0_workers": rate(base, "decode_pass_s"),
+            "samples_per_s_2_workers": rate(two[0], "decode_pass_s"),
+            "speedup": rate(two[0], "decode_pass_s") / rate(base, "decode_pass_s")}
 
 
 def paper_hours(rows: list[dict], setting: str) -> dict:
@@ -244,7 +269,9 @@ def summarise(rows: list[dict]) -> dict:
                      "peak_rss_growth_smallest_to_largest": lazy[-1]["peak_rss_mib"] / lazy[0]["peak_rss_mib"] - 1,
                      "data_peak_mib": [round(r["data_peak_mib"], 1) for r in lazy],
                      "samples_per_s_prepare": [round(rate(r, "prepare_s")) for r in lazy],
-                     "samples_per_s_loader_pass": [round(rate(r, "decode_pass_s")) for r in lazy]}
+                     "samples_per_s_loader_pass": [round(rate(r, "decode_pass_s")) for r in lazy],
+                     "peak_rss_bytes_per_row_10k_to_100k": bytes_per_row(lazy),
+                     "loader_workers_0_vs_2": workers_speedup(rows, setting, kind)}
             for old in pick(rows, setting, kind, "eager"):
                 new = next(r for r in lazy if r["samples"] == old["samples"])
                 entry[f"eager_over_lazy_at_{old['samples']}"] = {
@@ -264,7 +291,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (process, memory, speed) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, (process, memory, speed, loader) = plt.subplots(1, 4, figsize=(21, 4.5))
     colours = {("tiny", "action"): "tab:blue", ("tiny", "vqa"): "tab:orange",
                ("camera", "action"): "tab:green", ("camera", "vqa"): "tab:red"}
     for (setting, kind), colour in colours.items():
@@ -285,6 +312,15 @@ def plot(rows: list[dict], path: Path) -> None:
                title="Memory of the data (polled peak above the imports)")
     speed.set(xscale="log", yscale="log", xlabel="samples", ylabel="samples / s",
               title="Preparation every rank repeats (1 process)")
+    labels, values = [], []
+    for kind in ("action", "vqa"):
+        for workers in (0, 2):
+            points = pick(rows, "camera", kind, "lazy", workers)
+            if points:
+                labels.append(f"{kind}\n{workers} workers")
+                values.append(rate(points[0], "decode_pass_s"))
+    loader.bar(labels, values, color=["tab:green", "tab:olive", "tab:red", "tab:pink"][: len(values)])
+    loader.set(ylabel="samples / s", title="Data loader pass, camera-size frames")
     for axis in (process, memory, speed):
         axis.legend(fontsize=7)
     fig.suptitle("Alignment data: lazy (lines) against the eager peer (x, 1K samples only)")
@@ -294,9 +330,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--action_sizes", type=int, nargs="+", default=[1000, 10000, 50000])
-    parser.add_argument("--vqa_sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--peer_size", type=int, default=1000, help="the size the eager peer runs at (both settings)")
+    parser.add_argument("--action_sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--vqa_sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--peer_size", type=int, default=1000, help="the size the eager peer runs at (tiny frames)")
+    parser.add_argument("--camera_peer", action="store_true", help="also run the eager peer on camera-size frames")
+    parser.add_argument("--workers_size", type=int, default=1000, help="camera-size rows read with 0 and 2 workers")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_align_data"))
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_align_data")
     parser.add_argument("--plot_only", action="store_true", help="redraw the PNG from the JSON of a previous run")
@@ -305,15 +343,17 @@ def main() -> None:
         plot(json.loads(args.output.with_suffix(".json").read_text())["rows"], args.output.with_suffix(".png"))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    plan = [("tiny", kind, size, eager) for kind, sizes in (("action", args.action_sizes), ("vqa", args.vqa_sizes))
+    plan = [("tiny", kind, size, eager, 0) for kind, sizes in (("action", args.action_sizes), ("vqa", args.vqa_sizes))
             for size in sizes for eager in (False, True) if not eager or size == args.peer_size]
-    plan += [("camera", kind, args.peer_size, eager) for kind in ("action", "vqa") for eager in (False, True)]
+    plan += [("camera", kind, args.workers_size, False, workers) for kind in ("action", "vqa") for workers in (0, 2)]
+    if args.camera_peer:
+        plan += [("camera", kind, args.workers_size, True, 0) for kind in ("action", "vqa")]
     # The data are written by a child too: Linux keeps ru_maxrss across fork + exec, so this process stays small.
     subprocess.run([sys.executable, __file__, "--write", str(args.work), json.dumps(plan)], check=True)
     rows = []
-    for setting, kind, size, eager in plan:
+    for setting, kind, size, eager, workers in plan:
         path = data_path(args.work, kind, size, setting)
-        rows.append(run_child(kind, path, size, args.work, eager, setting))
+        rows.append(run_child(kind, path, size, args.work, eager, setting, workers))
     result = {"rows": rows, "summary": summarise(rows),
               "paper_hours": {setting: paper_hours(rows, setting) for setting in SETTINGS},
               "paper": PAPER, "settings": SETTINGS, "cameras": 2, "eager_commit": EAGER_COMMIT}
@@ -329,14 +369,14 @@ def data_path(work: Path, kind: str, size: int, setting: str) -> Path:
 
 def write_data(work: Path, plan: list) -> None:
     fast_tokenizer(work)
-    for setting, kind, size, _ in plan:
+    for setting, kind, size, *_ in plan:
         action_dataset(work, size, setting) if kind == "action" else vqa_file(work, size, setting)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        kind, path, size, work, eager = sys.argv[2:7]
-        print(json.dumps(measure(kind, path, int(size), Path(work), bool(int(eager)))))
+        kind, path, size, work, eager, workers = sys.argv[2:8]
+        print(json.dumps(measure(kind, path, int(size), Path(work), bool(int(eager)), int(workers))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--write":
         write_data(Path(sys.argv[2]), json.loads(sys.argv[3]))
     else:
