@@ -333,3 +333,29 @@ def test_a_lora_run_resumes_from_its_adapter_checkpoint_as_if_never_stopped(conf
     resumed = load_file(tmp_path / "stopped" / "checkpoint-4" / "adapter_model.safetensors")
     assert straight.keys() == resumed.keys()
     assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-6
+
+
+def test_a_tied_lm_head_shares_the_trained_action_rows(tiny_qwen25_backbone, extended_backbone):
+    """Qwen2.5-VL-3B ties its LM head to the embeddings: one set of action rows, seen by both, merged into both."""
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    _, _, _, fast, _ = extended_backbone
+    config = AutoConfig.from_pretrained(tiny_qwen25_backbone)
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.tie_weights()
+    vocabulary = ActionVocabulary.extend(model, AutoProcessor.from_pretrained(tiny_qwen25_backbone).tokenizer, fast)
+    assert lora.tied_embeddings(model)
+    config = lora.peft_config(lora.LoRASection(enabled=True), model, vocabulary)
+    assert list(config.trainable_token_indices) == ["embed_tokens"]
+    wrapped = get_peft_model(model, config)
+    (delta,) = [p for n, p in wrapped.named_parameters() if "trainable_tokens_delta" in n]
+    with torch.no_grad():
+        delta.add_(1.0)  # as if trained
+    new = torch.as_tensor(lora.action_token_ids(vocabulary))
+    assert torch.equal(wrapped.get_output_embeddings().weight[new], delta)  # what TRL's fused loss reads
+    merged = wrapped.merge_and_unload()
+    assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
+    assert torch.equal(merged.get_input_embeddings().weight[new], delta)
