@@ -86,8 +86,8 @@ def _rollout_rtc(arm: str, checkpoint: Path, tmp_path: Path, follower, virtual_h
     config = virtualize(ROOT / "robots" / arm / name, tmp_path, _cameras(checkpoint))
     # 5 fps: a chunk (16 steps) lasts 3.2 s, longer than one inference of the tiny model even on a busy
     # 2-core machine (up to 2 s measured under load 6); RTC needs inference faster than a chunk, or the
-    # queue runs dry and the arm (safely) waits. The spy ends the rollout early; 240 s is a cap.
-    argv = [f"--config_path={config}", f"--policy.path={checkpoint}", "--device=cpu", "--duration=240", "--fps=5",
+    # queue runs dry and the arm (safely) waits. The spy ends the rollout early; 600 s is a cap.
+    argv = [f"--config_path={config}", f"--policy.path={checkpoint}", "--device=cpu", "--duration=600", "--fps=5",
             "--return_to_initial_position=false", *extra]  # fmt: skip
     _run_rollout(argv, follower, virtual_hw)
 

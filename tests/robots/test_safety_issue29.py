@@ -117,7 +117,8 @@ def test_finding1_a_10s_first_inference_holds_the_arm_instead_of_stopping_sync(c
     with caplog.at_level(logging.WARNING, logger="lerobot_roboalign.safety"):
         first = post(chunk[:, 0])  # was RuntimeError "no safe target ... normalisation stats"
     assert first.item() == 20.0  # the arm holds where it was measured
-    assert "inference took 10.0 s" in caplog.text and f"over the {DEFAULT_MAX_MEASUREMENT_AGE_S:g} s limit" in caplog.text
+    limit = f"over the {DEFAULT_MAX_MEASUREMENT_AGE_S:g} s limit"
+    assert "inference took 10.0 s" in caplog.text and limit in caplog.text
     assert post(chunk[:, 1]).item() == 20.0  # the rest of that chunk holds too
     clock.now += PERIOD
     fresh = policy.predict_action_chunk(pre({OBS_STATE: torch.tensor([[20.0]])}))
@@ -217,7 +218,8 @@ def test_finding6_the_processor_factory_anchors_only_a_state_of_the_actions_size
     from lerobot_roboalign.processor_roboalign import make_roboalign_pre_post_processors
 
     def anchored(state: int) -> bool:
-        config = RoboAlignConfig(input_features={"observation.images.front": PolicyFeature(FeatureType.VISUAL, (3, 8, 8)),
+        camera = PolicyFeature(FeatureType.VISUAL, (3, 8, 8))
+        config = RoboAlignConfig(input_features={"observation.images.front": camera,
                                                  OBS_STATE: PolicyFeature(FeatureType.STATE, (state,))},
                                  output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))})  # fmt: skip
         _, post = make_roboalign_pre_post_processors(config)
