@@ -15,7 +15,9 @@ package's synthetic writer (two 32x32 cameras) and LLaVA-style JSON over 32x32 P
 to minutes on 2 cores, so decode times are lower bounds for real camera frames.
 
 Peak RSS per row is the growth of the peak RSS from 10K to 100K rows over the 90K rows added (issue 30: memory
-must stay flat per rank at the paper's 400K + 1.88M rows); the VQA file is LLaVA's JSON list, streamed. Data
+must stay flat per rank at the paper's 400K + 1.88M rows), in all and for anonymous memory alone (``RssAnon``:
+RSS without the pages of the datasets' files that the loader pass maps in, which every rank shares and the kernel
+can drop); the VQA file is LLaVA's JSON list, streamed. Data
 loader throughput (samples/s over one pass) is measured with 0 and 2 worker processes on the camera-size frames,
 where decoding is the work the workers take off the training process (``--training.dataloader_num_workers``).
 
@@ -49,6 +51,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def anon_rss_mib() -> float:
+    """Resident anonymous memory (heap, Arrow buffers): RSS without the file pages mapped from the datasets' files,
+    which the kernel can drop and every rank shares."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 class RSSMonitor(threading.Thread):
     """Polls this process's resident memory: the peak of the data work alone, above the imports' high-water mark."""
 
@@ -56,10 +67,12 @@ class RSSMonitor(threading.Thread):
         super().__init__(daemon=True)
         self.process, self.interval, self.stopped = psutil.Process(), interval, threading.Event()
         self.start_mib = self.peak_mib = self.process.memory_info().rss / 2**20
+        self.anon_start_mib = self.anon_peak_mib = anon_rss_mib()
 
     def run(self) -> None:
         while not self.stopped.is_set():
             self.peak_mib = max(self.peak_mib, self.process.memory_info().rss / 2**20)
+            self.anon_peak_mib = max(self.anon_peak_mib, anon_rss_mib())
             time.sleep(self.interval)
 
     def stop(self) -> float:
@@ -197,14 +210,16 @@ def measure(kind: str, path: str, size: int, work: Path, eager: bool, workers: i
     work_peak = monitor.stop()
     return {"kind": kind, "path": "eager" if eager else "lazy", "samples": size, "workers": workers,
             "prepare_s": prepared - start, "decode_pass_s": done - prepared, "peak_rss_mib": peak_rss_mib(),
-            "rss_after_imports_mib": monitor.start_mib, "data_peak_mib": work_peak - monitor.start_mib}
+            "rss_after_imports_mib": monitor.start_mib, "data_peak_mib": work_peak - monitor.start_mib,
+            "anon_peak_mib": monitor.anon_peak_mib, "data_anon_peak_mib": monitor.anon_peak_mib - monitor.anon_start_mib}
 
 
 def run_child(kind: str, path: Path, size: int, work: Path, eager: bool, setting: str, workers: int = 0) -> dict:
     command = [sys.executable, __file__, "--child", kind, str(path), str(size), str(work), str(int(eager)), str(workers)]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     row = {**json.loads(result.stdout.strip().splitlines()[-1]), "setting": setting}
-    print(f"{setting:>6} {row['path']:>5} {kind:>6} {size:>6} w{workers}: peak RSS {row['peak_rss_mib']:6.0f} MiB (data "
+    print(f"{setting:>6} {row['path']:>5} {kind:>6} {size:>6} w{workers}: peak RSS {row['peak_rss_mib']:6.0f} MiB, "
+          f"anonymous {row['anon_peak_mib']:6.0f} MiB (data "
           f"{row['data_peak_mib']:6.1f} MiB), prepare {row['prepare_s']:6.1f} s, loader pass {row['decode_pass_s']:6.1f} s",
           flush=True)
     return row
@@ -220,9 +235,9 @@ def pick(rows: list[dict], setting: str, kind: str, path: str, workers: int = 0)
                    == (setting, kind, path, workers)), key=lambda r: r["samples"])
 
 
-def bytes_per_row(rows: list[dict], small: int = 10_000, large: int = 100_000) -> float | None:
-    """Peak RSS growth from ``small`` to ``large`` rows, in bytes per added row."""
-    sizes = {r["samples"]: r["peak_rss_mib"] for r in rows}
+def bytes_per_row(rows: list[dict], key: str = "peak_rss_mib", small: int = 10_000, large: int = 100_000) -> float | None:
+    """Growth of ``key`` (a peak in MiB) from ``small`` to ``large`` rows, in bytes per added row."""
+    sizes = {r["samples"]: r.get(key) for r in rows}
     if small not in sizes or large not in sizes:
         return None
     return (sizes[large] - sizes[small]) * 2**20 / (large - small)
@@ -271,6 +286,7 @@ def summarise(rows: list[dict]) -> dict:
                      "samples_per_s_prepare": [round(rate(r, "prepare_s")) for r in lazy],
                      "samples_per_s_loader_pass": [round(rate(r, "decode_pass_s")) for r in lazy],
                      "peak_rss_bytes_per_row_10k_to_100k": bytes_per_row(lazy),
+                     "peak_anon_rss_bytes_per_row_10k_to_100k": bytes_per_row(lazy, "anon_peak_mib"),
                      "loader_workers_0_vs_2": workers_speedup(rows, setting, kind)}
             for old in pick(rows, setting, kind, "eager"):
                 new = next(r for r in lazy if r["samples"] == old["samples"])
