@@ -51,18 +51,22 @@ def grpo_args(model: Path, cfg, output: Path, steps: int, save_steps: int = 1000
     ]
 
 
-@pytest.fixture(scope="module")
-def sft_model(tiny_qwen25_backbone, align_data_config, tmp_path_factory) -> Path:
-    """The tiny backbone after SFT on 4 frames with short scripted reasoning (through the CLI entry point)."""
+def scripted_sft(backbone: Path, cfg, work: Path, extra_args: list[str] = ()) -> Path:
+    """``backbone`` after SFT (40 steps) on 4 frames with short scripted reasoning, through the CLI entry point."""
     from lerobot_roboalign.align import sft
 
-    work = tmp_path_factory.mktemp("sft")
     reasoning = work / "reasoning.jsonl"
     task_word = ScriptedReasoning(lambda s: "move " + s["task"].split()[-1], name="scripted:task-word")
-    write_reasoning(load_samples(align_data_config), task_word, reasoning, batch_size=4)
-    argv = [f"--model.path={tiny_qwen25_backbone}", *data_args(align_data_config), f"--reasoning={reasoning}",
-            "--fast_vocab_size=32", *training_args(work / "run", 5e-3, 40, 4)]
+    write_reasoning(load_samples(cfg), task_word, reasoning, batch_size=4)
+    argv = [f"--model.path={backbone}", *data_args(cfg), f"--reasoning={reasoning}",
+            "--fast_vocab_size=32", *training_args(work / "run", 5e-3, 40, 4), *extra_args]
     return sft.main(argv)
+
+
+@pytest.fixture(scope="module")
+def sft_model(tiny_qwen25_backbone, align_data_config, tmp_path_factory) -> Path:
+    """The tiny backbone after SFT on 4 frames with short scripted reasoning."""
+    return scripted_sft(tiny_qwen25_backbone, align_data_config, tmp_path_factory.mktemp("sft"))
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,9 @@ from lerobot_roboalign.align import lora, plan
 from lerobot_roboalign.align.common import ModelConfig
 from lerobot_roboalign.align.data import load_samples
 from lerobot_roboalign.align.grpo import AlignGRPOConfig, load_aligned, score_model
-from lerobot_roboalign.align.reason import ScriptedReasoning, write_reasoning
 from lerobot_roboalign.align.sft import AlignSFTConfig
 
-from test_align_training import data_args, training_args
+from test_align_training import data_args, scripted_sft, training_args
 from test_plan import QWEN25_VL_7B
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,15 +199,7 @@ def confident_backbone(tiny_qwen25_backbone, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def lora_sft(confident_backbone, align_data_config, tmp_path_factory) -> Path:
     """LoRA SFT (rank 16) on 4 frames with short scripted reasoning, through the CLI entry point."""
-    from lerobot_roboalign.align import sft
-
-    work = tmp_path_factory.mktemp("lora_sft")
-    reasoning = work / "reasoning.jsonl"
-    task_word = ScriptedReasoning(lambda s: "move " + s["task"].split()[-1], name="scripted:task-word")
-    write_reasoning(load_samples(align_data_config), task_word, reasoning, batch_size=4)
-    argv = [f"--model.path={confident_backbone}", *data_args(align_data_config), f"--reasoning={reasoning}",
-            "--fast_vocab_size=32", *training_args(work / "run", 5e-3, 40, 4), *LORA_ARGS]
-    return sft.main(argv)
+    return scripted_sft(confident_backbone, align_data_config, tmp_path_factory.mktemp("lora_sft"), LORA_ARGS)
 
 
 @pytest.mark.slow
