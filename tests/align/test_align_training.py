@@ -123,12 +123,16 @@ def test_grpo_killed_and_resumed_reaches_the_same_step(sft_model, align_data_con
     assert model.get_input_embeddings().num_embeddings > max(vocabulary.action_ids)
 
 
-def test_aligned_checkpoint_trains_a_vla_through_lerobot_train(sft_model, align_dataset, tmp_path):
+def assert_a_vla_trains_on(backbone: Path, align_dataset, output: Path) -> None:
+    """Two ``lerobot-train`` steps on ``backbone`` write a checkpoint that names it as its backbone."""
     from lerobot_roboalign.runner import run_lerobot, train_args
 
     root, repo_id = align_dataset
-    output = tmp_path / "vla"
-    run_lerobot("lerobot-train", train_args(root, repo_id, sft_model, output, steps=2))
+    run_lerobot("lerobot-train", train_args(root, repo_id, backbone, output, steps=2))
     checkpoint = output / "checkpoints" / "000002" / "pretrained_model"
     assert (checkpoint / "model.safetensors").is_file()
-    assert json.loads((checkpoint / "config.json").read_text())["vlm_model_name"] == str(sft_model)
+    assert json.loads((checkpoint / "config.json").read_text())["vlm_model_name"] == str(backbone)
+
+
+def test_aligned_checkpoint_trains_a_vla_through_lerobot_train(sft_model, align_dataset, tmp_path):
+    assert_a_vla_trains_on(sft_model, align_dataset, tmp_path / "vla")

@@ -17,7 +17,7 @@ from lerobot_roboalign.align.data import load_samples
 from lerobot_roboalign.align.grpo import AlignGRPOConfig, load_aligned, score_model
 from lerobot_roboalign.align.sft import AlignSFTConfig
 
-from test_align_training import data_args, scripted_sft, training_args
+from test_align_training import assert_a_vla_trains_on, data_args, scripted_sft, training_args
 from test_plan import QWEN25_VL_7B
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,14 +280,7 @@ def test_lora_grpo_from_the_merged_sft_model_raises_the_mean_reward(lora_sft, al
 
 @pytest.mark.slow
 def test_a_vla_trains_on_the_merged_backbone_through_lerobot_train(lora_sft, align_dataset, tmp_path):
-    from lerobot_roboalign.runner import run_lerobot, train_args
-
-    root, repo_id = align_dataset
-    output = tmp_path / "vla"
-    run_lerobot("lerobot-train", train_args(root, repo_id, lora_sft, output, steps=2))
-    checkpoint = output / "checkpoints" / "000002" / "pretrained_model"
-    assert (checkpoint / "model.safetensors").is_file()
-    assert json.loads((checkpoint / "config.json").read_text())["vlm_model_name"] == str(lora_sft)
+    assert_a_vla_trains_on(lora_sft, align_dataset, tmp_path / "vla")
 
 
 @pytest.mark.slow
