@@ -30,8 +30,8 @@ from pathlib import Path
 
 import draccus
 
-from .cli import main as roboalign
-from .runner import TINY_VLM_LAYER, run_lerobot, train_args
+from ..cli import main as roboalign
+from ..runner import TINY_VLM_LAYER, run_lerobot, train_args
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def recorded_episodes(sizes: DemoSizes) -> dict[str, int]:
 
 
 def stage_record(cfg: DemoConfig) -> dict:
-    from .sim_demos import record_scripted_demos
+    from ..sim_demos import record_scripted_demos
 
     size = cfg.sizes.image_size
     return record_scripted_demos(
@@ -216,7 +216,7 @@ def stage_record(cfg: DemoConfig) -> dict:
 
 
 def stage_backbone(cfg: DemoConfig) -> dict:
-    from .tiny_backbone import make_tiny_backbone
+    from ..tiny_backbone import make_tiny_backbone
 
     return {"path": str(make_tiny_backbone(cfg.output_dir / "backbone", "qwen2_5_vl", seed=cfg.seed))}
 
@@ -306,12 +306,12 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str, reaso
     """Each aligned backbone and the blind baselines on frames of held-out episodes, same frames for all."""
     from transformers import AutoTokenizer
 
-    from .action_vocab import ActionVocabulary
-    from .align.data import AlignDataConfig, load_samples, longest_target_tokens
-    from .align.grpo import COMPLETION_MARGIN
-    from .align.reason import read_reasoning
-    from .align.score import blind_baselines, paired_bootstrap, score_backbone
-    from .fast import FastTokenizer
+    from ..action_vocab import ActionVocabulary
+    from ..align.data import AlignDataConfig, load_samples, longest_target_tokens
+    from ..align.grpo import COMPLETION_MARGIN
+    from ..align.reason import read_reasoning
+    from ..align.score import blind_baselines, paired_bootstrap, score_backbone
+    from ..fast import FastTokenizer
 
     fast = FastTokenizer.from_pretrained(fast_dir)  # the one both backbones were aligned with
     common = dict(
@@ -357,15 +357,15 @@ def paired_on_decoded(model_l1: list[float | None], baseline_l1: list[float], se
     decoded = [i for i, error in enumerate(model_l1) if error is not None]
     if not decoded:
         return None
-    from .align.score import paired_bootstrap
+    from ..align.score import paired_bootstrap
 
     return paired_bootstrap([model_l1[i] for i in decoded], [baseline_l1[i] for i in decoded], seed=seed)
 
 
 def stage_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
     """Linear probes of every backbone's image tokens for the action chunk, on the alignment's held-out episodes."""
-    from .align.data import AlignDataConfig
-    from .probe import probe_backbones
+    from ..align.data import AlignDataConfig
+    from ..probe import probe_backbones
 
     sizes = cfg.sizes
     data = AlignDataConfig(repo_ids=[REPO_ID], roots=[str(cfg.output_dir / "dataset")], chunk_size=sizes.chunk_size,
@@ -376,7 +376,7 @@ def stage_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
 
 def stage_cube_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
     """Linear probes of every backbone's image tokens for the cube's position, on fresh first frames."""
-    from .probe import probe_cube_position
+    from ..probe import probe_cube_position
 
     sizes = cfg.sizes
     train_sizes = tuple(sorted({min(sizes.reach_episodes, sizes.cube_probe_frames), sizes.cube_probe_frames}))
@@ -456,7 +456,7 @@ def stage_eval_vla(cfg: DemoConfig, name: str, checkpoint: str, camera_off: bool
 
 
 def stage_expert(cfg: DemoConfig) -> dict:
-    from .sim_demos import evaluate_scripted_expert
+    from ..sim_demos import evaluate_scripted_expert
 
     results = evaluate_scripted_expert(TASKS, cfg.sizes.eval_episodes_per_task, start_seed=cfg.eval_seed)
     return {
