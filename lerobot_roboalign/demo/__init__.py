@@ -16,7 +16,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -32,12 +31,12 @@ import draccus
 
 from ..cli import main as roboalign
 from ..runner import TINY_VLM_LAYER, run_lerobot, train_args
+from .statistics import paired_counts, paired_on_decoded, wilson_interval
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("reach_and_close", "pick_and_place")
 REPO_ID = "local/so101_scripted"
-Z_95 = 1.959963984540054
 CUBE_PROBE_SEED_OFFSET = 10_000  # the cube probe's first frames: past the evaluation's seeds, before recording's
 
 
@@ -169,17 +168,6 @@ class Stages:
     def wall_times(self) -> dict[str, float]:
         """Seconds per stage in pipeline order (as measured when each stage actually ran)."""
         return {name: json.loads((self.directory / f"{name}.json").read_text())["wall_s"] for name in self.order}
-
-
-def wilson_interval(successes: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval: honest at the small n and 0%/100% rates a demo produces."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denominator = 1 + Z_95**2 / n
-    centre = (p + Z_95**2 / (2 * n)) / denominator
-    half = Z_95 * math.sqrt(p * (1 - p) / n + Z_95**2 / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def dataset_args(cfg: DemoConfig, split: str = "all") -> list[str]:
@@ -349,17 +337,6 @@ def stage_score(cfg: DemoConfig, backbones: dict[str, str], fast_dir: str, reaso
         "versus_blind": versus_blind,
         "grpo_minus_sft_action": paired_bootstrap(sft, grpo, seed=cfg.seed),
     }
-
-
-def paired_on_decoded(model_l1: list[float | None], baseline_l1: list[float], seed: int) -> dict | None:
-    """Baseline L1 minus the model's, paired over the frames whose action span decodes (None if none does): the
-    decoded L1 compared on the same frames, so a model that decodes only where actions are easy gains nothing."""
-    decoded = [i for i, error in enumerate(model_l1) if error is not None]
-    if not decoded:
-        return None
-    from ..align.score import paired_bootstrap
-
-    return paired_bootstrap([model_l1[i] for i in decoded], [baseline_l1[i] for i in decoded], seed=seed)
 
 
 def stage_probe(cfg: DemoConfig, backbones: dict[str, str]) -> dict:
@@ -557,8 +534,7 @@ def success_cell(counts: dict) -> str:
 
 def paired_cell(a: dict, b: dict) -> str:
     """Same seeds: episodes B won that A lost, and lost that A won."""
-    won = sum(y and not x for x, y in zip(a["episodes"], b["episodes"], strict=True))
-    lost = sum(x and not y for x, y in zip(a["episodes"], b["episodes"], strict=True))
+    won, lost = paired_counts(a["episodes"], b["episodes"])
     return f"+{won} / -{lost}"
 
 
