@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from lerobot_roboalign.demo import TASKS, count_successes, interval, number, paired_cell, success_cell
+from lerobot_roboalign.demo import (
+    TASKS,
+    DemoConfig,
+    count_successes,
+    interval,
+    number,
+    paired_cell,
+    success_cell,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +28,11 @@ VLA_ROWS = {
     "sft": "VLA on RoboAlign without RL (SFT)",
     "roboalign": "VLA on RoboAlign (SFT + GRPO)",
 }
+
+
+def evaluated(eval_dir: Path) -> dict:
+    """lerobot-eval's own record of an evaluation, counted per task (episodes in seed order)."""
+    return count_successes(json.loads((eval_dir / "eval_info.json").read_text()), DemoConfig().eval_seed)
 
 
 def demo_command(output: Path) -> list[str]:
@@ -83,7 +96,8 @@ def test_success_table_and_paired_comparison_come_from_lerobot_eval_output(demo_
     rows = report_rows(report, "## Closed-loop success")
     counts = {}
     for key, label in VLA_ROWS.items():
-        counts[label] = count_successes(json.loads((demo_dir / f"eval_{key}" / "eval_info.json").read_text()))
+        counts[label] = evaluated(demo_dir / f"eval_{key}")
+        assert stage(demo_dir, f"eval_{key}") == counts[label]  # with each episode's reset seed
         assert rows[label][: len(TASKS)] == [success_cell(counts[label][task]) for task in TASKS]
         assert all(counts[label][task]["n_episodes"] >= 1 for task in TASKS)
     expert = stage(demo_dir, "expert")
@@ -98,8 +112,7 @@ def test_success_against_steps_comes_from_evaluating_every_checkpoint(demo_dir):
     for key, label in VLA_ROWS.items():
         steps = sorted(int(p.name) for p in (demo_dir / f"vla_{key}" / "checkpoints").iterdir() if p.name.isdigit())
         assert len(steps) >= 2  # at least one checkpoint before the last
-        outcomes = [count_successes(json.loads((demo_dir / f"eval_{key}{'' if step == steps[-1] else f'_{step}'}"
-                                               / "eval_info.json").read_text())) for step in steps]  # fmt: skip
+        outcomes = [evaluated(demo_dir / f"eval_{key}{'' if step == steps[-1] else f'_{step}'}") for step in steps]
         for task in TASKS:
             cells = [f"{o[task]['successes']}/{o[task]['n_episodes']}" for o in outcomes]
             assert f"| {label} | {task} | " + " | ".join(cells) + " |" in section
@@ -119,9 +132,7 @@ def test_probe_table_comes_from_the_probe_stage(demo_dir):
 def test_camera_off_table_comes_from_lerobot_eval_with_a_grey_camera(demo_dir):
     rows = report_rows((demo_dir / "report.md").read_text(), "## Does the VLA use the camera?")
     for key, label in VLA_ROWS.items():
-        on = count_successes(json.loads((demo_dir / f"eval_{key}" / "eval_info.json").read_text()))
-        off_dir = demo_dir / f"eval_{key}_camera_off"
-        off = count_successes(json.loads((off_dir / "eval_info.json").read_text()))
+        on, off = evaluated(demo_dir / f"eval_{key}"), evaluated(demo_dir / f"eval_{key}_camera_off")
         assert json.loads((demo_dir / "stages" / f"eval_{key}_camera_off.json").read_text())["settings"]["camera_off"]
         assert rows[label] == [
             f"{on[t]['successes']}/{on[t]['n_episodes']} / {off[t]['successes']}/{off[t]['n_episodes']} "

@@ -64,3 +64,25 @@ def test_quick_report_says_first_that_it_checks_the_plumbing_not_the_method():
     quick, full = report_header(DemoConfig(quick=True)), report_header(DemoConfig())
     assert "every stage runs" in quick[2] and "says nothing about the method" in quick[2]
     assert not any("every stage runs" in line for line in full) and full[2].startswith("Mode: full")
+
+
+def test_evaluation_outcomes_carry_the_episode_seeds_that_pair_them():
+    from lerobot_roboalign.demo.stages import by_seed, count_successes
+
+    info = {"per_task": [{"task_group": "pick_and_place", "metrics": {"successes": [True, False, True]}},
+                         {"task_group": "reach_and_close", "metrics": {"successes": [False, True, True]}}]}  # fmt: skip
+    counts = count_successes(info, start_seed=20000)
+    assert counts["pick_and_place"]["successes"] == 2 and counts["reach_and_close"]["n_episodes"] == 3
+    assert by_seed(counts["pick_and_place"]) == {20000: True, 20001: False, 20002: True}
+    assert by_seed(counts["reach_and_close"]) == {20000: False, 20001: True, 20002: True}
+
+
+def test_alignment_arguments_name_the_state_entries_only_with_the_state_in_the_prompt(tmp_path):
+    from lerobot_roboalign.demo.stages import AlignData
+
+    with_state = AlignData(tmp_path / "corpus", include_state=True, state_names=("ee_x", "gripper_pose"))
+    assert "--dataset.state_names=[ee_x,gripper_pose]" in with_state.args("train")
+    assert f"--dataset.roots=[{tmp_path / 'corpus'}]" in with_state.args()
+    without = AlignData(tmp_path / "corpus", include_state=False, state_names=("ee_x",))
+    assert not any(arg.startswith("--dataset.state_names") for arg in without.args("train"))
+    assert without.config(split="heldout").state_names == []  # AlignDataConfig would refuse names without state
