@@ -9,7 +9,9 @@ import importlib
 
 # Imported for their registration side effects: --policy.type=roboalign, --env.type=so101_lang|calvin,
 # and the processor steps a saved checkpoint names.
-REGISTERING_MODULES = (".configuration_roboalign", ".calvin.env", ".envs", ".safety", ".processor_roboalign")
+REGISTERING_MODULES = (
+    ".configuration_roboalign", ".calvin.env", ".envs.configuration_so101_lang", ".safety", ".processor_roboalign"
+)
 
 
 def register() -> None:

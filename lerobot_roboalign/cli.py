@@ -25,7 +25,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("rollout", "check"): ("lerobot_roboalign.preflight", "Pre-flight before lerobot-rollout moves an arm: same flags; calibration, cameras, limits, latency."),
     ("files", "export"): ("lerobot_roboalign.shipped", "Write the arm configs (robots/) and example calibration files (calibration/) into DIR."),
     ("calvin", "eval"): ("lerobot_roboalign.calvin.evaluate", "Run the CALVIN ABC->D protocol (1000 chains of 5 instructions)."),
-    ("sim", "record"): ("lerobot_roboalign.sim_demos", "Record scripted SO-101 demonstrations into a LeRobotDataset v3."),
+    ("sim", "record"): ("lerobot_roboalign.sim_cli", "Record scripted SO-101 demonstrations into a LeRobotDataset v3."),
     ("demo",): ("lerobot_roboalign.demo", "The whole RoboAlign pipeline offline on a simulated SO-101."),
 }
 

@@ -19,10 +19,9 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import draccus
 import numpy as np
 from lerobot.configs.video import RGBEncoderConfig
 from lerobot_env_so101.policy import OBS_FIELD_NAMES
@@ -37,6 +36,7 @@ from lerobot_roboalign.envs.so101_lang import (
     SO101LangEnv,
     check_task,
 )
+from lerobot_roboalign.sim_cli import RecordDemosConfig
 
 RECORD_SEED_BASE = 10**7
 MAX_ATTEMPTS_PER_CHUNK = 1000
@@ -51,23 +51,6 @@ SETTINGS_FILE = "settings.json"
 VIDEO_ENCODER = RGBEncoderConfig(vcodec="h264", crf=0, pix_fmt="yuv444p", g=2, preset="ultrafast")
 STATE_NAMES = list(OBS_FIELD_NAMES[:14])  # agent_pos: joint positions, velocities, gripper, end effector
 ACTION_NAMES = ["dx", "dy", "dz", "grasp"]
-
-
-@dataclass
-class RecordDemosConfig:
-    """``roboalign sim record``: where to write and how much to record."""
-
-    root: Path = Path("outputs/so101_demos")
-    repo_id: str = "local/so101_scripted"
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    episodes_per_task: int = 30
-    seed: int = 0
-    image_height: int = 96
-    image_width: int = 96
-    fps: int = 10
-    chunk_episodes: int = 10
-    use_videos: bool = True  # lossless H.264 (VIDEO_ENCODER); False: PNG frames in parquet, 3x slower to train on
-    workers: int = 1  # chunks recorded at once, one process each (the same dataset, sooner)
 
 
 def record_scripted_demos(
@@ -345,8 +328,8 @@ def evaluate_scripted_expert(
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = draccus.parse(config_class=RecordDemosConfig, args=argv)
+def record_from_config(cfg: RecordDemosConfig) -> None:
+    """``roboalign sim record`` once its config is parsed (sim_cli.main): record and print the summary."""
     logging.basicConfig(level=logging.INFO)
     summary = record_scripted_demos(
         cfg.root,
