@@ -24,6 +24,8 @@ SCENE_FILES = ("pick_scene.xml", "so101_new_calib.xml")
 # (about 5 mm at the front camera's distance), and it removes the CAD meshes' slivers that
 # stop quadric decimation at about a quarter of their faces.
 SNAP_GRID_M = 0.002
+DISTRACTOR_PREFIX = "distractor_"
+HIDDEN_POS = (5.0, 5.0, -1.0)  # an unused distractor stands here: out of view
 _OFF_FLAGS = (
     mujoco.mjtRndFlag.mjRND_SHADOW,
     mujoco.mjtRndFlag.mjRND_REFLECTION,
@@ -117,14 +119,46 @@ def make_renderer(model: mujoco.MjModel, height: int, width: int, effects: bool)
     return renderer
 
 
+def scene_model(scene: Path, distractors: int) -> mujoco.MjModel:
+    """The scene, plus ``distractors`` static blocks like the cube (drawn only: they take no part in contacts).
+
+    Appended after every other body and without joints, so the physics model's ``qpos`` still poses this copy.
+    """
+    if distractors == 0:
+        return mujoco.MjModel.from_xml_path(scene.as_posix())
+    spec = mujoco.MjSpec.from_file(scene.as_posix())
+    size = spec.geom("block").size
+    for index in range(distractors):
+        body = spec.worldbody.add_body(name=f"{DISTRACTOR_PREFIX}{index}", pos=HIDDEN_POS)
+        body.add_geom(
+            name=f"{DISTRACTOR_PREFIX}{index}", type=mujoco.mjtGeom.mjGEOM_BOX, size=size,
+            rgba=(0.0, 0.0, 0.0, 0.0), contype=0, conaffinity=0,
+        )  # fmt: skip
+    return spec.compile()
+
+
 class SceneCamera:
     """Draws a physics model's current pose through the decimated, effect-free scene copy."""
 
-    def __init__(self, height: int, width: int, camera: str = "front", max_faces: int = DEFAULT_MAX_FACES):
-        self.model = mujoco.MjModel.from_xml_path(decimated_scene(max_faces).as_posix())
+    def __init__(
+        self, height: int, width: int, camera: str = "front", max_faces: int = DEFAULT_MAX_FACES, distractors: int = 0
+    ):
+        self.model = scene_model(decimated_scene(max_faces), distractors)
         self.data = mujoco.MjData(self.model)
+        self._block_colour = self.model.geom_rgba[self.model.geom("block").id].copy()
         self.camera = camera
+        self.distractors = distractors
         self._renderer = make_renderer(self.model, height, width, effects=False)
+
+    def paint(self, cube_rgba: tuple[float, ...] | None, distractors: list[tuple[tuple, np.ndarray]]) -> None:
+        """The cube's colour (None: the scene's own), the distractors' (colour, centre); unused ones hidden."""
+        model = self.model
+        model.geom_rgba[model.geom("block").id] = self._block_colour if cube_rgba is None else cube_rgba
+        for index in range(self.distractors):
+            geom = model.geom(f"{DISTRACTOR_PREFIX}{index}").id
+            rgba, centre = distractors[index] if index < len(distractors) else ((0.0, 0.0, 0.0, 0.0), HIDDEN_POS)
+            model.geom_rgba[geom] = rgba
+            model.body_pos[model.geom_bodyid[geom]] = centre
 
     def render(self, physics_data: mujoco.MjData) -> np.ndarray:
         """An ``(H, W, 3)`` uint8 frame of ``physics_data``'s pose.

@@ -19,6 +19,16 @@ from lerobot_env_so101.policy import DEFAULT_ACTION_SCALE
 from lerobot_env_so101.scripted import PickPlaceController, is_reach_close_success, scripted_reach_close
 
 from .fast_render import DEFAULT_MAX_FACES, SceneCamera
+from .variation import (
+    CUBE_COLOURS,
+    MAX_DISTRACTORS,
+    PLACES,
+    SceneDraw,
+    SceneVariation,
+    draw_scene,
+    factor_rng,
+    phrase,
+)
 
 CAMERA = "front"
 CAMERA_OFF_GREY = 128  # the frame a switched-off camera sends (``camera_off``): mid-grey, no scene
@@ -41,10 +51,13 @@ TASKS: dict[str, SO101Task] = {
 }
 
 # pick_and_place's goal, named in the instruction: the package samples it anywhere on the table and draws
-# nothing there, so a policy could not know it. Two places (x forward, y to the robot's left, metres).
-GOAL_PLACES: dict[str, tuple[float, float]] = {"on the left": (0.20, 0.08), "on the right": (0.20, -0.08)}
+# nothing there, so a policy could not know it. The target task's two places (variation.PLACES has four).
+GOAL_PLACES: dict[str, tuple[float, float]] = dict(list(PLACES.items())[:2])
 _BLOCK_BOUNDS = np.asarray([[0.15, -0.1], [0.3, 0.1]])  # the package's block sampling box
 _MIN_GOAL_DISTANCE = 0.08  # the package's minimum block-goal distance
+# Distractor blocks stand on the table in this box (x, y), apart from the cube, the goal and each other.
+_DISTRACTOR_BOUNDS = np.asarray([[0.12, -0.14], [0.36, 0.14]])
+_DISTRACTOR_CLEARANCE = 0.07
 
 
 def check_task(task: str) -> SO101Task:
@@ -61,6 +74,10 @@ class SO101LangEnv(gym.Env):
 
     The action is the package's native ``[dx, dy, dz, grasp]`` at 2.5 cm per unit (the
     scale its scripted experts are written for), clipped to the action space.
+
+    ``variation`` (off by default: the target tasks) varies the scene per episode seed for the alignment corpus
+    (``variation.py``): cube colour, phrasing, goal place, and distractor blocks. The distractors are drawn by the
+    camera only (static, no contacts), so the simulated task, its expert and its success check stay the package's.
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -75,10 +92,14 @@ class SO101LangEnv(gym.Env):
         images: bool = True,
         render_mode: str = "rgb_array",
         camera_off: bool = False,
+        variation: SceneVariation | None = None,
     ):
         spec = check_task(task)
         self.task = task
         self.task_description = spec.instruction.format(place=next(iter(GOAL_PLACES)))
+        self.variation = variation or SceneVariation()
+        self.scene: SceneDraw | None = None  # the episode's draw (varied scenes only)
+        self.distractors: list[tuple[str, np.ndarray]] = []  # (colour, xyz) of each distractor block
         self.render_mode = render_mode
         self.sim = spec.env_cls(
             image_obs=False, random_block_position=random_block_position, action_scale=DEFAULT_ACTION_SCALE
@@ -100,17 +121,26 @@ class SO101LangEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         obs, _ = self.sim.reset(seed=seed)
+        if self.variation.enabled:
+            episode_seed = seed if seed is not None else int(self.np_random.integers(2**62))
+            self.scene = draw_scene(self.variation, episode_seed, self.task)
         if self.task == "pick_and_place":
             obs = self._place_goal()
+        if self.scene is not None:
+            self.task_description = phrase(self.task, TASKS[self.task].instruction, self.scene)
+            self._place_distractors(episode_seed)
         return self._observe(obs), {"is_success": False}
 
     def _place_goal(self) -> dict:
         """Move the goal to a named place (in the instruction) and the block away from it if too close."""
         import mujoco
 
-        place = list(GOAL_PLACES)[int(self.np_random.integers(len(GOAL_PLACES)))]
+        if self.scene is None:
+            place = list(GOAL_PLACES)[int(self.np_random.integers(len(GOAL_PLACES)))]
+        else:
+            place = self.scene.place
         self.task_description = TASKS[self.task].instruction.format(place=place)
-        goal = np.asarray(GOAL_PLACES[place])
+        goal = np.asarray(PLACES[place])
         sim = self.sim
         sim._goal_pos = np.asarray([*goal, sim._block_z])
         block = sim._data.jnt("block").qpos
@@ -144,6 +174,18 @@ class SO101LangEnv(gym.Env):
             return is_reach_close_success(np.concatenate([self.sim.get_robot_state(), self.block_pos]))
         return self.sim._is_success()
 
+    def _place_distractors(self, episode_seed: int) -> None:
+        """Stand the drawn distractors on the table, clear of the cube, the goal and each other."""
+        rng = factor_rng(episode_seed, "distractor positions")
+        taken = [self.block_pos[:2]] + ([self.sim.goal_pos[:2]] if self.task == "pick_and_place" else [])
+        self.distractors = []
+        for colour in self.scene.distractor_colours:
+            xy = np.asarray([rng.uniform(low, high) for low, high in _DISTRACTOR_BOUNDS.T])
+            while min(np.linalg.norm(xy - other) for other in taken) < _DISTRACTOR_CLEARANCE:
+                xy = np.asarray([rng.uniform(low, high) for low, high in _DISTRACTOR_BOUNDS.T])
+            taken.append(xy)
+            self.distractors.append((colour, np.asarray([*xy, self.sim._block_z])))
+
     @property
     def block_pos(self) -> np.ndarray:
         return self.sim.data.sensor("block_pos").data.copy()
@@ -164,7 +206,11 @@ class SO101LangEnv(gym.Env):
         if self._camera_off:
             return np.full((*self._image_hw, 3), CAMERA_OFF_GREY, dtype=np.uint8)
         if self._camera is None:
-            self._camera = SceneCamera(*self._image_hw, camera=CAMERA, max_faces=self._render_max_faces)
+            extra = MAX_DISTRACTORS if self.variation.enabled else 0
+            self._camera = SceneCamera(*self._image_hw, CAMERA, self._render_max_faces, distractors=extra)
+        if self.scene is not None:
+            blocks = [(CUBE_COLOURS[colour], xyz) for colour, xyz in self.distractors]
+            self._camera.paint(CUBE_COLOURS[self.scene.colour], blocks)
         return self._camera.render(self.sim.data)
 
     def _observe(self, sim_obs: dict) -> dict:

@@ -1,0 +1,100 @@
+"""Scene variation for the alignment corpus: cube colour, distractor blocks, phrasings and goal places.
+
+The transfer study (docs/study.md) aligns the MLLM on scenes more varied than the target tasks the VLA is trained
+and evaluated on. Every factor is off by default (``SceneVariation()``): the target tasks look exactly as they
+always did. Each episode draws each factor from its own stream of the episode's seed, so one factor's range does
+not shift another's draw. Stdlib only: recording configs import it without MuJoCo.
+"""
+
+import random
+from dataclasses import dataclass
+
+# RGBA of the cube. The first is the package's own block colour (the target tasks' cube).
+CUBE_COLOURS: dict[str, tuple[float, float, float, float]] = {
+    "purple": (0.6, 0.3, 0.6, 1.0),
+    "red": (0.85, 0.15, 0.1, 1.0),
+    "white": (0.92, 0.92, 0.92, 1.0),
+    "green": (0.15, 0.65, 0.2, 1.0),
+}
+# pick_and_place's goal places (x forward from the robot, y to its left, metres). The first two are the target
+# task's; the front one is toward the camera, the back one toward the robot's base.
+PLACES: dict[str, tuple[float, float]] = {
+    "on the left": (0.20, 0.08),
+    "on the right": (0.20, -0.08),
+    "at the front": (0.28, 0.0),
+    "at the back": (0.14, 0.0),
+}
+# Rephrasings of each task's canonical instruction (so101_lang.TASKS), which varied scenes never use verbatim.
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "reach_and_close": (
+        "move to the {colour} cube and close the gripper on it",
+        "reach for the {colour} block and shut the gripper",
+        "go to the {colour} cube and grasp it",
+    ),
+    "pick_and_place": (
+        "pick up the {colour} cube and put it down {place}",
+        "move the {colour} block so that it rests {place}",
+        "grab the {colour} cube and set it {place}",
+    ),
+}
+MAX_DISTRACTORS = 2
+_FACTORS = ("colour", "distractors", "phrasing", "place")
+
+
+@dataclass
+class SceneVariation:
+    """``--variation.*``: how much each factor varies (the defaults: the target tasks' scene, nothing varied)."""
+
+    colours: int = 1  # cube colours drawn among the first N of CUBE_COLOURS (1: the target tasks' purple)
+    distractors: int = 0  # up to this many distractor blocks of other colours, 0..N drawn per episode (at most 2)
+    rephrase: bool = False  # one of 3 rephrasings (naming the cube's colour) instead of the canonical instruction
+    goals: int = 2  # pick_and_place goal places drawn among the first N of PLACES (2: left and right, as the target)
+
+    def __post_init__(self) -> None:
+        limits = {"colours": (1, len(CUBE_COLOURS)), "distractors": (0, MAX_DISTRACTORS), "goals": (2, len(PLACES))}
+        for name, (low, high) in limits.items():
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(
+                    f"--variation.{name}={getattr(self, name)} is out of range: choose {low} to {high} "
+                    f"(the alignment corpus: {ALIGNMENT_VARIATION})."
+                )
+
+    @property
+    def enabled(self) -> bool:
+        return self != SceneVariation()
+
+
+@dataclass(frozen=True)
+class SceneDraw:
+    """One episode's draw: the cube's colour, the distractors' colours, the phrasing (None: canonical), the place."""
+
+    colour: str
+    distractor_colours: tuple[str, ...]
+    phrasing: int | None
+    place: str
+
+
+def factor_rng(seed: int, factor: str) -> random.Random:
+    """The episode's own stream for one factor (independent of the simulator's generator and of the others)."""
+    return random.Random(f"{seed}/{factor}")
+
+
+def draw_scene(variation: SceneVariation, seed: int, task: str) -> SceneDraw:
+    """Each factor of an episode drawn independently from its seed."""
+    colour_names = list(CUBE_COLOURS)
+    colour = factor_rng(seed, "colour").choice(colour_names[: variation.colours])
+    distractor_rng = factor_rng(seed, "distractors")
+    count = distractor_rng.randint(0, variation.distractors)
+    others = distractor_rng.sample([name for name in colour_names if name != colour], count)
+    phrasing = factor_rng(seed, "phrasing").randrange(len(PHRASINGS[task])) if variation.rephrase else None
+    place = factor_rng(seed, "place").choice(list(PLACES)[: variation.goals])
+    return SceneDraw(colour, tuple(others), phrasing, place)
+
+
+def phrase(task: str, canonical: str, draw: SceneDraw) -> str:
+    """The episode's instruction: the canonical template, or the drawn rephrasing, with its colour and place."""
+    template = canonical if draw.phrasing is None else PHRASINGS[task][draw.phrasing]
+    return template.format(colour=draw.colour, place=draw.place)
+
+
+ALIGNMENT_VARIATION = SceneVariation(colours=4, distractors=2, rephrase=True, goals=4)
