@@ -1,0 +1,164 @@
+"""The study's stages, their inputs and settings, and what each is expected to cost.
+
+A stage's fingerprint covers its settings and its inputs' fingerprints (the demo's ``Stages``), so changing
+one size redoes that stage and everything downstream of it, and nothing else. Import-light like config.py.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import TASKS, StudyConfig
+
+# Seconds per unit of each kind of stage, measured in the demo's default run on 2 CPU cores (docs/demo/report.md:
+# record 59 s for ~4140 frames, SFT 518 s for 1400 x 8 samples, GRPO 57 s for 64 x 8 completions, a head 404 s for
+# 4500 steps, evaluation 48 s for 40 episodes, scoring 8 s for 2 x 128 greedy frames, probes 16 s for 3 x 800
+# frames). A finished run replaces them with its own measurements (cost_model.json), used by the next run.
+DEFAULT_RATES = {
+    "record": 0.015,  # per frame recorded (reach_and_close ~9 frames an episode, pick_and_place ~48)
+    "record_alignment": 0.015,  # per frame (the varied scenes record as fast)
+    "vqa_data": 0.02,  # per scene
+    "backbone": 1.0,  # per backbone
+    "vqa_base": 0.046,  # per sample
+    "tokenizer": 0.0003,  # per frame
+    "reason": 0.0008,  # per frame
+    "sft": 0.046,  # per sample
+    "grpo": 0.11,  # per completion
+    "matched_sft": 0.046,  # per sample
+    "score": 0.03,  # per frame and model
+    "prompt_check": 1.0,
+    "head": 0.09,  # per lerobot-train step (without the feature cache)
+    "eval": 1.2,  # per episode
+    "probe_curve": 0.007,  # per frame and backbone
+}
+FRAMES_PER_EPISODE = {"reach_and_close": 9, "pick_and_place": 48}
+COST_MODEL_FILE = "cost_model.json"
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str
+    kind: str  # the work that runs it and its line in the cost model
+    after: tuple[str, ...]  # stages whose results it reads (and whose fingerprints enter its own)
+    settings: dict = field(hash=False)
+    units: float = 1.0  # what its time grows with, in the cost model's unit for its kind
+    outputs: tuple[str, ...] = ()  # paths under the output directory it writes (deleted before a fresh start)
+
+
+def frames(episodes_per_task: int) -> int:
+    return sum(FRAMES_PER_EPISODE[task] * episodes_per_task for task in TASKS)
+
+
+def row_backbone_stage(cfg: StudyConfig, row: str) -> str:
+    """The stage whose result holds a row's frozen backbone."""
+    base = "vqa_base" if cfg.base == "vqa" else "backbone"
+    return {"base": base, "sft": "sft", "roboalign": "grpo", "matched_sft": "matched_sft"}[row]
+
+
+def alignment_stages(cfg: StudyConfig) -> list[PlannedStage]:
+    """Data, base backbone and alignment: everything before the heads."""
+    s = cfg.sizes
+    record = {"image": s.image_size, "seed": cfg.record_seed}
+    probe_episodes = max(s.probe_demos) + s.probe_test_episodes_per_task
+    alignment_frames = frames(s.alignment_episodes_per_task)
+    grpo = {"steps": cfg.grpo_steps, "samples": cfg.grpo_samples, "generations": s.grpo_generations}
+    plan = [
+        PlannedStage("record_vla", "record", (), {**record, "episodes": s.vla_episodes_per_task},
+                     frames(s.vla_episodes_per_task), ("vla_dataset",)),
+        PlannedStage("record_probe", "record", (), {**record, "seed": cfg.probe_record_seed, "episodes": probe_episodes},
+                     frames(probe_episodes), ("probe_dataset",)),
+        PlannedStage("record_alignment", "record_alignment", (), {"image": s.image_size, "episodes":
+                     s.alignment_episodes_per_task, "seed_base": cfg.alignment_seed_base}, alignment_frames,
+                     ("alignment_dataset",)),
+        PlannedStage("vqa_data", "vqa_data", (), {"scenes": s.vqa_episodes, "image": s.image_size, "pilot": cfg.pilot},
+                     s.vqa_episodes, ("vqa",)),
+        PlannedStage("backbone", "backbone", (), {"seed": cfg.seed}, 1, ("backbone",)),
+        PlannedStage("tokenizer", "tokenizer", ("record_alignment",), {"chunk": s.chunk_size}, alignment_frames,
+                     ("fast_tokenizer",)),
+        PlannedStage("reason", "reason", ("record_alignment",), {"source": "scripted"}, alignment_frames,
+                     ("reasoning.jsonl",)),
+    ]  # fmt: skip
+    if cfg.base == "vqa":
+        plan.append(PlannedStage("vqa_base", "vqa_base", ("backbone", "vqa_data"), {"steps": s.vqa_base_steps},
+                                 s.vqa_base_steps * s.sft_batch_size, ("vqa_base",)))  # fmt: skip
+    sft = {"steps": s.sft_steps, "batch": s.sft_batch_size, "vqa_ratio": s.vqa_ratio, "state": cfg.state_text,
+           "holdout": s.holdout_every, "seed": cfg.seed}  # fmt: skip
+    inputs = (row_backbone_stage(cfg, "base"), "tokenizer", "reason", "vqa_data", "record_alignment")
+    plan.append(PlannedStage("sft", "sft", inputs, sft, s.sft_steps * s.sft_batch_size, ("align_sft",)))
+    completions = cfg.grpo_steps * s.grpo_generations * 2  # the demo's GRPO batch: 2 prompts x generations
+    aligned = ("sft", "reason", "record_alignment")
+    if {"roboalign", "matched_sft"} & set(cfg.rows):
+        plan.append(PlannedStage("grpo", "grpo", aligned, grpo, completions, ("align_grpo",)))
+    if "matched_sft" in cfg.rows:  # the prompts GRPO drew (the same draw) and as many samples as its completions
+        plan.append(PlannedStage("matched_sft", "matched_sft", aligned, grpo, completions, ("align_matched_sft",)))
+    scored = ("sft", *(stage.name for stage in plan if stage.name in ("grpo", "matched_sft")))  # before/after GRPO
+    plan.append(PlannedStage("score", "score", (*scored, "tokenizer", "reason", "record_alignment", "record_vla"),
+                             {"frames": s.score_frames, "state": cfg.state_text}, s.score_frames * 2 * len(scored)))
+    return plan
+
+
+def head_stages(cfg: StudyConfig) -> list[PlannedStage]:
+    """Per row: a head per head seed on the frozen backbone, each evaluated on the same seeds; the probe curve."""
+    s = cfg.sizes
+    rows = cfg.row_order()
+    backbones = tuple(row_backbone_stage(cfg, row) for row in rows)
+    plan = [PlannedStage("prompt_check", "prompt_check", (*backbones, "record_vla"), {"rows": rows})]
+    head = {"steps": s.head_steps, "batch": s.head_batch_size, "hidden": s.head_hidden_size, "layers": s.head_layers,
+            "chunk": s.chunk_size, "n_action_steps": s.n_action_steps}  # fmt: skip
+    evaluation = {"episodes": s.eval_episodes_per_task, "seed": cfg.eval_seed, "image": s.image_size}
+    for row, backbone in zip(rows, backbones, strict=True):
+        for seed in cfg.head_seeds:
+            name = f"{row}_s{seed}"
+            plan.append(PlannedStage(f"head_{name}", "head", (backbone, "record_vla", "prompt_check"),
+                                     {**head, "row": row, "seed": seed}, s.head_steps, (f"heads/{name}",)))  # fmt: skip
+            plan.append(PlannedStage(f"eval_{name}", "eval", (f"head_{name}",), {**evaluation, "row": row},
+                                     s.eval_episodes_per_task * len(TASKS), (f"evals/{name}",)))  # fmt: skip
+    probe_frames = len(TASKS) * (max(s.probe_demos) + s.probe_test_episodes_per_task) * s.probe_frames_per_episode
+    probe = {"demos": s.probe_demos, "frames_per_episode": s.probe_frames_per_episode, "rows": rows}
+    plan.append(PlannedStage("probe_curve", "probe_curve", (*backbones, "record_probe"), probe,
+                             probe_frames * len(rows)))  # fmt: skip
+    return plan
+
+
+def stage_plan(cfg: StudyConfig) -> list[PlannedStage]:
+    """Every stage in an order where each comes after its inputs."""
+    return alignment_stages(cfg) + head_stages(cfg)
+
+
+def cost_rates(output_dir: Path) -> dict[str, float]:
+    """Seconds per unit per kind: a previous run's measurements where there are any, the demo's otherwise."""
+    path = output_dir / COST_MODEL_FILE
+    measured = json.loads(path.read_text()) if path.is_file() else {}
+    return {**DEFAULT_RATES, **{kind: rate for kind, rate in measured.items() if kind in DEFAULT_RATES}}
+
+
+def calibrate(output_dir: Path, plan: list[PlannedStage], walls: dict[str, float]) -> dict[str, float]:
+    """Seconds per unit per kind from the stages that ran (wall time over units, pooled per kind), saved."""
+    totals: dict[str, list[float]] = {}
+    for stage in plan:
+        if stage.name in walls:
+            total = totals.setdefault(stage.kind, [0.0, 0.0])
+            total[0] += walls[stage.name]
+            total[1] += stage.units
+    rates = {**cost_rates(output_dir), **{kind: wall / units for kind, (wall, units) in totals.items() if units}}
+    (output_dir / COST_MODEL_FILE).write_text(json.dumps(rates, indent=2))
+    return rates
+
+
+def estimate_lines(plan: list[PlannedStage], rates: dict[str, float], done: set[str], workers: int) -> list[str]:
+    """The expected time per stage, as printed at start (an estimate from the cost model, not a promise)."""
+    lines = ["roboalign study: expected time per stage (estimate: units x measured seconds per unit)"]
+    total = 0.0
+    for stage in plan:
+        seconds = 0.0 if stage.name in done else stage.units * rates[stage.kind]
+        total += seconds
+        note = "done, reused" if stage.name in done else f"~{seconds / 60:.1f} min"
+        lines.append(f"  {stage.name:<28} {note}")
+    lines.append(f"  total ~{total / 60:.0f} min of stage time; about {total / 60 / max(1, workers):.0f}-"
+                 f"{total / 60:.0f} min elapsed with {workers} stages at once")  # fmt: skip
+    return lines
+
+
+def plan_summary(plan: list[PlannedStage]) -> list[dict]:
+    """The plan as JSON-able rows (the results file records what ran)."""
+    return [asdict(stage) for stage in plan]

@@ -1,0 +1,98 @@
+"""`roboalign study`: its config, its stage plan and the resumability of the orchestration (cheap stand-ins)."""
+
+import json
+
+import pytest
+
+from lerobot_roboalign.study.config import TINY, StudyConfig, parse_config
+from lerobot_roboalign.study.pipeline import run
+from lerobot_roboalign.study.plan import DEFAULT_RATES, estimate_lines, stage_plan
+
+
+def test_pilot_switches_every_seed_range_and_tiny_keeps_given_sizes():
+    final, pilot = parse_config([]), parse_config(["--pilot", "--tiny", "--sizes.head_steps=7"])
+    assert (final.eval_seed, final.record_seed, final.alignment_seed_base) == (20_000, 0, 3 * 10**7)
+    assert pilot.eval_seed == 30_000 and pilot.record_seed == 30  # sim record: 10^7 + 30 x 10^6 = 4 x 10^7
+    assert 4 * 10**7 <= pilot.alignment_seed_base < 5 * 10**7
+    assert pilot.sizes.head_steps == 7 and pilot.sizes.sft_steps == TINY.sft_steps
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--base=clip"], "random, vqa"), (["--rows=[base,rl]"], "rows are among"), (["--head_seeds=[1,1]"], "distinct"),
+     (["--grpo_budget=0"], "positive")],
+)  # fmt: skip
+def test_bad_settings_name_the_fix(args, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config(args)
+
+
+def test_plan_covers_rows_and_head_seeds_after_their_inputs():
+    cfg = parse_config(["--base=random"])
+    plan = stage_plan(cfg)
+    names = [stage.name for stage in plan]
+    assert len(set(names)) == len(names)
+    for i, stage in enumerate(plan):
+        assert set(stage.after) <= set(names[:i]), stage.name
+    assert sum(stage.kind == "eval" for stage in plan) == 4 * 4  # 4 rows x 4 head seeds
+    assert "vqa_base" not in names and "vqa_base" in [s.name for s in stage_plan(StudyConfig(base="vqa"))]
+    head = next(stage for stage in plan if stage.name == "head_matched_sft_s3")
+    assert head.after[0] == "matched_sft" and "prompt_check" in head.after
+    grpo, matched = (next(s for s in plan if s.name == n) for n in ("grpo", "matched_sft"))
+    assert grpo.settings == matched.settings and grpo.units == matched.units  # same prompts, as many samples
+    assert [s.name for s in stage_plan(StudyConfig(rows=["base", "sft"]))].count("grpo") == 0
+
+
+def test_grpo_budget_multiplies_steps_and_prompts():
+    plan = {s.name: s for s in stage_plan(StudyConfig(grpo_budget=4))}
+    assert plan["grpo"].settings["steps"] == 256 and plan["grpo"].settings["samples"] == 256
+
+
+def test_estimate_counts_only_stages_left_to_run():
+    plan = stage_plan(StudyConfig(rows=["base"], head_seeds=[0]))
+    full = estimate_lines(plan, DEFAULT_RATES, set(), 2)
+    rest = estimate_lines(plan, DEFAULT_RATES, {s.name for s in plan[:-1]}, 2)
+    assert "done, reused" not in "\n".join(full) and "\n".join(rest).count("done, reused") == len(plan) - 1
+
+
+class Interrupted(Exception):
+    pass
+
+
+def cheap_works(calls: list[str], fail: str | None = None) -> dict:
+    """Stand-ins for every kind of stage: record the call, fail on ``fail``, return the inputs' names."""
+
+    def work(cfg, stage, inputs):
+        calls.append(stage.name)
+        if stage.name == fail:
+            raise Interrupted(stage.name)
+        return {"stage": stage.name, "inputs": sorted(inputs)}
+
+    return {kind: work for kind in DEFAULT_RATES}
+
+
+def test_an_interrupted_study_resumes_after_its_finished_stages(tmp_path, capsys):
+    cfg = StudyConfig(output_dir=tmp_path, tiny=True, rows=["base", "sft"], head_seeds=[0, 1], workers=1)
+    plan = [stage.name for stage in stage_plan(cfg)]
+    first: list[str] = []
+    with pytest.raises(Interrupted):
+        run(cfg, cheap_works(first, fail="sft"), report=lambda *args: tmp_path)
+    assert "sft" in first and not any(name.startswith("head_") for name in first)
+    second: list[str] = []
+    reports = []
+    run(cfg, cheap_works(second), report=lambda cfg, plan, results, walls, elapsed: reports.append(results))
+    finished_first = set(first) - {"sft"}
+    assert not finished_first & set(second)  # nothing finished before the interruption runs again
+    assert set(second) == set(plan) - finished_first
+    assert reports[0]["head_sft_s1"]["inputs"] == ["prompt_check", "record_vla", "sft"]
+    assert "done, reused" in capsys.readouterr().out
+    third: list[str] = []
+    run(cfg, cheap_works(third), report=lambda *args: tmp_path)
+    assert third == []
+    rates = json.loads((tmp_path / "cost_model.json").read_text())
+    assert set(rates) == set(DEFAULT_RATES)
+    changed = StudyConfig(output_dir=tmp_path, tiny=True, rows=["base", "sft"], head_seeds=[0, 1], workers=1)
+    changed.sizes.head_steps += 1
+    fourth: list[str] = []
+    run(changed, cheap_works(fourth), report=lambda *args: tmp_path)
+    assert sorted(fourth) == sorted(n for n in plan if n.startswith(("head_", "eval_")))  # only what depends on it
