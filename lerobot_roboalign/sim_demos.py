@@ -12,7 +12,8 @@ renamed to ``root``: ``root`` is either a complete dataset or absent.
 
 Seeds: recording attempts use seeds from ``RECORD_SEED_BASE`` (10^7) up; evaluation
 (``lerobot-eval --seed``, default 1000, and ``evaluate_scripted_expert``) uses small seeds,
-so evaluation episodes are held out from the training data.
+so evaluation episodes are held out from the training data. The varied alignment corpus
+(``variation``, envs/variation.py) records from 3 x 10^7 up, and is refused the target tasks' range.
 """
 
 import json
@@ -36,9 +37,16 @@ from lerobot_roboalign.envs.so101_lang import (
     SO101LangEnv,
     check_task,
 )
+from lerobot_roboalign.envs.variation import (
+    ALIGNMENT_SEED_BASE,
+    VLA_SEED_BASE,
+    SceneVariation,
+    check_seed_range,
+    seed_range,
+)
 from lerobot_roboalign.sim_cli import RecordDemosConfig
 
-RECORD_SEED_BASE = 10**7
+RECORD_SEED_BASE = VLA_SEED_BASE
 MAX_ATTEMPTS_PER_CHUNK = 1000
 MAX_CHUNKS_PER_TASK = 100
 SUMMARY_FILE = "recording_summary.json"
@@ -64,10 +72,14 @@ def record_scripted_demos(
     chunk_episodes: int = 10,
     use_videos: bool = True,
     workers: int = 1,
+    seed_base: int | None = None,
+    variation: SceneVariation | None = None,
 ) -> dict:
     """Record ``episodes_per_task`` successful scripted episodes per task (or, as a dict, that many of each
     task); returns the summary. ``workers`` > 1 records that many chunks at once, in their own processes: the
-    dataset is the same (each chunk's seeds are fixed), only sooner.
+    dataset is the same (each chunk's seeds are fixed), only sooner. ``variation`` varies the scenes (the
+    alignment corpus; each episode's task text is its drawn phrasing), from ``seed_base`` (None: 3 x 10^7 when
+    varied, else 10^7).
 
     The summary (also ``<root>/recording_summary.json``) holds, per task, the instruction,
     the episodes kept and attempted, and so the scripted expert's success rate. A finished
@@ -76,10 +88,15 @@ def record_scripted_demos(
     root = Path(root)
     counts = episodes_per_task if isinstance(episodes_per_task, dict) else dict.fromkeys(tasks, episodes_per_task)
     _check_record_args(tasks, counts, chunk_episodes, fps)
+    variation = variation or SceneVariation()
+    seed_base = seed_base if seed_base is not None else (ALIGNMENT_SEED_BASE if variation.enabled else VLA_SEED_BASE)
+    check_seed_range(seed_range(seed_base, seed), variation.enabled)
     settings = {
         "tasks": list(tasks), "episodes_per_task": episodes_per_task, "seed": seed, "image_hw": list(image_hw),
         "fps": fps, "chunk_episodes": chunk_episodes, "use_videos": use_videos,
     }  # fmt: skip
+    if variation.enabled or seed_base != VLA_SEED_BASE:  # only then: target recordings keep their old settings
+        settings |= {"seed_base": seed_base, "variation": asdict(variation)}
     if (root / SUMMARY_FILE).exists():
         summary = json.loads((root / SUMMARY_FILE).read_text())
         _check_same_settings(root, summary.get("settings"), settings)
@@ -94,8 +111,8 @@ def record_scripted_demos(
         _check_same_settings(work, json.loads((work / SETTINGS_FILE).read_text()), settings)
     (work / SETTINGS_FILE).write_text(json.dumps(settings))
     chunk_plan = [(task, k) for task in tasks for k in range(-(-counts[task] // chunk_episodes))]
-    jobs = [(work, task, k, min(chunk_episodes, counts[task] - k * chunk_episodes), seed, image_hw, fps, use_videos)
-            for task, k in chunk_plan]  # fmt: skip
+    jobs = [(work, task, k, min(chunk_episodes, counts[task] - k * chunk_episodes), seed, image_hw, fps, use_videos,
+             seed_base, variation) for task, k in chunk_plan]  # fmt: skip
     with tqdm(total=sum(counts.values()), desc="Recording scripted SO-101 demos", unit="ep") as progress:
         if workers > 1:
             _record_chunks_in_parallel(jobs, workers, progress)
@@ -103,7 +120,7 @@ def record_scripted_demos(
             for job in jobs:
                 stats = _record_chunk(*job, progress)
                 progress.update(0 if stats["fresh"] else stats["kept"])
-    summary = {**_summarize(work, chunk_plan, repo_id), "settings": settings}
+    summary = {**_summarize(work, chunk_plan, repo_id, variation.enabled), "settings": settings}
     _merge_chunks(work, chunk_plan, root, repo_id, summary)
     shutil.rmtree(work)
     return summary
@@ -141,10 +158,10 @@ def _check_record_args(tasks, counts: dict[str, int], chunk_episodes: int, fps: 
         )
 
 
-def attempt_seed(seed: int, task: str, chunk: int, attempt: int) -> int:
-    """The reset seed of one recording attempt: deterministic and disjoint from evaluation seeds."""
+def attempt_seed(seed: int, task: str, chunk: int, attempt: int, seed_base: int = RECORD_SEED_BASE) -> int:
+    """The reset seed of one recording attempt: deterministic, in ``seed_range(seed_base, seed)``."""
     task_index = list(TASKS).index(task)
-    return RECORD_SEED_BASE + seed * 10**6 + task_index * 10**5 + chunk * MAX_ATTEMPTS_PER_CHUNK + attempt
+    return seed_range(seed_base, seed).start + task_index * 10**5 + chunk * MAX_ATTEMPTS_PER_CHUNK + attempt
 
 
 def dataset_features(image_hw: tuple[int, int], use_videos: bool) -> dict:
@@ -178,7 +195,8 @@ def _record_chunks_in_parallel(jobs: list[tuple], workers: int, progress: tqdm) 
             progress.set_postfix(task=stats["task"], expert_success=f"{stats['kept']}/{stats['attempts']}")
 
 
-def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, progress=None) -> dict:
+def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, seed_base=RECORD_SEED_BASE,
+                  variation=None, progress=None) -> dict:
     """Record one chunk unless it is already complete; returns its attempt statistics (``progress``: a bar to
     update per episode, in this process)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -198,26 +216,29 @@ def _record_chunk(work, task, chunk, n_kept, seed, image_hw, fps, use_videos, pr
         use_videos=use_videos,
         rgb_encoder=VIDEO_ENCODER,
     )
-    env = make_so101_lang_env(task, None, {"image_height": image_hw[0], "image_width": image_hw[1]})
+    scene = {"image_height": image_hw[0], "image_width": image_hw[1], "variation": variation}
+    env = make_so101_lang_env(task, None, scene)
     expert = ScriptedExpert(env.unwrapped)
-    attempts, lengths = 0, []
+    attempts, lengths, texts = 0, [], set()
     try:
         while len(lengths) < n_kept:
             if attempts >= MAX_ATTEMPTS_PER_CHUNK:
                 raise RuntimeError(
                     f"The scripted expert failed {attempts} times on {task!r}; the simulator is broken."
                 )
-            length = _record_episode(env, expert, dataset, attempt_seed(seed, task, chunk, attempts))
+            length = _record_episode(env, expert, dataset, attempt_seed(seed, task, chunk, attempts, seed_base))
             attempts += 1
             if length:
                 lengths.append(length)
+                texts.add(env.unwrapped.task_description)
             if progress is not None:
                 progress.update(bool(length))
                 progress.set_postfix(task=task, expert_success=f"{len(lengths)}/{attempts}")
     finally:
         env.close()
         dataset.finalize()
-    stats = {"task": task, "chunk": chunk, "kept": len(lengths), "attempts": attempts, "lengths": lengths}
+    stats = {"task": task, "chunk": chunk, "kept": len(lengths), "attempts": attempts, "lengths": lengths,
+             "instructions": sorted(texts)}
     (staging / SUMMARY_FILE).write_text(json.dumps(stats))
     os.replace(staging, final)
     return {**stats, "fresh": True}
@@ -257,13 +278,16 @@ def instructions(task: str) -> list[str]:
     return sorted({template.format(place=place) for place in GOAL_PLACES})
 
 
-def _summarize(work: Path, chunk_plan, repo_id: str) -> dict:
+def _summarize(work: Path, chunk_plan, repo_id: str, varied: bool = False) -> dict:
+    """Per task: the instructions (a varied corpus: those its episodes carry), episodes kept and attempted."""
     per_task: dict[str, dict] = {}
     for task, k in chunk_plan:
         stats = json.loads((_chunk_dir(work, task, k) / SUMMARY_FILE).read_text())
         entry = per_task.setdefault(
-            task, {"instructions": instructions(task), "kept": 0, "attempts": 0, "lengths": []}
+            task, {"instructions": [] if varied else instructions(task), "kept": 0, "attempts": 0, "lengths": []}
         )
+        if varied:
+            entry["instructions"] = sorted({*entry["instructions"], *stats["instructions"]})
         entry["kept"] += stats["kept"]
         entry["attempts"] += stats["attempts"]
         entry["lengths"] += stats["lengths"]
@@ -342,5 +366,7 @@ def record_from_config(cfg: RecordDemosConfig) -> None:
         cfg.chunk_episodes,
         cfg.use_videos,
         cfg.workers,
+        cfg.seed_base,
+        cfg.variation,
     )
     print(json.dumps({"config": asdict(cfg) | {"root": str(cfg.root)}, **summary}, indent=2))

@@ -18,6 +18,7 @@ from lerobot_env_so101 import SO101PickCubeGymEnv, SO101PickPlaceGymEnv
 from lerobot_env_so101.policy import DEFAULT_ACTION_SCALE
 from lerobot_env_so101.scripted import PickPlaceController, is_reach_close_success, scripted_reach_close
 
+from ..sim_cli import TASK_NAMES
 from .fast_render import DEFAULT_MAX_FACES, SceneCamera
 from .variation import (
     CUBE_COLOURS,
@@ -45,10 +46,10 @@ class SO101Task:
 
 # max_steps: about twice the scripted expert's longest episode (reach 8-11 steps, pick-and-place
 # 44-55 steps at 10 Hz), so a slower learned policy still has room and a failing one ends soon.
-TASKS: dict[str, SO101Task] = {
-    "reach_and_close": SO101Task(SO101PickCubeGymEnv, "reach the cube and close the gripper", 30),
-    "pick_and_place": SO101Task(SO101PickPlaceGymEnv, "pick up the cube and place it {place}", 100),
-}
+TASKS: dict[str, SO101Task] = dict(zip(TASK_NAMES, (
+    SO101Task(SO101PickCubeGymEnv, "reach the cube and close the gripper", 30),
+    SO101Task(SO101PickPlaceGymEnv, "pick up the cube and place it {place}", 100),
+), strict=True))  # fmt: skip
 
 # pick_and_place's goal, named in the instruction: the package samples it anywhere on the table and draws
 # nothing there, so a policy could not know it. The target task's two places (variation.PLACES has four).

@@ -98,3 +98,50 @@ def phrase(task: str, canonical: str, draw: SceneDraw) -> str:
 
 
 ALIGNMENT_VARIATION = SceneVariation(colours=4, distractors=2, rephrase=True, goals=4)
+
+# Reset seeds of the study's corpora (docs/study.md): each owns a block of 10^7 seeds, all far above the evaluation
+# seeds (lerobot-eval's 1000 up, the study's 20000-20099 and 30000-30099).
+SEED_BLOCK = 10**7
+VLA_SEED_BASE = 10**7  # the target tasks' demonstrations: the target scene only
+ALIGNMENT_SEED_BASE = 3 * 10**7  # the varied alignment corpus: varied scenes only
+PILOT_SEED_BASE = 4 * 10**7
+VQA_SEED_BASE = 5 * 10**7  # the scene questions' scenes (scene_vqa.py)
+SEEDS_PER_RUN = 10**6  # one recording's seeds: base + seed x 10^6 + [0, 10^6)
+
+
+def seed_range(seed_base: int, seed: int) -> range:
+    """The reset seeds one recording (or question set) with ``seed_base`` and ``seed`` can use."""
+    start = seed_base + seed * SEEDS_PER_RUN
+    return range(start, start + SEEDS_PER_RUN)
+
+
+def check_seed_range(seeds: range, varied: bool) -> None:
+    """A varied corpus never takes the target tasks' seeds, nor a target-scene one the alignment corpus's."""
+    reserved = {
+        "the VLA demonstrations (target scene)": (range(VLA_SEED_BASE, VLA_SEED_BASE + SEED_BLOCK), not varied),
+        "the alignment corpus (varied scenes)": (range(ALIGNMENT_SEED_BASE, ALIGNMENT_SEED_BASE + SEED_BLOCK), varied),
+    }
+    if seeds.start < SEED_BLOCK:
+        raise ValueError(
+            f"Reset seeds {seeds.start}..{seeds.stop - 1} reach below {SEED_BLOCK}, where evaluation seeds live. "
+            f"Fix: --seed_base={VLA_SEED_BASE} or higher (and --seed >= 0)."
+        )
+    for owner, (block, allowed) in reserved.items():
+        if not allowed and seeds.start < block.stop and block.start < seeds.stop:
+            kind = "varied" if varied else "target-scene"
+            fix = ALIGNMENT_SEED_BASE if varied else VLA_SEED_BASE
+            raise ValueError(
+                f"A {kind} recording with reset seeds {seeds.start}..{seeds.stop - 1} overlaps the seeds of {owner} "
+                f"({block.start}..{block.stop - 1}). Fix: --seed_base={fix} (or leave it unset)."
+            )
+
+
+def check_disjoint_seed_ranges(ranges: dict[str, range]) -> None:
+    """Corpora that must not share an episode: refuse any two whose seed ranges overlap."""
+    named = sorted(ranges.items(), key=lambda item: item[1].start)
+    for (first, a), (second, b) in zip(named, named[1:]):
+        if b.start < a.stop:
+            raise ValueError(
+                f"The seed ranges of {first} ({a.start}..{a.stop - 1}) and {second} ({b.start}..{b.stop - 1}) "
+                "overlap, so they could hold the same episodes. Fix: give them different --seed_base or --seed."
+            )

@@ -115,3 +115,41 @@ def test_parallel_recording_writes_the_same_dataset(tmp_path):
         for key in ("observation.images.front", "observation.state", "action", "episode_index", "frame_index"):
             assert torch.equal(a[key], b[key]), (index, key)
         assert a["task"] == b["task"]
+
+
+def test_a_varied_recording_carries_its_phrasings_from_the_alignment_seeds(tmp_path, monkeypatch):
+    from lerobot_roboalign.envs.variation import ALIGNMENT_SEED_BASE, ALIGNMENT_VARIATION, seed_range
+
+    seeds = []
+    original = sim_demos._record_episode
+    monkeypatch.setattr(sim_demos, "_record_episode", lambda env, expert, data, seed: seeds.append(seed) or original(
+        env, expert, data, seed))
+    root = tmp_path / "varied"
+    summary = _record(root, episodes_per_task=1, variation=ALIGNMENT_VARIATION)
+    assert all(seed in seed_range(ALIGNMENT_SEED_BASE, 0) for seed in seeds)
+    texts = set(LeRobotDataset("local/so101_test", root=root).meta.tasks.index)
+    canonical = {spec.instruction.split(" {place}")[0] for spec in TASKS.values()}
+    assert len(texts) == 2 and not any(text.startswith(prefix) for text in texts for prefix in canonical)
+    assert texts == {i for entry in summary["tasks"].values() for i in entry["instructions"]}
+    assert summary["settings"]["seed_base"] == ALIGNMENT_SEED_BASE
+    assert summary["settings"]["variation"]["colours"] == 4
+
+
+def test_seed_ranges_of_the_corpora_cannot_overlap(tmp_path):
+    from lerobot_roboalign.envs.variation import (
+        ALIGNMENT_VARIATION,
+        VLA_SEED_BASE,
+        check_disjoint_seed_ranges,
+        seed_range,
+    )
+
+    with pytest.raises(ValueError, match="overlaps the seeds of the VLA demonstrations.*--seed_base=30000000"):
+        _record(tmp_path / "a", variation=ALIGNMENT_VARIATION, seed_base=VLA_SEED_BASE)
+    with pytest.raises(ValueError, match="overlaps the seeds of the alignment corpus.*--seed_base=10000000"):
+        _record(tmp_path / "b", seed=10, seed_base=2 * 10**7)
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        _record(tmp_path / "c", seed_base=0)
+    with pytest.raises(ValueError, match="vla.*probe.*overlap"):
+        check_disjoint_seed_ranges({"vla": seed_range(VLA_SEED_BASE, 0), "probe": range(10_500_000, 10_600_000)})
+    check_disjoint_seed_ranges({"vla": seed_range(VLA_SEED_BASE, 0), "probe": seed_range(VLA_SEED_BASE, 1)})
+    assert not (tmp_path / "a").exists()
