@@ -22,7 +22,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLConfig
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
-from lerobot_roboalign.align.common import ModelConfig, TrainingConfig, save_final
+from lerobot_roboalign.align.common import save_final
+from lerobot_roboalign.align.config import ModelConfig, TrainingConfig
 from lerobot_roboalign.align.data import AlignDataConfig, load_samples
 from lerobot_roboalign.align.grpo import AlignGRPOConfig, GRPOSection, train
 from lerobot_roboalign.fast import FastTokenizer

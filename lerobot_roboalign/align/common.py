@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,11 +18,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, FAST_TOKENIZER_DIR, ActionVocabulary
+from lerobot_roboalign.align.config import ModelConfig
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.backbone import check_reachable
 from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.hub import push_backbone
-from lerobot_roboalign.precision import PrecisionPlan, align_precision, training_device
 
 logger = logging.getLogger(__name__)
 
@@ -31,96 +30,6 @@ FINAL_SUBDIR = "model"
 METRICS_CSV = "metrics.csv"
 METRICS_PNG = "metrics.png"
 VISION_MODULE_NAMES = ("visual", "vision_tower", "vision_model")
-ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
-
-
-@dataclass
-class ModelConfig:
-    """The MLLM to align: a local checkpoint dir or hub id, and the FAST tokenizer of its action tokens."""
-
-    path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    # FAST tokenizer dir; default: the backbone's own ``fast_tokenizer/``, else fitted on the datasets (SFT).
-    fast_tokenizer: str | None = None
-    freeze_vision: bool = True
-    # Compute dtype (autocast); trained weights are float32 whatever it is (precision.py). auto: bfloat16 on a
-    # CUDA GPU that supports it, float32 elsewhere; bfloat16 on the CPU runs CPU autocast.
-    dtype: str = "auto"
-    # transformers' attention kernel: sdpa (PyTorch's fused kernels), flash_attention_2 (pip install flash-attn,
-    # CUDA), eager (materialises every layer's attention matrix: `align plan` counts it).
-    attn_implementation: str = "sdpa"
-
-    def __post_init__(self) -> None:
-        check_attn_implementation(self.attn_implementation)
-
-    def precision(self) -> PrecisionPlan:
-        return align_precision(self.dtype, training_device())
-
-
-def check_attn_implementation(name: str) -> None:
-    """An unknown kernel, or flash_attention_2 without the flash-attn package: say so at parse time."""
-    from transformers.utils import is_flash_attn_2_available
-
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"--model.attn_implementation={name!r}: choose one of {ATTN_IMPLEMENTATIONS}.")
-    if name == "flash_attention_2" and not is_flash_attn_2_available():
-        raise ImportError(
-            "--model.attn_implementation=flash_attention_2 needs the flash-attn package on a CUDA GPU, which is not "
-            "available here: pip install flash-attn --no-build-isolation, or use --model.attn_implementation=sdpa."
-        )
-
-
-@dataclass
-class TrainingConfig:
-    """Trainer settings; the defaults are the paper's SFT recipe (GRPO overrides lr and scheduler)."""
-
-    output_dir: Path = Path("outputs/align")
-    learning_rate: float = 2e-5
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    # Data loader processes per rank that decode the images while the model trains; None: 2 on a GPU, 0 on the CPU
-    # (where they would take the cores training uses). benchmarks/bench_align_data.py measures 0 against 2.
-    dataloader_num_workers: int | None = None
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
-    seed: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["none"])  # e.g. ["wandb"]
-    gradient_checkpointing: bool = True  # TRL's default: activations of one layer at a time (docs/alignment_at_scale.md)
-    resume: bool = True  # continue from the last complete checkpoint in output_dir
-
-    def trainer_kwargs(self, precision: PrecisionPlan) -> dict:
-        """Keyword arguments shared by TRL's SFTConfig and GRPOConfig (mixed precision from ``precision``)."""
-        return dict(
-            output_dir=str(self.output_dir),
-            learning_rate=self.learning_rate,
-            lr_scheduler_type=self.lr_scheduler_type,
-            warmup_ratio=self.warmup_ratio,
-            num_train_epochs=self.num_train_epochs,
-            max_steps=self.max_steps,
-            per_device_train_batch_size=self.per_device_train_batch_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            logging_steps=self.logging_steps,
-            save_strategy="steps",
-            save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit,
-            seed=self.seed,
-            data_seed=self.seed,
-            report_to=self.report_to,
-            gradient_checkpointing=self.gradient_checkpointing,
-            **precision.trainer_flags(training_device()),
-            remove_unused_columns=False,
-            disable_tqdm=False,
-            dataloader_num_workers=self.num_workers(),
-        )
-
-    def num_workers(self) -> int:
-        if self.dataloader_num_workers is not None:
-            return self.dataloader_num_workers
-        return 2 if training_device() == "cuda" else 0
 
 
 def holds_model(checkpoint: str | Path) -> bool:

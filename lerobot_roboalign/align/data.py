@@ -7,7 +7,7 @@ must show the MLLM exactly the same text, and the VLA never sees them.
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from PIL import Image
 from datasets import Dataset, concatenate_datasets
 
 from lerobot_roboalign.action_vocab import ACTION_END, ACTION_START
+from lerobot_roboalign.align.config import AlignDataConfig
 from lerobot_roboalign.align.vqa import ROW_FEATURES, open_images
 from lerobot_roboalign.dataset_mapping import missing_offline_dataset
 from lerobot_roboalign.fast import FastTokenizer
@@ -24,7 +25,6 @@ from lerobot_roboalign.fast import FastTokenizer
 logger = logging.getLogger(__name__)
 
 CAMERA_PREFIX = "observation.images."
-SPLITS = ("all", "train", "heldout")
 
 ALIGN_INSTRUCTION = (
     "Task: {task}.{state}\nThink about how the robot arm should move, then give the next actions. "
@@ -35,46 +35,6 @@ REASONING_INSTRUCTION = (
     "next to do the task: which direction, how far, and what the gripper should do. Do not write code or numbers "
     "for the actions."
 )
-
-
-@dataclass
-class AlignDataConfig:
-    """Which LeRobotDatasets, cameras and chunk length the alignment samples come from."""
-
-    repo_ids: list[str] = field(default_factory=list)
-    roots: list[str] | None = None  # local dataset roots, one per repo id (offline use)
-    # Camera names without the "observation.images." prefix; empty = all cameras of the first dataset.
-    cameras: list[str] = field(default_factory=list)
-    chunk_size: int = 16  # actions per FAST chunk (paper: 16 at the VLA; FAST encodes the chunk from t)
-    num_samples: int | None = None  # frames to sample over all datasets; None = every frame (paper RL: 12800)
-    include_state: bool = False  # add the robot state to the prompt as text
-    # With include_state: the observation.state entries written, by name (empty = all). Fewer, relevant numbers make
-    # a shorter prompt, e.g. the end effector and gripper for actions that move them: '[ee_x,ee_y,ee_z,gripper_pose]'.
-    state_names: list[str] = field(default_factory=list)
-    image_size: int | None = None  # resize images to a square of this side; None keeps the dataset's size
-    seed: int = 0
-    # Episode split so a score never sees a training frame: with holdout_every=k, episodes whose index
-    # is k-1 mod k are held out; split=train uses the others, split=heldout only those, split=all every one.
-    holdout_every: int = 0
-    split: str = "all"  # all | train | heldout
-
-    def __post_init__(self) -> None:
-        if self.roots is not None and len(self.roots) != len(self.repo_ids):
-            raise ValueError(
-                f"Got {len(self.roots)} --dataset.roots for {len(self.repo_ids)} --dataset.repo_ids: give one root "
-                "per repo id, in the same order (or none to use the LeRobot cache)."
-            )
-        if self.state_names and not self.include_state:
-            raise ValueError(
-                f"--dataset.state_names={self.state_names} chooses which state entries the prompt shows, but the state "
-                "is not in the prompt: add --dataset.include_state=true (or drop --dataset.state_names)."
-            )
-        if self.split not in SPLITS:
-            raise ValueError(f"--dataset.split={self.split!r}: choose one of {SPLITS}.")
-        if self.split != "all" and self.holdout_every < 2:
-            raise ValueError(
-                f"--dataset.split={self.split} needs --dataset.holdout_every=K (K >= 2: every K-th episode held out)."
-            )
 
 
 def target_completion(reasoning: str, fast_tokens: list[int], vocabulary) -> str:

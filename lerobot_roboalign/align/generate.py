@@ -8,26 +8,15 @@ Either a dataset frame (which also prints the recorded chunk and the error) or i
 """
 
 import re
-from dataclasses import dataclass, field
 
-import draccus
 import numpy as np
 from PIL import Image
 
-from lerobot_roboalign.align.common import ModelConfig, generate_completions
-from lerobot_roboalign.align.data import AlignDataConfig, align_messages, frame_sample, open_dataset
+from lerobot_roboalign.align import commands
+from lerobot_roboalign.align.common import generate_completions
+from lerobot_roboalign.align.config import GenerateConfig, ModelConfig
+from lerobot_roboalign.align.data import align_messages, frame_sample, open_dataset
 from lerobot_roboalign.align.grpo import load_aligned
-
-
-@dataclass
-class GenerateConfig:
-    model_path: str = "outputs/align_grpo/model"
-    dataset: AlignDataConfig = field(default_factory=AlignDataConfig)
-    index: int = 0  # frame of the first dataset, when --dataset.repo_ids is given
-    images: list[str] = field(default_factory=list)  # image files, with --instruction, instead of a dataset
-    instruction: str | None = None
-    max_new_tokens: int = 512
-    do_sample: bool = False
 
 
 def input_sample(cfg: GenerateConfig, fast) -> dict:
@@ -65,8 +54,7 @@ def run(cfg: GenerateConfig) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = draccus.parse(config_class=GenerateConfig, args=argv or [])
+def show(cfg: GenerateConfig) -> dict:
     result = run(cfg)
     np.set_printoptions(precision=3, suppress=True, linewidth=120)
     print(f"reasoning: {result['reasoning']}")
@@ -76,3 +64,6 @@ def main(argv: list[str] | None = None) -> dict:
         error = np.abs(result["actions"] - result["recorded"]).mean()
         print(f"recorded chunk:\n{result['recorded']}\nmean |error|: {error:.4f}")
     return result
+
+
+main = commands.main_generate  # parses before this module's imports (align/commands.py): --help stays fast

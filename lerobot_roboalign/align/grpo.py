@@ -15,21 +15,17 @@ The paper's rollout batch 512 / update batch 128 (prompts, as EasyR1 counts them
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import draccus
 import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoProcessor
 
 from lerobot_roboalign.action_vocab import ActionVocabulary
-from lerobot_roboalign.align import lora
+from lerobot_roboalign.align import commands, lora
 from lerobot_roboalign.align.common import (
     MetricsCallback,
-    ModelConfig,
-    TrainingConfig,
     VocabularyCallback,
     freeze_vision_encoder,
     generate_completions,
@@ -38,8 +34,8 @@ from lerobot_roboalign.align.common import (
     model_source,
     stop_token_ids,
 )
+from lerobot_roboalign.align.config import AlignGRPOConfig, GRPOSection, LoRASection, ModelConfig
 from lerobot_roboalign.align.data import (
-    AlignDataConfig,
     AlignSamples,
     align_messages,
     check_completion_cap,
@@ -47,7 +43,6 @@ from lerobot_roboalign.align.data import (
     load_samples,
     longest_target_tokens,
 )
-from lerobot_roboalign.align.lora import LoRASection
 from lerobot_roboalign.align.launch import check_launch, with_whole_reference
 from lerobot_roboalign.align.reason import describe_motion, read_reasoning
 from lerobot_roboalign.align.rewards import make_reward_funcs, total_rewards
@@ -56,62 +51,6 @@ from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.hub import check_repo_id
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class GRPOSection:
-    """GRPO-specific settings, passed through to TRL's GRPOConfig."""
-
-    num_generations: int = 5
-    beta: float = 0.01  # KL coefficient
-    temperature: float = 1.0
-    top_p: float = 0.99
-    # Must hold the longest target completion (reasoning + markup + FAST span), or GRPO rewards brevity;
-    # 0 = size it from the data (longest target + 16; --reasoning gives the SFT reasoning, else scripted motion).
-    max_completion_length: int = 512
-    reward: str = "prefix"  # prefix (paper: longest matching FAST prefix) | l1 (decoded-action error)
-    l1_scale: float = 0.2
-    loss_type: str = "dapo"  # token-level averaging, like EasyR1's default
-    # Completions generated per rollout over all ranks (paper: 512 prompts x 5 = 2560); None: one update batch.
-    # Each rollout then feeds generation_batch_size / (per-device batch x ranks) micro-steps (TRL's
-    # steps_per_generation; give one or the other).
-    generation_batch_size: int | None = None
-    steps_per_generation: int | None = None
-    use_vllm: bool = False  # generate with vLLM (pip install 'lerobot_policy_roboalign[vllm]', CUDA only)
-    vllm_mode: str = "colocate"  # colocate (in the training processes) | server (`trl vllm-serve`)
-    vllm_gpu_memory_utilization: float = 0.3  # colocate: vLLM's share of each GPU (weights + KV cache)
-    vllm_enable_sleep_mode: bool = True  # colocate: vLLM frees its GPU memory while the policy trains
-
-
-# GRPO's defaults live in subclasses, not in default_factory: draccus rebuilds a section from its class's defaults
-# as soon as one of its fields is given on the command line.
-@dataclass
-class GRPOModelConfig(ModelConfig):
-    """The model section of GRPO: all parameters trained, the vision tower included (the paper)."""
-
-    freeze_vision: bool = False
-
-
-@dataclass
-class GRPOTrainingConfig(TrainingConfig):
-    """The trainer section of GRPO: the paper's constant lr 1e-6, no warmup, 5 completions per device."""
-
-    output_dir: Path = Path("outputs/align_grpo")
-    learning_rate: float = 1e-6
-    lr_scheduler_type: str = "constant"
-    warmup_ratio: float = 0.0
-    per_device_train_batch_size: int = 5
-
-
-@dataclass
-class AlignGRPOConfig:
-    dataset: AlignDataConfig = field(default_factory=AlignDataConfig)
-    model: GRPOModelConfig = field(default_factory=GRPOModelConfig)
-    training: GRPOTrainingConfig = field(default_factory=GRPOTrainingConfig)
-    grpo: GRPOSection = field(default_factory=GRPOSection)
-    lora: LoRASection = field(default_factory=LoRASection)  # one GPU: LoRA / QLoRA on the SFT model (align/lora.py)
-    push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
-    reasoning: Path | None = None  # `align reason` output used at SFT: sizes/checks the completion cap
 
 
 def load_aligned(
@@ -261,9 +200,11 @@ def score_model(
     return {**per_func, "reward": float(total_rewards(funcs, **inputs).mean())}
 
 
-def main(argv: list[str] | None = None) -> Path:
-    cfg = draccus.parse(config_class=AlignGRPOConfig, args=argv or [])
+def run(cfg: AlignGRPOConfig) -> Path:
     check_launch()
     final = train(cfg)
     print(f"GRPO model written to {final}")
     return final
+
+
+main = commands.main_grpo  # parses before this module's imports (align/commands.py): --help stays fast

@@ -22,7 +22,6 @@ is the same model with the adapter disabled (TRL), so no second copy is held.
 import importlib.util
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,12 +31,12 @@ from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
 from lerobot_roboalign.align.common import (
     VISION_MODULE_NAMES,
     FINAL_SUBDIR,
-    ModelConfig,
     finish_training,
     load_model_and_processor,
     model_source,
     save_final,
 )
+from lerobot_roboalign.align.config import LoRASection, ModelConfig
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.hub import push_backbone
 from lerobot_roboalign.precision import cast_trainable
@@ -46,32 +45,6 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_SUBDIR = "adapter"
 ADAPTER_CONFIG = "adapter_config.json"
-LANGUAGE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-QUANTIZE = ("none", "4bit")
-
-
-@dataclass
-class LoRASection:
-    """``--lora.*``: LoRA / QLoRA on the language model instead of training every parameter."""
-
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    # Linear layers of the language model that get adapters (names inside its decoder layers).
-    target_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_TARGETS))
-    quantize: str = "none"  # none: frozen base in the compute dtype | 4bit: QLoRA (bitsandbytes NF4)
-
-    def __post_init__(self) -> None:
-        if self.quantize not in QUANTIZE:
-            raise ValueError(f"--lora.quantize={self.quantize!r}: choose from {list(QUANTIZE)}.")
-        if self.quantize != "none" and not self.enabled:
-            raise ValueError(f"--lora.quantize={self.quantize} quantizes the base under LoRA: add --lora.enabled=true.")
-        if self.r < 1 or not self.target_modules:
-            raise ValueError("--lora.r must be at least 1 and --lora.target_modules must name at least one layer.")
-        if "lm_head" in self.target_modules:
-            raise ValueError("--lora.target_modules: drop lm_head (TRL's loss reads lm_head.weight directly, an "
-                             "adapter on it would never train); the action tokens' LM head rows are trained anyway.")
 
 
 def target_pattern(names: list[str] | tuple[str, ...]) -> str:

@@ -44,15 +44,14 @@ rank also reads GRPO's KL reference whole in bf16 (``launch.with_whole_reference
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import draccus
 import torch
 import yaml
 
-from lerobot_roboalign.align.common import ATTN_IMPLEMENTATIONS
-from lerobot_roboalign.align.lora import LANGUAGE_TARGETS
+from lerobot_roboalign.align import commands
+from lerobot_roboalign.align.config import PlanConfig
 
 logger = logging.getLogger(__name__)
 
@@ -62,57 +61,8 @@ VLLM_ASLEEP_GB = 1.0  # what a sleeping vLLM keeps on the GPU (context, CUDA gra
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 # Least communication first: the recommended launch of a stage is the first of these that fits.
 PREFERENCE = ("ddp", "zero2", "zero3", "fsdp")
-STAGES = ("sft", "grpo", "vla")
 LOGIT_BYTES = 10  # bf16 logits, their float32 upcast in the loss and the float32 gradient of that upcast
-METHODS = ("full", "lora", "qlora")
 NF4_BYTES = 0.5 + 0.127 / 8  # 4-bit weights plus double-quantized block scales (QLoRA paper: 0.127 bits per parameter)
-
-
-@dataclass
-class PlanConfig:
-    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # hub id or local dir: only its config.json is read
-    # accelerate config files; default: examples/accelerate/*.yaml
-    accelerate_configs: list[str] = field(default_factory=list)
-    num_processes: int | None = None  # override the configs' num_processes (GPUs)
-    gpu_memory_gb: float = 80.0
-    headroom: float = 0.1  # a launch fits when its peak is under (1 - headroom) x gpu_memory_gb
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
-    action_tokens: int = 2050  # <ACTION_START>, <ACTION_END> and the FAST vocabulary added at SFT
-    gradient_checkpointing: bool = True
-    # full: every parameter trained (vision frozen at SFT); lora: adapters on a frozen bf16 base; qlora: on a 4-bit base
-    method: str = "full"
-    lora_r: int = 16
-    lora_target_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_TARGETS))
-    # SFT (examples/paper/align_sft.json): samples per GPU and step, tokens per sample
-    sft_micro_batch: int = 4
-    sft_seq_len: int = 2048
-    freeze_vision: bool = True
-    # GRPO (examples/paper/align_grpo.json): completions per GPU and step, their prompt and completion tokens
-    grpo_micro_batch: int = 10
-    grpo_prompt_len: int = 512
-    grpo_completion_len: int = 512
-    vllm: bool = True
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_sleep: bool = True
-    # Completions per rollout over all GPUs (examples/paper/align_grpo.json: 512 prompts x 5 = 2560): vLLM's KV cache
-    grpo_generation_batch: int = 2560
-    attn_implementation: str = "sdpa"  # sdpa | flash_attention_2 | eager (the attention matrix is counted)
-    # VLA (lerobot-train, examples/paper/*.json): frames per GPU, prompt tokens, the layer the head reads
-    vla_batch: int = 4  # lerobot-train's --batch_size is per process: the paper's 32 over 8 GPUs
-    vla_prompt_len: int = 256
-    vla_layer: int = 18
-    vla_head_hidden: int = 512
-    vla_head_layers: int = 8
-    output_dir: Path | None = None  # also write plan.md and plan.json there
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.stages) - set(STAGES))
-        if unknown:
-            raise ValueError(f"--stages: unknown {unknown}; choose from {list(STAGES)}.")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"--attn_implementation={self.attn_implementation!r}: choose from {ATTN_IMPLEMENTATIONS}.")
-        if self.method not in METHODS:
-            raise ValueError(f"--method={self.method!r}: choose from {list(METHODS)}.")
 
 
 @dataclass
@@ -417,8 +367,7 @@ def kv_cache_lines(result: dict) -> list[str]:
     return ["", *lines] if lines else []
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = draccus.parse(config_class=PlanConfig, args=argv or [])
+def run(cfg: PlanConfig) -> dict:
     result = plan(cfg)
     table = markdown(result)
     print(table)
@@ -427,3 +376,6 @@ def main(argv: list[str] | None = None) -> dict:
         (cfg.output_dir / "plan.md").write_text(table + "\n")
         (cfg.output_dir / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+main = commands.main_plan  # parses before this module's imports (align/commands.py): --help stays fast

@@ -23,26 +23,24 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import draccus
 import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
-from lerobot_roboalign.align.common import ModelConfig, generate_completions, load_model_and_processor
-from lerobot_roboalign.align.data import AlignDataConfig, AlignSamples, load_samples, reasoning_messages
+from lerobot_roboalign.align import commands
+from lerobot_roboalign.align.common import generate_completions, load_model_and_processor
+from lerobot_roboalign.align.config import ModelConfig, ReasonConfig
+from lerobot_roboalign.align.data import AlignSamples, load_samples, reasoning_messages
 from lerobot_roboalign.align.launch import check_launch
 from lerobot_roboalign.backbone import check_reachable
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("mllm", "scripted")
-ENGINES = ("hf", "vllm")
 WAIT_SECONDS = 5.0  # rank 0 polls for the other ranks' parts this often (no collective that could time out)
 
 
@@ -140,24 +138,6 @@ def describe_motion(sample: dict, top_k: int = 2, threshold: float = 1e-3) -> st
     gripper = "opens" if delta[-1] > threshold else "closes" if delta[-1] < -threshold else "holds"
     body = ", ".join(moves) if moves else "the arm stays still"
     return f"To {sample['task'].rstrip('.')}, {body}, and the gripper {gripper}."
-
-
-@dataclass
-class ReasonConfig:
-    dataset: AlignDataConfig = field(default_factory=AlignDataConfig)
-    source: str = "mllm"  # mllm (the paper) | scripted (motion description, for tiny offline backbones)
-    model_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    output: Path = Path("outputs/reasoning.jsonl")
-    batch_size: int = 8
-    max_new_tokens: int = 256
-    engine: str = "hf"  # hf (transformers generate) | vllm (pip install 'lerobot_policy_roboalign[vllm]', CUDA)
-    vllm_gpu_memory_utilization: float = 0.9  # vLLM's share of each GPU (weights + KV cache)
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"--source={self.source!r} is not one of {SOURCES}.")
-        if self.engine not in ENGINES:
-            raise ValueError(f"--engine={self.engine!r} is not one of {ENGINES}.")
 
 
 def launch_state() -> PartialState:
@@ -271,8 +251,7 @@ def reason_sharded(samples: AlignSamples, make: Callable[[], ReasoningSource], o
         merge_parts(output, ids)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    cfg = draccus.parse(config_class=ReasonConfig, args=argv or [])
+def run(cfg: ReasonConfig) -> Path:
     check_launch()
     samples = load_samples(cfg.dataset)
     max_images = max(len(source.cameras) for source in samples.sources)
@@ -280,3 +259,6 @@ def main(argv: list[str] | None = None) -> Path:
     if launch_state().is_main_process:
         print(f"{len(read_reasoning(cfg.output))} reasoning rows in {cfg.output}")
     return cfg.output
+
+
+main = commands.main_reason  # parses before this module's imports (align/commands.py): --help stays fast

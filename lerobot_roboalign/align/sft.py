@@ -12,54 +12,37 @@ mixed in at ``--vqa.ratio`` VQA samples per action sample (the paper: 1.88M VQA 
 """
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-import draccus
 import numpy as np
 from datasets import Dataset
 
 from lerobot_roboalign.action_vocab import ACTION_VOCAB_FILE, ActionVocabulary
-from lerobot_roboalign.align import lora
+from lerobot_roboalign.align import commands, lora
 from lerobot_roboalign.align.common import (
     MetricsCallback,
-    ModelConfig,
-    TrainingConfig,
     VocabularyCallback,
     freeze_vision_encoder,
     last_complete_checkpoint,
     load_fast_tokenizer,
     model_source,
 )
+from lerobot_roboalign.align.config import AlignSFTConfig, ModelConfig
 from lerobot_roboalign.align.data import (
-    AlignDataConfig,
     AlignSamples,
     attach_fast_tokens,
     load_samples,
     sft_dataset,
 )
-from lerobot_roboalign.align.lora import LoRASection
 from lerobot_roboalign.align.launch import check_launch
 from lerobot_roboalign.align.reason import ScriptedReasoning, describe_motion, read_reasoning
-from lerobot_roboalign.align.vqa import VQAConfig, vqa_references
+from lerobot_roboalign.align.vqa import vqa_references
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.fast import FastTokenizer
 from lerobot_roboalign.hub import check_repo_id
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class AlignSFTConfig:
-    dataset: AlignDataConfig = field(default_factory=AlignDataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    vqa: VQAConfig = field(default_factory=VQAConfig)
-    lora: LoRASection = field(default_factory=LoRASection)  # one GPU: LoRA / QLoRA (align/lora.py)
-    reasoning: Path | None = None  # JSONL from `roboalign align reason`; None = scripted motion descriptions
-    fast_vocab_size: int = 2048  # when a FAST tokenizer is fitted here (the paper's FAST+ vocabulary size)
-    max_length: int | None = 2048
-    push_to_hub: str | None = None  # <user>/<name>: also push the final model there (see hub.py)
 
 
 def attach_action_vocabulary(model, processor, fast: FastTokenizer, path: str) -> ActionVocabulary:
@@ -140,9 +123,11 @@ def train(cfg: AlignSFTConfig) -> Path:
     return lora.finish(trainer, processor, vocabulary, cfg.training.output_dir, fmt, cfg.push_to_hub, cfg.model, cfg.lora)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    cfg = draccus.parse(config_class=AlignSFTConfig, args=argv or [])
+def run(cfg: AlignSFTConfig) -> Path:
     check_launch()
     final = train(cfg)
     print(f"SFT model written to {final}")
     return final
+
+
+main = commands.main_sft  # parses before this module's imports (align/commands.py): --help stays fast

@@ -9,12 +9,13 @@ opens a row's images when it reads the row (``open_images``), so memory does not
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, Features, List, Value
 from PIL import Image
+
+from lerobot_roboalign.align.config import VQAConfig
 
 ROLES = {"human": "user", "gpt": "assistant"}
 CHUNK_CHARS = 1 << 20  # characters of the JSON list read at a time
@@ -23,15 +24,6 @@ TURNS = List({"role": Value("string"), "content": Value("string")})
 # The SFT rows' references (data.sft_dataset): an action sample's index and reasoning, or (sample -1) a VQA row.
 ROW_FEATURES = Features({"sample": Value("int64"), "reasoning": Value("string"), "vqa_prompt": TURNS,
                          "vqa_completion": TURNS, "image_paths": List(Value("string"))})
-
-
-@dataclass
-class VQAConfig:
-    """Extra VQA data: LLaVA records {"image": path(s), "conversations": [{"from", "value"}]} as a JSON list or JSONL."""
-
-    path: Path | None = None
-    image_root: Path | None = None  # image paths in the JSON are relative to this (default: the JSON's folder)
-    ratio: float = 0.0  # VQA samples per action sample
 
 
 def llava_turns(record: dict) -> tuple[list[dict], list[dict]]:

@@ -13,6 +13,7 @@ import torch
 from lerobot_roboalign.action_vocab import ActionVocabulary
 from lerobot_roboalign.align import lora, plan
 from lerobot_roboalign.align.common import ModelConfig
+from lerobot_roboalign.align.config import LANGUAGE_TARGETS
 from lerobot_roboalign.align.data import load_samples
 from lerobot_roboalign.align.grpo import AlignGRPOConfig, load_aligned, score_model
 from lerobot_roboalign.align.sft import AlignSFTConfig
@@ -70,7 +71,7 @@ def test_adapters_go_on_the_language_model_and_the_action_rows(extended_backbone
     names = [name for name, _ in model.named_modules()]
     targeted = [n for n in names if re.fullmatch(config.target_modules, n)]
     assert targeted and all(".language_model.layers." in n for n in targeted)
-    assert {n.rsplit(".", 1)[1] for n in targeted} == set(lora.LANGUAGE_TARGETS)
+    assert {n.rsplit(".", 1)[1] for n in targeted} == set(LANGUAGE_TARGETS)
     assert any(".visual." in n and n.endswith("mlp.gate_proj") for n in names)  # the vision tower has them, untouched
     ids = [vocabulary.start_id, vocabulary.end_id, *vocabulary.action_ids.tolist()]
     assert config.trainable_token_indices == {"embed_tokens": ids, "lm_head": ids}  # the tiny backbone is untied
@@ -218,7 +219,7 @@ def test_lora_sft_lowers_the_loss_and_changes_only_the_adapter_and_action_rows(l
     new = torch.as_tensor(lora.action_token_ids(vocabulary))
     old = torch.ones(base.get_input_embeddings().num_embeddings, dtype=torch.bool)
     old[new] = False
-    targets = tuple(f".{name}.weight" for name in lora.LANGUAGE_TARGETS)
+    targets = tuple(f".{name}.weight" for name in LANGUAGE_TARGETS)
     before = dict(base.named_parameters())
     changed = []
     for name, after in merged.named_parameters():

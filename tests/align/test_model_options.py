@@ -4,7 +4,8 @@ import draccus
 import pytest
 import torch
 
-from lerobot_roboalign.align.common import ModelConfig, TrainingConfig, load_model_and_processor
+from lerobot_roboalign.align.common import load_model_and_processor
+from lerobot_roboalign.align.config import ModelConfig, TrainingConfig
 from lerobot_roboalign.align.grpo import AlignGRPOConfig, grpo_args
 from lerobot_roboalign.align.sft import AlignSFTConfig
 

@@ -17,7 +17,8 @@ from transformers import AutoModelForImageTextToText
 from lerobot_roboalign.align import common
 
 from lerobot_roboalign.align import sft
-from lerobot_roboalign.align.common import ModelConfig, TrainingConfig, load_model_and_processor
+from lerobot_roboalign.align.common import load_model_and_processor
+from lerobot_roboalign.align.config import ModelConfig, TrainingConfig
 from lerobot_roboalign.align.sft import AlignSFTConfig
 from lerobot_roboalign.alignment_format import AlignmentFormat
 from lerobot_roboalign.precision import align_precision
