@@ -62,6 +62,14 @@ class RoboAlignConfig(PreTrainedConfig):
     image_resolution: tuple[int, int] | None = None  # (H, W) every camera is resized to
     prompt_template: str | None = None  # the user turn ({task}, {state} left empty); the chat template wraps it
 
+    # Cache the frozen backbone's features of each dataset frame on disk (feature_cache.py) and train the head on
+    # them: after the first epoch a training step skips the backbone, with the same losses. Frozen backbone only,
+    # refused with image augmentation (--dataset.image_transforms.enable=true: pixels change every epoch). Keyed by
+    # frame and backbone fingerprint under feature_cache_dir (None: ~/.cache/lerobot_roboalign/features), so runs
+    # on the same backbone and dataset (head seeds, a resumed run) share it.
+    cache_features: bool = False
+    feature_cache_dir: str | None = None
+
     # Standardise each image token per (patch, channel) with running statistics saved with the head
     # (feature_norm.py): what moves in the scene is a small change on top of what is always there.
     standardize_image_tokens: bool = True
@@ -138,6 +146,12 @@ class RoboAlignConfig(PreTrainedConfig):
             raise ValueError(
                 f"backbone_mode={self.backbone_mode!r} is not one of {BACKBONE_MODES}: "
                 "set --policy.backbone_mode=frozen (default), lora or full."
+            )
+        if self.cache_features and self.backbone_mode != "frozen":
+            raise ValueError(
+                f"cache_features=true needs a frozen backbone, but backbone_mode={self.backbone_mode!r} trains it: "
+                "its features change every step, so cached ones would be stale. Fix: --policy.backbone_mode=frozen, "
+                "or --policy.cache_features=false."
             )
         if self.vlm_layer < 1:
             raise ValueError(f"vlm_layer must be >= 1 (got {self.vlm_layer}).")

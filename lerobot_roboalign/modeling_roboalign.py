@@ -23,6 +23,7 @@ from .alignment_format import resolve_vla_inputs
 from .backbone import VLMBackbone
 from .configuration_roboalign import RoboAlignConfig
 from .dataset_mapping import check_dataset_features, cli_rename_map
+from .feature_cache import DEFAULT_CACHE_DIR, FeatureCache, backbone_fingerprint, refuse_image_transforms, slot_length
 from .feature_norm import ImageTokenStandardizer
 from .hub import backbone_reference, peft_base_reference, shared_backbone_name
 from .precision import cast_trainable, vla_precision
@@ -57,6 +58,10 @@ class RoboAlignPolicy(PreTrainedPolicy):
             check_dataset_features(config, kwargs["dataset_meta"].features, cli_rename_map())
             if config.push_to_hub:
                 backbone_reference(config.vlm_model_name)
+            if config.cache_features:
+                refuse_image_transforms()
+        self._dataset_meta = kwargs.get("dataset_meta")  # the feature cache's frames, tasks and identity
+        self._feature_cache: FeatureCache | None = None
         resolve_vla_inputs(config)  # the prompt and image size the backbone was aligned on, unless set
         self.backbone_precision = vla_precision(config.backbone_mode, config.backbone_dtype, config.device)
         self.backbone = VLMBackbone(
@@ -155,6 +160,11 @@ class RoboAlignPolicy(PreTrainedPolicy):
             )
         if self.config.push_to_hub:
             peft_base_reference(self.config.pretrained_path)
+        if self.config.cache_features:
+            raise ValueError(
+                "--peft trains adapters inside the backbone, so its features change every step and cannot be cached "
+                "(this checkpoint or run sets --policy.cache_features=true). Fix: add --policy.cache_features=false."
+            )
 
     def push_model_to_hub(self, cfg, *args, **kwargs):
         """Push with the backbone named by its Hub repository, or refuse if it exists only on this machine."""
@@ -173,17 +183,67 @@ class RoboAlignPolicy(PreTrainedPolicy):
         self.safety_context.new_episode()
 
     # ---- model --------------------------------------------------------------------
-    def _features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        images = [batch[key] for key in self.config.image_features]
+    def _inputs(self, batch: dict[str, Tensor]) -> tuple[list[Tensor], list[str]]:
         tasks = batch["task"]
-        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        return [batch[key] for key in self.config.image_features], [tasks] if isinstance(tasks, str) else list(tasks)
+
+    def _backbone_outputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The backbone's features (its own dtype), padding mask and image-token mask."""
+        images, tasks = self._inputs(batch)
         autocast = self.backbone_precision.autocast
         with (
             torch.set_grad_enabled(self.training and self._backbone_trains()),
             torch.autocast(images[0].device.type, dtype=autocast, enabled=autocast is not None),
         ):
-            features, mask, image_tokens = self.backbone(images, tasks)
+            return self.backbone(images, tasks)
+
+    def _features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        features, mask, image_tokens = self._backbone_outputs(batch)
         return self.standardize_image_tokens(features.float(), image_tokens), mask
+
+    def _training_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
+        """Features for ``forward``: with ``cache_features``, each dataset frame's backbone outputs computed once
+        (feature_cache.py), and whether this batch was read from the cache, for lerobot-train's log."""
+        if not self.config.cache_features:
+            return *self._features(batch), {}
+        if "index" not in batch:
+            raise KeyError(
+                "--policy.cache_features=true keys features by dataset frame, but the batch has no 'index' (LeRobot's "
+                "training batches carry it). Fix: train through lerobot-train / LeRobotDataset batches, or "
+                "--policy.cache_features=false."
+            )
+        images, tasks = self._inputs(batch)
+        left_padded = self.backbone.processor.tokenizer.padding_side == "left"
+        (features, mask, image_tokens), hit = self._open_feature_cache(images[0].device).fetch(
+            batch["index"], images, tasks, left_padded, lambda: self._backbone_outputs(batch)
+        )
+        return self.standardize_image_tokens(features.float(), image_tokens), mask, {"feature_cache_hit": float(hit)}
+
+    def _open_feature_cache(self, device: torch.device) -> FeatureCache:
+        """The cache of this backbone and dataset, opened at the first training batch (on its device)."""
+        if self._feature_cache is not None:
+            return self._feature_cache
+        meta = self._dataset_meta
+        if meta is None or meta.tasks is None:
+            raise ValueError(
+                "--policy.cache_features=true needs the dataset's metadata (its frame count and tasks), which "
+                "lerobot-train gives the policy. Fix: build it with make_policy(config, ds_meta=dataset.meta) or "
+                "RoboAlignPolicy(config, dataset_meta=dataset.meta)."
+            )
+        if self._backbone_trains():
+            raise ValueError("--policy.cache_features=true, but the backbone has trainable weights (adapters?): its "
+                             "features change every step. Fix: --policy.cache_features=false.")  # fmt: skip
+        cameras = list(self.config.image_features)
+        dataset = {"repo_id": meta.repo_id, "root": str(meta.root), "frames": meta.total_frames}
+        self._feature_cache = FeatureCache.open(
+            Path(self.config.feature_cache_dir or DEFAULT_CACHE_DIR),
+            backbone_fingerprint(self.backbone, cameras, device, dataset),
+            num_frames=meta.total_frames,
+            slot_length=slot_length(self.backbone, list(meta.tasks.index), len(cameras)),
+            dim=self.backbone.hidden_size,
+            dtype=self.backbone.dtype,
+        )
+        return self._feature_cache
 
     def standardize_image_tokens(self, features: Tensor, image_tokens: Tensor) -> Tensor:
         """Features with each image token standardised per patch (feature_norm.py); others unchanged."""
@@ -198,9 +258,9 @@ class RoboAlignPolicy(PreTrainedPolicy):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         validate_batch(self._input_spec, batch, require_action=True)
-        features, mask = self._features(batch)
+        features, mask, cache_info = self._training_features(batch)
         loss = self.head.loss(features, mask, self._state(batch), batch[ACTION].float(), batch.get("action_is_pad"))
-        return loss, {"flow_matching_loss": loss.item()}
+        return loss, {"flow_matching_loss": loss.item(), **cache_info}
 
     # ---- Real-Time Chunking (lerobot-rollout --inference.type=rtc) ------------------
     def supports_rtc(self) -> bool:
