@@ -26,6 +26,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("files", "export"): ("lerobot_roboalign.shipped", "Write the arm configs (robots/) and example calibration files (calibration/) into DIR."),
     ("calvin", "eval"): ("lerobot_roboalign.calvin.evaluate", "Run the CALVIN ABC->D protocol (1000 chains of 5 instructions)."),
     ("sim", "record"): ("lerobot_roboalign.sim_cli", "Record scripted SO-101 demonstrations into a LeRobotDataset v3."),
+    ("sim", "vqa"): ("lerobot_roboalign.scene_vqa", "Scene questions (LLaVA JSON + PNG) about varied simulated SO-101 frames, for align sft --vqa.*."),
     ("demo",): ("lerobot_roboalign.demo", "The whole RoboAlign pipeline offline on a simulated SO-101."),
     ("study",): ("lerobot_roboalign.study", "The pre-registered transfer study (docs/study.md): 4 rows x 4 head seeds, resumable."),
 }
