@@ -17,12 +17,12 @@ ROW_NAMES = {
     "matched_sft": "matched SFT (SFT on GRPO's samples)",
 }
 BASES = ("random", "vqa")
-# `sim record --seed=K` records from 10^7 + K x 10^6 up (sim_demos.attempt_seed): K picks a disjoint seed range.
-VLA_RECORD_SEED = 0  # 10^7 + i: the VLA demonstrations (the demo's range)
-PROBE_RECORD_SEED = 1  # 1.1 x 10^7 + i: the probe's extra target-task demonstrations, in the VLA range
-PILOT_RECORD_SEED = 30  # 4 x 10^7 + i: every pilot recording (docs/study.md, "Pilots")
-ALIGNMENT_SEED_BASE = 3 * 10**7
-PILOT_ALIGNMENT_SEED_BASE = 4 * 10**7 + 5 * 10**6  # inside the pilots' range, past the pilot target recordings
+# Reset seeds of each recording: `sim record --seed_base=B --seed=K` records from B + K x 10^6 up
+# (envs/variation.py). Finals: the VLA demonstrations from 10^7 (the demo's range), the probe's extra target-task
+# demonstrations 1.1 x 10^7 (the same range, disjoint), the alignment corpus from 3 x 10^7, the scene questions from
+# 5 x 10^7. Pilots: all from 4 x 10^7, one block of 10^6 each.
+FINAL_SEEDS = {"vla": (10**7, 0), "probe": (10**7, 1), "alignment": (3 * 10**7, 0), "vqa": (5 * 10**7, 0)}
+PILOT_SEEDS = {"vla": (4 * 10**7, 0), "probe": (4 * 10**7, 1), "alignment": (4 * 10**7, 2), "vqa": (4 * 10**7, 3)}
 EVAL_SEED, PILOT_EVAL_SEED = 20_000, 30_000
 
 
@@ -106,18 +106,9 @@ class StudyConfig:
         if self.grpo_budget <= 0:
             raise ValueError(f"--grpo_budget={self.grpo_budget}: a positive multiple of the demo's GRPO budget.")
 
-    @property
-    def record_seed(self) -> int:
-        """`sim record --seed` of the VLA demonstrations."""
-        return PILOT_RECORD_SEED if self.pilot else VLA_RECORD_SEED
-
-    @property
-    def probe_record_seed(self) -> int:
-        return self.record_seed + PROBE_RECORD_SEED
-
-    @property
-    def alignment_seed_base(self) -> int:
-        return PILOT_ALIGNMENT_SEED_BASE if self.pilot else ALIGNMENT_SEED_BASE
+    def seeds(self, corpus: str) -> tuple[int, int]:
+        """(seed_base, seed) of a corpus's recording: vla, probe, alignment or vqa."""
+        return (PILOT_SEEDS if self.pilot else FINAL_SEEDS)[corpus]
 
     @property
     def eval_seed(self) -> int:

@@ -58,39 +58,41 @@ def row_backbone_stage(cfg: StudyConfig, row: str) -> str:
 def alignment_stages(cfg: StudyConfig) -> list[PlannedStage]:
     """Data, base backbone and alignment: everything before the heads."""
     s = cfg.sizes
-    record = {"image": s.image_size, "seed": cfg.record_seed}
+    record = {"image": s.image_size, "seeds": cfg.seeds("vla")}
     probe_episodes = max(s.probe_demos) + s.probe_test_episodes_per_task
     alignment_frames = frames(s.alignment_episodes_per_task)
     grpo = {"steps": cfg.grpo_steps, "samples": cfg.grpo_samples, "generations": s.grpo_generations}
     plan = [
         PlannedStage("record_vla", "record", (), {**record, "episodes": s.vla_episodes_per_task},
                      frames(s.vla_episodes_per_task), ("vla_dataset",)),
-        PlannedStage("record_probe", "record", (), {**record, "seed": cfg.probe_record_seed, "episodes": probe_episodes},
+        PlannedStage("record_probe", "record", (), {**record, "seeds": cfg.seeds("probe"), "episodes": probe_episodes},
                      frames(probe_episodes), ("probe_dataset",)),
         PlannedStage("record_alignment", "record_alignment", (), {"image": s.image_size, "episodes":
-                     s.alignment_episodes_per_task, "seed_base": cfg.alignment_seed_base}, alignment_frames,
+                     s.alignment_episodes_per_task, "seeds": cfg.seeds("alignment")}, alignment_frames,
                      ("alignment_dataset",)),
-        PlannedStage("vqa_data", "vqa_data", (), {"scenes": s.vqa_episodes, "image": s.image_size, "pilot": cfg.pilot},
-                     s.vqa_episodes, ("vqa",)),
         PlannedStage("backbone", "backbone", (), {"seed": cfg.seed}, 1, ("backbone",)),
         PlannedStage("tokenizer", "tokenizer", ("record_alignment",), {"chunk": s.chunk_size}, alignment_frames,
                      ("fast_tokenizer",)),
         PlannedStage("reason", "reason", ("record_alignment",), {"source": "scripted"}, alignment_frames,
                      ("reasoning.jsonl",)),
     ]  # fmt: skip
+    uses_vqa = cfg.base == "vqa" or s.vqa_ratio > 0
+    if uses_vqa:
+        plan.append(PlannedStage("vqa_data", "vqa_data", (), {"scenes": s.vqa_episodes, "image": s.image_size,
+                                 "seeds": cfg.seeds("vqa")}, s.vqa_episodes, ("vqa",)))  # fmt: skip
     if cfg.base == "vqa":
         plan.append(PlannedStage("vqa_base", "vqa_base", ("backbone", "vqa_data"), {"steps": s.vqa_base_steps},
                                  s.vqa_base_steps * s.sft_batch_size, ("vqa_base",)))  # fmt: skip
     sft = {"steps": s.sft_steps, "batch": s.sft_batch_size, "vqa_ratio": s.vqa_ratio, "state": cfg.state_text,
            "holdout": s.holdout_every, "seed": cfg.seed}  # fmt: skip
-    inputs = (row_backbone_stage(cfg, "base"), "tokenizer", "reason", "vqa_data", "record_alignment")
+    inputs = (row_backbone_stage(cfg, "base"), "tokenizer", "reason", *("vqa_data",) * uses_vqa, "record_alignment")
     plan.append(PlannedStage("sft", "sft", inputs, sft, s.sft_steps * s.sft_batch_size, ("align_sft",)))
     completions = cfg.grpo_steps * s.grpo_generations * 2  # the demo's GRPO batch: 2 prompts x generations
     aligned = ("sft", "reason", "record_alignment")
     if {"roboalign", "matched_sft"} & set(cfg.rows):
         plan.append(PlannedStage("grpo", "grpo", aligned, grpo, completions, ("align_grpo",)))
     if "matched_sft" in cfg.rows:  # the prompts GRPO drew (the same draw) and as many samples as its completions
-        plan.append(PlannedStage("matched_sft", "matched_sft", aligned, grpo, completions, ("align_matched_sft",)))
+        plan.append(PlannedStage("matched_sft", "matched_sft", (*aligned, "tokenizer"), grpo, completions, ("align_matched_sft",)))
     scored = ("sft", *(stage.name for stage in plan if stage.name in ("grpo", "matched_sft")))  # before/after GRPO
     plan.append(PlannedStage("score", "score", (*scored, "tokenizer", "reason", "record_alignment", "record_vla"),
                              {"frames": s.score_frames, "state": cfg.state_text}, s.score_frames * 2 * len(scored)))

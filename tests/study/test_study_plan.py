@@ -11,9 +11,10 @@ from lerobot_roboalign.study.plan import DEFAULT_RATES, estimate_lines, stage_pl
 
 def test_pilot_switches_every_seed_range_and_tiny_keeps_given_sizes():
     final, pilot = parse_config([]), parse_config(["--pilot", "--tiny", "--sizes.head_steps=7"])
-    assert (final.eval_seed, final.record_seed, final.alignment_seed_base) == (20_000, 0, 3 * 10**7)
-    assert pilot.eval_seed == 30_000 and pilot.record_seed == 30  # sim record: 10^7 + 30 x 10^6 = 4 x 10^7
-    assert 4 * 10**7 <= pilot.alignment_seed_base < 5 * 10**7
+    assert (final.eval_seed, final.seeds("vla"), final.seeds("alignment")) == (20_000, (10**7, 0), (3 * 10**7, 0))
+    assert pilot.eval_seed == 30_000
+    pilot_seeds = [pilot.seeds(corpus) for corpus in ("vla", "probe", "alignment", "vqa")]
+    assert {base for base, _ in pilot_seeds} == {4 * 10**7} and len(set(pilot_seeds)) == 4  # disjoint blocks
     assert pilot.sizes.head_steps == 7 and pilot.sizes.sft_steps == TINY.sft_steps
 
 
