@@ -3,7 +3,10 @@
 Each sub-command lives in its own module and exposes ``main(argv)``; they are imported
 lazily so that ``roboalign --help`` stays fast and a stage's heavy imports (TRL, MuJoCo)
 are paid only when that stage runs. Arguments after the sub-command are parsed by the
-stage's draccus config, so every field is set as ``--section.field=value``.
+stage's draccus config, so every field is set as ``--section.field=value``. A command's
+module imports no torch, transformers, datasets, TRL, LeRobot or MuJoCo before it has parsed
+(its config in a stdlib-only module, e.g. ``align/config.py``), so ``--help`` prints at once
+(``tests/test_cli_help.py`` checks every command registered here).
 """
 
 import importlib
