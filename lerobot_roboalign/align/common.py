@@ -1,4 +1,4 @@
-"""What the SFT and GRPO stages share: config sections, model loading, checkpoints, metrics.
+"""What the SFT and GRPO stages share: model loading, checkpoints, metrics (their config sections: config.py).
 
 Both stages hand their loops to TRL/transformers trainers; this module only adds the RoboAlign-specific
 parts around them: the extended action vocabulary, the frozen vision encoder, a resume that skips a
