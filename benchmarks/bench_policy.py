@@ -5,14 +5,18 @@ SmolVLM for SmolVLA, both ~1.3M parameters, 4 layers), the same two 64x64 camera
 and action, chunk 16, and go through their own pre/post-processors exactly as lerobot-eval
 calls them. Reports p50/p99 per control step and per chunk, samples/s, and the ratios.
 Optional on CUDA: ``--full-size`` builds the Qwen2.5-VL-7B architecture with random bf16
-weights and measures per-chunk latency and peak memory.
+weights and measures per-chunk latency and peak memory. The feature cache
+(``--policy.cache_features``): RoboAlign's training steps/s on the same frames and batches with
+a warm cache, on the epoch that fills it, and without; ``--feature-cache-only`` measures just
+that and keeps the other results.
 
-    python benchmarks/bench_policy.py [--steps 64] [--train-steps 10] [--full-size]
+    python benchmarks/bench_policy.py [--steps 64] [--train-steps 10] [--full-size] [--feature-cache-only]
 """
 
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +30,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lerobot.configs import FeatureType, PolicyFeature  # noqa: E402
-from lerobot.policies.factory import get_policy_class, make_pre_post_processors  # noqa: E402
+from lerobot.datasets import LeRobotDataset  # noqa: E402
+from lerobot.datasets.factory import resolve_delta_timestamps  # noqa: E402
+from lerobot.policies.factory import get_policy_class, make_policy, make_pre_post_processors  # noqa: E402
 from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig  # noqa: E402
 
 import lerobot_policy_roboalign  # noqa: E402,F401
 from lerobot_roboalign.configuration_roboalign import RoboAlignConfig  # noqa: E402
+from lerobot_roboalign.synthetic import write_synthetic_dataset  # noqa: E402
 from lerobot_roboalign.tiny_backbone import make_tiny_backbone  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -105,16 +112,15 @@ def train_throughput(policy, pre, steps: int, batch_size: int = 8) -> float:
     return steps * batch_size / (time.perf_counter() - start)
 
 
+ROBOALIGN_SIZES = dict(vlm_layer=4, head_hidden_size=128, head_num_layers=4, head_num_heads=4,
+                       image_resolution=(224, 224), device="cpu")  # fmt: skip
+
+
 def configs(workdir: Path) -> dict:
     inputs, outputs = features()
     roboalign = RoboAlignConfig(
         vlm_model_name=str(make_tiny_backbone(workdir / "qwen2_5_vl", "qwen2_5_vl")),
-        vlm_layer=4,
-        head_hidden_size=128,
-        head_num_layers=4,
-        head_num_heads=4,
-        image_resolution=(224, 224),
-        device="cpu",
+        **ROBOALIGN_SIZES,
         input_features=dict(inputs),
         output_features=dict(outputs),
     )
@@ -130,6 +136,65 @@ def configs(workdir: Path) -> dict:
         output_features=dict(outputs),
     )
     return {"roboalign": roboalign, "smolvla": smolvla}
+
+
+def epoch_seconds(policy, batches: list[dict]) -> float:
+    """One pass of AdamW steps over ``batches``, as lerobot-train's update_policy runs them."""
+    optimizer = torch.optim.AdamW(policy.get_optim_params(), lr=1e-4)
+    policy.train()
+    start = time.perf_counter()
+    for batch in batches:
+        loss, _ = policy.forward(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def feature_cache_throughput(workdir: Path, epochs: int = 5, batch_size: int = 8) -> dict:
+    """Training steps/s of RoboAlign (frozen backbone) without the cache, on the epoch that fills it, and warm.
+
+    The same preprocessed batches of a 32-frame LeRobotDataset for every row, so only the backbone's cost differs;
+    data loading (which the cache does not remove: the pixels are still loaded and checksummed) is left out. Warm
+    and uncached epochs alternate and the median is kept, so load from other processes hits both alike.
+    """
+    load = os.getloadavg()[0]
+    dataset = write_synthetic_dataset(workdir / "dataset", num_episodes=2, episode_length=16)
+    backbone = str(make_tiny_backbone(workdir / "qwen2_5_vl", "qwen2_5_vl"))
+    policies, batches = {}, []
+    for name, cache in (("no_cache", None), ("cache", workdir / "feature_cache")):
+        config = RoboAlignConfig(vlm_model_name=backbone, **ROBOALIGN_SIZES, cache_features=cache is not None,
+                                 feature_cache_dir=str(cache) if cache else None)  # fmt: skip
+        torch.manual_seed(0)
+        policies[name] = make_policy(config, ds_meta=dataset.meta)
+        if not batches:
+            pre, _ = make_pre_post_processors(config, dataset_stats=dataset.meta.stats)
+            chunks = LeRobotDataset(dataset.repo_id, root=dataset.root,
+                                    delta_timestamps=resolve_delta_timestamps(config, dataset.meta))  # fmt: skip
+            loader = torch.utils.data.DataLoader(chunks, batch_size=batch_size, shuffle=True,
+                                                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+            batches = [pre(batch) for batch in loader]
+    epoch_seconds(policies["no_cache"], batches[:1])  # warm-up of the uncached path (first-call allocations)
+    fill = epoch_seconds(policies["cache"], batches)
+    timings = {"no_cache": [], "cache": []}
+    for _ in range(epochs):
+        for name in timings:
+            timings[name].append(epoch_seconds(policies[name], batches))
+    steps_per_s = {name: len(batches) / statistics.median(seconds) for name, seconds in timings.items()}
+    steps_per_s["cache_fill"] = len(batches) / fill
+    on_disk = sum(p.stat().st_blocks * 512 for p in (workdir / "feature_cache").rglob("*.bin"))
+    return {
+        "frames": dataset.meta.total_frames,
+        "batch_size": batch_size,
+        "steps_per_epoch": len(batches),
+        "epochs_timed": epochs,
+        "steps_per_s": steps_per_s,
+        "warm_over_no_cache": steps_per_s["cache"] / steps_per_s["no_cache"],
+        "fill_over_no_cache": steps_per_s["cache_fill"] / steps_per_s["no_cache"],
+        "cache_mib_on_disk": on_disk / 2**20,
+        "load_average_before": load,
+        "threads": torch.get_num_threads(),
+    }
 
 
 QWEN25_VL_7B = dict(
@@ -185,13 +250,46 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def cache_markdown(cache: dict) -> list[str]:
+    rate = cache["steps_per_s"]
+    return [
+        "",
+        f"Feature cache (`--policy.cache_features`, frozen tiny backbone, {cache['frames']} frames, batch "
+        f"{cache['batch_size']}, median of {cache['epochs_timed']} alternating epochs, data loading excluded; "
+        f"CPU, {cache['threads']} thread(s), load average {cache['load_average_before']:.1f} before the run):",
+        "",
+        "| training | steps/s | vs no cache |",
+        "|---|---|---|",
+        f"| no cache | {rate['no_cache']:.2f} | 1.00x |",
+        f"| cache, first epoch (filling) | {rate['cache_fill']:.2f} | {cache['fill_over_no_cache']:.2f}x |",
+        f"| cache, warm | {rate['cache']:.2f} | {cache['warm_over_no_cache']:.2f}x |",
+        "",
+        f"Cache on disk: {cache['cache_mib_on_disk']:.1f} MiB.",
+    ]
+
+
+def update_feature_cache_only() -> None:
+    """Measure the feature cache alone and add it to the existing results (the other rows are kept)."""
+    report = json.loads((RESULTS / "policy.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        report["feature_cache"] = feature_cache_throughput(Path(tmp))
+    (RESULTS / "policy.json").write_text(json.dumps(report, indent=2))
+    table = (RESULTS / "policy.md").read_text().split("\n\nFeature cache")[0].rstrip("\n").splitlines()
+    (RESULTS / "policy.md").write_text("\n".join(table + cache_markdown(report["feature_cache"])) + "\n")
+    print("\n".join(cache_markdown(report["feature_cache"])))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--full-size", action="store_true")
+    parser.add_argument("--feature-cache-only", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.feature_cache_only:
+        update_feature_cache_only()
+        return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, config in configs(Path(tmp)).items():
@@ -204,6 +302,8 @@ def main() -> None:
         for key in ("step_p50_ms", "step_p99_ms", "chunk_p50_ms", "chunk_p99_ms", "train_samples_per_s")
     }
     report = {"device": "cpu", "threads": torch.get_num_threads(), "results": results, "roboalign_over_smolvla": ratios}
+    with tempfile.TemporaryDirectory() as tmp:
+        report["feature_cache"] = feature_cache_throughput(Path(tmp))
     if args.full_size and torch.cuda.is_available():
         with tempfile.TemporaryDirectory() as tmp:
             report["qwen2_5_vl_7b_cuda"] = full_size_cuda(Path(tmp))
@@ -215,6 +315,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['step_p50_ms']:.2f} | {r['step_p99_ms']:.1f} | "
                      f"{r['chunk_p50_ms']:.1f} | {r['chunk_p99_ms']:.1f} | {r['train_samples_per_s']:.1f} |")
     lines.append("| roboalign / smolvla | | " + " | ".join(f"{ratios[k]:.2f}x" for k in ratios) + " |")
+    lines += cache_markdown(report["feature_cache"])
     (RESULTS / "policy.md").write_text("\n".join(lines) + "\n")
     plot(results, RESULTS / "policy.png")
     print("\n".join(lines))

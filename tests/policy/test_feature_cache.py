@@ -75,11 +75,14 @@ def count_backbone_calls(policy) -> list:
     return calls
 
 
-def test_cached_features_give_bit_identical_losses_and_skip_the_backbone(tiny_qwen25_backbone, dataset, tmp_path):
-    plain, batches = build(make_config(tiny_qwen25_backbone, None), dataset)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: a frozen backbone on a GPU (auto)
+def test_cached_features_give_bit_identical_losses_and_skip_the_backbone(
+    dtype, tiny_qwen25_backbone, dataset, tmp_path
+):
+    plain, batches = build(make_config(tiny_qwen25_backbone, None, backbone_dtype=dtype), dataset)
     expected, _ = train(plain, batches, epochs=2)
 
-    cached, batches = build(make_config(tiny_qwen25_backbone, tmp_path), dataset)
+    cached, batches = build(make_config(tiny_qwen25_backbone, tmp_path, backbone_dtype=dtype), dataset)
     calls = count_backbone_calls(cached)
     losses, hits = train(cached, batches, epochs=2)
     assert losses == expected  # exactly: filled from the backbone, then read back
@@ -87,7 +90,7 @@ def test_cached_features_give_bit_identical_losses_and_skip_the_backbone(tiny_qw
     for key, value in plain.state_dict().items():
         assert torch.equal(cached.state_dict()[key], value), key
 
-    again, batches = build(make_config(tiny_qwen25_backbone, tmp_path), dataset)  # a new run on the same cache
+    again, batches = build(make_config(tiny_qwen25_backbone, tmp_path, backbone_dtype=dtype), dataset)  # new run
     calls = count_backbone_calls(again)
     assert train(again, batches, epochs=1) == (expected[:3], [1.0] * 3) and not calls
 
