@@ -13,6 +13,7 @@ augmentation, or a changed dataset) is refused instead of trained on stale featu
 """
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -73,10 +74,15 @@ def pixel_checksums(images: list[Tensor]) -> np.ndarray:
     """
     flat = torch.cat([image.flatten(1) for image in images], dim=1)
     device = flat.device if flat.device.type != "mps" else torch.device("cpu")
-    generator = torch.Generator().manual_seed(flat.shape[1])
-    weights = (0.5 + torch.rand(2, flat.shape[1], generator=generator, dtype=torch.float64)).to(device)
     pixels = flat.to(device=device, dtype=torch.float64)
-    return torch.stack([(pixels * w).sum(dim=1) for w in weights], dim=1).cpu().numpy()
+    return torch.stack([(pixels * w).sum(dim=1) for w in _checksum_weights(flat.shape[1], device)], dim=1).cpu().numpy()
+
+
+@functools.lru_cache(maxsize=4)
+def _checksum_weights(size: int, device: torch.device) -> Tensor:
+    """(2, size) float64 weights in [0.5, 1.5), the same in every process (seeded by the size)."""
+    generator = torch.Generator().manual_seed(size)
+    return (0.5 + torch.rand(2, size, generator=generator, dtype=torch.float64)).to(device)
 
 
 def weights_checksum(module: torch.nn.Module) -> str:
