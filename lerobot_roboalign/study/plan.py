@@ -31,6 +31,13 @@ DEFAULT_RATES = {
     "eval": 1.2,  # per episode
     "probe_curve": 0.007,  # per frame and backbone
 }
+# Seconds a stage takes whatever its size (process start-up, imports, model loading), measured in a --tiny run on
+# 2 loaded CPU cores (docs: /tmp/coord/G_ready); the rates above apply to the units beyond it.
+OVERHEAD_S = {
+    "record": 30.0, "record_alignment": 30.0, "backbone": 5.0, "tokenizer": 15.0, "reason": 15.0, "sft": 40.0,
+    "grpo": 45.0, "matched_sft": 40.0, "score": 30.0, "prompt_check": 10.0, "head": 40.0, "eval": 30.0,
+    "probe_curve": 20.0, "vqa_data": 20.0, "vqa_base": 40.0,
+}  # fmt: skip
 FRAMES_PER_EPISODE = {"reach_and_close": 9, "pick_and_place": 48}
 COST_MODEL_FILE = "cost_model.json"
 
@@ -64,7 +71,7 @@ def alignment_stages(cfg: StudyConfig) -> list[PlannedStage]:
     grpo = {"steps": cfg.grpo_steps, "samples": cfg.grpo_samples, "generations": s.grpo_generations}
     plan = [
         PlannedStage("record_vla", "record", (), {**record, "episodes": s.vla_episodes_per_task},
-                     frames(s.vla_episodes_per_task), ("vla_dataset",)),
+                     frames(s.vla_episodes_per_task), ("vla_dataset", "feature_cache")),
         PlannedStage("record_probe", "record", (), {**record, "seeds": cfg.seeds("probe"), "episodes": probe_episodes},
                      frames(probe_episodes), ("probe_dataset",)),
         PlannedStage("record_alignment", "record_alignment", (), {"image": s.image_size, "episodes":
@@ -134,25 +141,32 @@ def cost_rates(output_dir: Path) -> dict[str, float]:
     return {**DEFAULT_RATES, **{kind: rate for kind, rate in measured.items() if kind in DEFAULT_RATES}}
 
 
+def expected_seconds(stage: PlannedStage, rates: dict[str, float]) -> float:
+    return OVERHEAD_S.get(stage.kind, 0.0) + stage.units * rates[stage.kind]
+
+
 def calibrate(output_dir: Path, plan: list[PlannedStage], walls: dict[str, float]) -> dict[str, float]:
-    """Seconds per unit per kind from the stages that ran (wall time over units, pooled per kind), saved."""
+    """Seconds per unit per kind from the stages that ran, saved for the next run: wall time less the start-up
+    overhead, over units, pooled per kind; only from stages whose units took longer than their start-up (a tiny
+    run measures its start-ups, not its rates)."""
     totals: dict[str, list[float]] = {}
     for stage in plan:
-        if stage.name in walls:
+        work = walls.get(stage.name, 0.0) - OVERHEAD_S.get(stage.kind, 0.0)
+        if stage.units and work > OVERHEAD_S.get(stage.kind, 0.0):
             total = totals.setdefault(stage.kind, [0.0, 0.0])
-            total[0] += walls[stage.name]
+            total[0] += work
             total[1] += stage.units
-    rates = {**cost_rates(output_dir), **{kind: wall / units for kind, (wall, units) in totals.items() if units}}
+    rates = {**cost_rates(output_dir), **{kind: work / units for kind, (work, units) in totals.items()}}
     (output_dir / COST_MODEL_FILE).write_text(json.dumps(rates, indent=2))
     return rates
 
 
 def estimate_lines(plan: list[PlannedStage], rates: dict[str, float], done: set[str], workers: int) -> list[str]:
     """The expected time per stage, as printed at start (an estimate from the cost model, not a promise)."""
-    lines = ["roboalign study: expected time per stage (estimate: units x measured seconds per unit)"]
+    lines = ["roboalign study: expected time per stage (an estimate: start-up + units x measured seconds per unit)"]
     total = 0.0
     for stage in plan:
-        seconds = 0.0 if stage.name in done else stage.units * rates[stage.kind]
+        seconds = 0.0 if stage.name in done else expected_seconds(stage, rates)
         total += seconds
         note = "done, reused" if stage.name in done else f"~{seconds / 60:.1f} min"
         lines.append(f"  {stage.name:<28} {note}")

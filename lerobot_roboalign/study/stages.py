@@ -15,7 +15,6 @@ ALIGNMENT_REPO = "local/so101_alignment"
 TARGET_REPO = "local/so101_target"
 PROBE_REPO = "local/so101_probe"
 TARGET_HOLDOUT = 2  # the VLA demonstrations' odd episodes: the target-task frames alignment is scored on
-FEATURE_CACHE_ARGS = ("--policy.cache_features=true",)  # frozen backbone: its features computed once per frame
 
 
 def limit_threads(threads: int) -> None:
@@ -153,13 +152,19 @@ def prompt_check(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
     return check_prompts(paths, *dataset_inputs(Path(inputs["record_vla"]["root"])), cfg.sizes.image_size)
 
 
+def feature_cache_args(cfg: StudyConfig) -> tuple[str, ...]:
+    """A frozen backbone's features computed once per frame, shared by a row's head seeds (one cache directory:
+    the cache keys by backbone and dataset; re-recording the VLA demonstrations deletes it, see plan.py)."""
+    return ("--policy.cache_features=true", f"--policy.feature_cache_dir={cfg.output_dir / 'feature_cache'}")
+
+
 def head(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
     """A fresh flow-matching head on the row's frozen backbone (lerobot-train, features cached)."""
     from ..demo.stages import VlaHead, train_vla
 
     s, settings = cfg.sizes, stage.settings
     spec = VlaHead(s.head_steps, s.head_batch_size, s.chunk_size, s.n_action_steps, s.head_hidden_size,
-                   s.head_layers, save_every=s.head_steps, extra_args=FEATURE_CACHE_ARGS)  # fmt: skip
+                   s.head_layers, save_every=s.head_steps, extra_args=feature_cache_args(cfg))  # fmt: skip
     backbone_path = inputs[row_backbone_stage(cfg, settings["row"])]["path"]
     return train_vla(Path(inputs["record_vla"]["root"]), backbone_path, cfg.output_dir / stage.outputs[0], spec,
                      settings["seed"], TARGET_REPO, label=stage.name)  # fmt: skip

@@ -6,7 +6,7 @@ import pytest
 
 from lerobot_roboalign.study.config import TINY, StudyConfig, parse_config
 from lerobot_roboalign.study.pipeline import run
-from lerobot_roboalign.study.plan import DEFAULT_RATES, estimate_lines, stage_plan
+from lerobot_roboalign.study.plan import DEFAULT_RATES, OVERHEAD_S, calibrate, cost_rates, estimate_lines, stage_plan
 
 
 def test_pilot_switches_every_seed_range_and_tiny_keeps_given_sizes():
@@ -56,6 +56,14 @@ def test_estimate_counts_only_stages_left_to_run():
     assert "done, reused" not in "\n".join(full) and "\n".join(rest).count("done, reused") == len(plan) - 1
 
 
+def test_calibration_learns_rates_from_stages_longer_than_their_start_up(tmp_path):
+    plan = stage_plan(StudyConfig(rows=["base"], head_seeds=[0]))
+    head = next(stage for stage in plan if stage.kind == "head")
+    calibrate(tmp_path, plan, {head.name: OVERHEAD_S["head"] + head.units * 0.5, "record_vla": 1.0})
+    rates = cost_rates(tmp_path)  # what the next run's estimate uses
+    assert rates["head"] == pytest.approx(0.5) and rates["record"] == DEFAULT_RATES["record"]
+
+
 class Interrupted(Exception):
     pass
 
@@ -97,3 +105,36 @@ def test_an_interrupted_study_resumes_after_its_finished_stages(tmp_path, capsys
     fourth: list[str] = []
     run(changed, cheap_works(fourth), report=lambda *args: tmp_path)
     assert sorted(fourth) == sorted(n for n in plan if n.startswith(("head_", "eval_")))  # only what depends on it
+
+
+def test_matched_sft_trains_on_grpo_prompts_for_as_many_samples(tmp_path, monkeypatch):
+    """The matched SFT reads the alignment data with GRPO's --dataset.* flags (the same draw of prompts) and
+    trains steps x batch = GRPO's steps x completions per step."""
+    import lerobot_roboalign.demo.stages as demo_stages
+    from lerobot_roboalign.study import stages
+
+    calls = {}
+
+    def fake_roboalign(argv):
+        calls[argv[1]] = argv
+        output = next(a.split("=", 1)[1] for a in argv if a.startswith("--training.output_dir="))
+        (tmp_path / output).mkdir(parents=True, exist_ok=True)
+        (tmp_path / output / "completion_cap.json").write_text('{"cap": 40, "longest_target": 24}')
+
+    monkeypatch.setattr(demo_stages, "roboalign", fake_roboalign)
+    monkeypatch.chdir(tmp_path)
+    cfg = StudyConfig(output_dir=tmp_path / "out", grpo_budget=2)
+    plan = {stage.name: stage for stage in stage_plan(cfg)}
+    inputs = {"sft": {"path": "sft"}, "reason": {"path": "r.jsonl"}, "tokenizer": {"path": "fast"}}
+    stages.grpo(cfg, plan["grpo"], inputs)
+    stages.matched_sft(cfg, plan["matched_sft"], inputs)
+
+    def flags(argv):
+        parsed = dict(a.removeprefix("--").split("=", 1) for a in argv if a.startswith("--"))
+        return parsed, {k: v for k, v in parsed.items() if k.startswith("dataset.")}
+
+    (grpo, grpo_data), (sft, sft_data) = flags(calls["grpo"]), flags(calls["sft"])
+    assert grpo_data == sft_data and sft_data["dataset.num_samples"] == "128"
+    grpo_completions = int(grpo["training.max_steps"]) * int(grpo["training.per_device_train_batch_size"])
+    assert int(sft["training.max_steps"]) * int(sft["training.per_device_train_batch_size"]) == grpo_completions
+    assert sft["model.path"] == "sft" and "vqa.path" not in sft  # continued from SFT, on GRPO's prompts only
