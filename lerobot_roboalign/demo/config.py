@@ -11,15 +11,17 @@ CUBE_PROBE_SEED_OFFSET = 10_000  # the cube probe's first frames: past the evalu
 
 # Departures from the paper's recipe, each because the backbone is a random 1M-parameter model, not a pretrained 7B
 # (measured in an SFT sweep, docs/results.md): a random backbone has everything to learn, so a higher learning
-# rate (paper: 2e-5) and a trained vision tower (paper: frozen; a random one has nothing to keep); the robot state
-# is written into the prompt (the tiny model cannot read the arm's pose off 96x96 pixels in minutes); FAST's scale
-# is 4 (FAST's default 10): coarser coefficients, shorter spans, which the tiny model learns sooner.
+# rate (paper: 2e-5) and a trained vision tower (paper: frozen; a random one has nothing to keep); FAST's scale is 4
+# (FAST's default 10): coarser coefficients, shorter spans, which the tiny model learns sooner.
 SFT_LR = 2e-3
 FREEZE_VISION = False
-ALIGN_WITH_STATE = True
-# The state entries written: the end effector's position and the gripper, the quantities the actions (dx, dy, dz,
-# grasp) change; the joint angles and velocities would triple the prompt's state text for no information the tiny
-# model uses (SFT's cost grows with the tokens).
+# One prompt for alignment and VLA (docs/study.md): the VLA leaves {state} empty (its head gets the state), so the
+# alignment prompt has no state text either. The SFT sweep found the tiny model, without it, learns the format but
+# not the actions in minutes; an aligned model trained with it ran off its training distribution in the VLA.
+ALIGN_WITH_STATE = False
+# The state entries written where the state is in the prompt (the study's pilot): the end effector's position and
+# the gripper, the quantities the actions (dx, dy, dz, grasp) change; the joint angles and velocities would triple
+# the prompt's state text for no information the tiny model uses (SFT's cost grows with the tokens).
 ALIGN_STATE_NAMES = ("ee_x", "ee_y", "ee_z", "gripper_pose")
 FAST_SCALE = 4.0
 GRPO_LR = 1e-4  # the paper's 1e-6 moves a 7B model; a 1M-parameter one needs more
@@ -29,11 +31,16 @@ BASELINE_FRAMES = 400  # training frames the blind baselines are fitted on (the 
 
 @dataclass
 class DemoSizes:
-    """How much of everything; the defaults took 18.7-24.1 minutes on 2 CPU cores (docs/demo/report.md)."""
+    """How much of everything. With one recording for alignment and VLA (300 + 30 episodes) the defaults took
+    18.7-24.1 minutes on 2 CPU cores (docs/demo/report.md); the two recordings below add about a minute."""
 
-    # reach_and_close episodes are ~9 frames and depend on the cube's position alone: a head needs many positions
-    # (and a fair share of the frames) to learn to find the cube in the image; pick_and_place's are ~48 frames.
-    reach_episodes: int = 300
+    # The alignment corpus (tokenizer, reasoning, SFT, GRPO, alignment scores): varied scenes, seeds of its own.
+    # reach_and_close episodes are ~9 frames, pick_and_place's ~48.
+    corpus_reach_episodes: int = 300
+    corpus_pick_episodes: int = 60
+    # The VLA demonstrations (the heads and the action probe): few, of the target tasks' own scene (the study's 30
+    # per task). The earlier one-recording demo gave the head 300 reach_and_close episodes to find the cube with.
+    reach_episodes: int = 30
     pick_episodes: int = 30
     image_size: int = 96
     chunk_size: int = 16
@@ -48,17 +55,19 @@ class DemoSizes:
     vla_head_hidden_size: int = 128  # two tasks in one head: 64x2 (the tests' size) underfits them
     vla_head_layers: int = 4
     eval_episodes_per_task: int = 20
-    holdout_every: int = 5  # every 5th recorded episode is held out of alignment and scored on
+    holdout_every: int = 5  # every 5th episode is held out of alignment (and of the probes' fit) and scored on
     vla_save_every: int = 1500  # lerobot-train checkpoints: a killed VLA stage resumes from the last one
     # Evaluate every checkpoint, not only the last (success against training steps): one more lerobot-eval per
     # checkpoint and row, which the full run's 25 minutes do not hold.
     eval_every_checkpoint: bool = False
-    probe_frames: int = 800  # frames the action-chunk probes draw from the whole recording
-    cube_probe_frames: int = 300  # most first frames the cube-position probe fits on (fewer: the recording's count)
+    probe_frames: int = 800  # frames the action-chunk probes draw from the VLA demonstrations
+    cube_probe_frames: int = 300  # most first frames the cube-position probe fits on (fewer: the VLA demos' count)
     cube_probe_test: int = 100  # first frames it is scored on
 
 
 QUICK = DemoSizes(
+    corpus_reach_episodes=4,
+    corpus_pick_episodes=4,
     reach_episodes=4,
     pick_episodes=4,
     sft_steps=30,
@@ -83,7 +92,8 @@ class DemoConfig:
     quick: bool = False  # a few minutes: fewer episodes and training steps, every stage still runs
     sizes: DemoSizes = field(default_factory=DemoSizes)
     seed: int = 0
-    eval_seed: int = 1000  # recording uses seeds from 10^7 up: evaluation episodes are held out
+    # Recordings use seeds from 10^7 up (VLA demonstrations) and 3x10^7 up (alignment corpus): evaluation's are apart.
+    eval_seed: int = 1000
     # CPU threads per process (this one and every stage's subprocess). On a shared 2-core machine two OpenMP
     # threads per process ran a small MLP 19x slower than one (200 s vs 10.5 s, load 9); 0 = torch's default.
     cpu_threads: int = 1
@@ -96,8 +106,13 @@ class DemoConfig:
 
 
 def recorded_episodes(sizes: DemoSizes) -> dict[str, int]:
-    """Scripted episodes recorded per task, in TASKS order."""
+    """VLA demonstrations recorded per task, in TASKS order."""
     return dict(zip(TASKS, (sizes.reach_episodes, sizes.pick_episodes), strict=True))
+
+
+def corpus_episodes(sizes: DemoSizes) -> dict[str, int]:
+    """Alignment-corpus episodes recorded per task, in TASKS order."""
+    return dict(zip(TASKS, (sizes.corpus_reach_episodes, sizes.corpus_pick_episodes), strict=True))
 
 
 def parse_config(argv: list[str]) -> DemoConfig:

@@ -4,9 +4,11 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
 
+from ..envs.variation import ALIGNMENT_SEED_BASE, ALIGNMENT_VARIATION, VLA_SEED_BASE
 from ..runner import TINY_VLM_LAYER
 from . import stages as stage
 from .config import (
@@ -22,6 +24,7 @@ from .config import (
     VLA_LR,
     DemoConfig,
     DemoSizes,
+    corpus_episodes,
     parse_config,
     recorded_episodes,
 )
@@ -54,10 +57,33 @@ def checkpoint_steps(sizes: DemoSizes) -> list[int]:
     return sorted({*range(every, sizes.vla_steps, every), sizes.vla_steps}, reverse=True)  # the row's result first
 
 
-def align_data(cfg: DemoConfig) -> AlignData:
+CORPUS_REPO_ID = "local/so101_alignment"
+
+
+def align_data(cfg: DemoConfig, root: str = "alignment_corpus", repo_id: str = CORPUS_REPO_ID) -> AlignData:
+    """A recording as alignment reads it: the corpus for alignment, the VLA demonstrations for the action probe."""
     sizes = cfg.sizes
-    return AlignData(cfg.output_dir / "dataset", REPO_ID, sizes.chunk_size, sizes.holdout_every, cfg.seed,
+    return AlignData(cfg.output_dir / root, repo_id, sizes.chunk_size, sizes.holdout_every, cfg.seed,
                      ALIGN_WITH_STATE, ALIGN_STATE_NAMES)  # fmt: skip
+
+
+def record(cfg: DemoConfig, stages: Stages) -> None:
+    """The VLA demonstrations (target scene, seeds from 10^7), then the alignment corpus (varied scenes, seeds from
+    3x10^7: never one of the VLA's episodes)."""
+    out, sizes = cfg.output_dir, cfg.sizes
+    common = {"image": sizes.image_size, "seed": cfg.seed, "frames": "lossless H.264"}
+    stages.run("record", lambda: stage.record_demos(out / "dataset", recorded_episodes(sizes), cfg.seed,
+                                                    sizes.image_size, cfg.parallel_stages),
+               {**common, "episodes": recorded_episodes(sizes), "seed_base": VLA_SEED_BASE},
+               outputs=(out / "dataset", out / "dataset.recording", out / "dataset.merging"))  # fmt: skip
+    corpus = out / "alignment_corpus"
+    stages.run("record_corpus", lambda: stage.record_demos(corpus, corpus_episodes(sizes), cfg.seed, sizes.image_size,
+                                                           cfg.parallel_stages, CORPUS_REPO_ID,
+                                                           variation=ALIGNMENT_VARIATION),
+               {**common, "episodes": corpus_episodes(sizes), "seed_base": ALIGNMENT_SEED_BASE,
+                "variation": asdict(ALIGNMENT_VARIATION)},
+               outputs=(corpus, corpus.with_name(corpus.name + ".recording"),
+                        corpus.with_name(corpus.name + ".merging")))  # fmt: skip
 
 
 def vla_head(sizes: DemoSizes) -> VlaHead:
@@ -100,11 +126,7 @@ def run(cfg: DemoConfig) -> Path:
     limit_threads(cfg.cpu_threads)
     out, sizes, data = cfg.output_dir, cfg.sizes, align_data(cfg)
     stages = Stages(out, cfg.parallel_stages)
-    record_settings = {"episodes": recorded_episodes(sizes), "image": sizes.image_size, "seed": cfg.seed,
-                       "frames": "lossless H.264"}  # fmt: skip
-    stages.run("record", lambda: stage.record_demos(out / "dataset", recorded_episodes(sizes), cfg.seed,
-                                                    sizes.image_size, cfg.parallel_stages),
-               record_settings, outputs=(out / "dataset", out / "dataset.recording", out / "dataset.merging"))  # fmt: skip
+    record(cfg, stages)
     backbone = stages.run("backbone", lambda: stage.make_backbone(out / "backbone", cfg.seed), {"seed": cfg.seed},
                           outputs=(out / "backbone",))["path"]  # fmt: skip
     names = ROW_NAMES
@@ -113,11 +135,11 @@ def run(cfg: DemoConfig) -> Path:
     with ThreadPoolExecutor(max_workers=max(1, cfg.parallel_stages)) as pool:
         rows = {"base": pool.submit(vla_row, cfg, stages, "base", backbone, "backbone")}
         fast = stages.run("tokenizer", lambda: stage.fit_tokenizer(data, out / "fast_tokenizer"),
-                          {"chunk": sizes.chunk_size, "scale": FAST_SCALE}, ("record",),
+                          {"chunk": sizes.chunk_size, "scale": FAST_SCALE}, ("record_corpus",),
                           outputs=(out / "fast_tokenizer",))["path"]  # fmt: skip
         reasoning = stages.run("reason", lambda: stage.write_reasoning(data, out / "reasoning.jsonl"),
-                               {"source": "scripted"}, ("record",), outputs=(out / "reasoning.jsonl",))["path"]  # fmt: skip
-        align_inputs = ("record", "backbone", "tokenizer", "reason")
+                               {"source": "scripted"}, ("record_corpus",), outputs=(out / "reasoning.jsonl",))["path"]  # fmt: skip
+        align_inputs = ("record_corpus", "backbone", "tokenizer", "reason")
         sft_settings = {"steps": sizes.sft_steps, "lr": SFT_LR, "holdout": sizes.holdout_every, "seed": cfg.seed,
                         "state": ALIGN_WITH_STATE, "state_names": ALIGN_STATE_NAMES,
                         "freeze_vision": FREEZE_VISION}  # fmt: skip
@@ -139,10 +161,11 @@ def run(cfg: DemoConfig) -> Path:
         scores = stages.run("score", lambda: stage.score_alignment(data, aligned, fast, reasoning, sizes.score_samples),
                             {"frames": sizes.score_samples, "l1_on_decoded_frames": True}, ("grpo",))  # fmt: skip
         all_backbones = {names["base"]: backbone, **aligned}
-        probe = stages.run("probe", lambda: stage.probe_actions(data, all_backbones, sizes.probe_frames,
+        demos = align_data(cfg, "dataset", REPO_ID)  # what the head reads
+        probe = stages.run("probe", lambda: stage.probe_actions(demos, all_backbones, sizes.probe_frames,
                                                                 sizes.image_size),
                            {"holdout": sizes.holdout_every, "layer": TINY_VLM_LAYER, "frames": sizes.probe_frames},
-                           ("grpo",))  # fmt: skip
+                           ("record", "grpo"))  # fmt: skip
         train_sizes = tuple(sorted({min(sizes.reach_episodes, sizes.cube_probe_frames), sizes.cube_probe_frames}))
         cube_seed = cfg.eval_seed + CUBE_PROBE_SEED_OFFSET
         cube_settings = {"layer": TINY_VLM_LAYER, "frames": sizes.cube_probe_frames, "test": sizes.cube_probe_test,

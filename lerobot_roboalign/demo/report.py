@@ -3,8 +3,9 @@
 import json
 from dataclasses import asdict
 
+from ..envs.variation import ALIGNMENT_SEED_BASE, ALIGNMENT_VARIATION, VLA_SEED_BASE
 from ..runner import TINY_VLM_LAYER
-from .config import TASKS, DemoConfig
+from .config import ALIGN_WITH_STATE, TASKS, DemoConfig, corpus_episodes, recorded_episodes
 from .statistics import paired_counts, wilson_interval
 
 
@@ -34,8 +35,8 @@ def interval(d: dict) -> str:
 def alignment_lines(scores: dict) -> list[str]:
     """The score stage's table and paired comparisons."""
     lines = [
-        f"Greedy completions on {scores['n_frames']} frames of held-out episodes {scores['heldout_episodes']} "
-        f"(alignment trained on the other episodes; the blind baselines fitted on frames of {len(scores['train_episodes'])} of them). Completion cap: "
+        f"Greedy completions on {scores['n_frames']} frames of held-out episodes {scores['heldout_episodes']} of the "
+        f"alignment corpus (alignment trained on its other episodes; the blind baselines fitted on frames of {len(scores['train_episodes'])} of them). Completion cap: "
         f"{scores['cap']} tokens; the longest target completion (reasoning + markup + FAST span) is "
         f"{scores['longest_target']} tokens. L1: mean |decoded - dataset chunk| in FAST's normalised units "
         "([-1, 1] per action dimension), over the completions that decode; \"all frames\" counts a span that does "
@@ -86,9 +87,9 @@ def probe_lines(probe: dict) -> list[str]:
     """The action-chunk probe's table, per backbone and layer."""
     layers = sorted(next(iter(probe["backbones"].values())), key=int)
     lines = [
-        f"Ridge regression from features to the dataset's action chunk ({probe['n_frames']} frames; fitted on the "
-        f"alignment's training episodes, R^2 on its {probe['n_heldout']} held-out frames; regularisation chosen on "
-        "training episodes only). Image tokens are taken as the VLA reads them (its prompt and image size, the "
+        f"Ridge regression from features to the action chunk of the VLA demonstrations ({probe['n_frames']} frames; "
+        f"fitted on their training episodes, R^2 on the {probe['n_heldout']} frames of the held-out ones; "
+        "regularisation chosen on training episodes only). Image tokens are taken as the VLA reads them (its prompt and image size, the "
         "cut layer after the final norm). The head also gets the robot state and the instruction: from those alone "
         f"the probe reaches R^2 {probe['state_and_task']:.3f}. Cells: image tokens alone / state + task + image "
         f"tokens. The VLA's head reads layer {TINY_VLM_LAYER}.",
@@ -127,7 +128,7 @@ def cube_probe_lines(cube: dict) -> list[str]:
         f"Ridge regression from the image tokens of layer {TINY_VLM_LAYER} (kept apart, one block of weights per "
         f"token) to the cube's (x, y), on first frames of fresh reach_and_close episodes, where the arm is at home "
         f"and only the cube moves; R^2 on {cube['n_test']} held-out frames, fitted on {' or '.join(map(str, sizes))} "
-        f"frames ({sizes[0]}: at most as many as the recording's reach_and_close episodes). With the camera off the same probe "
+        f"frames ({sizes[0]}: at most as many as the VLA demonstrations' reach_and_close episodes). With the camera off the same probe "
         f"gives R^2 {next(iter(cube['camera_off'].values())):.3f}.",
         "",
         "| backbone | " + " | ".join(f"fitted on {n} frames" for n in sizes) + " |",
@@ -148,7 +149,25 @@ def report_header(cfg: DemoConfig) -> list[str]:
             "come from the default sizes (`roboalign demo`, docs/results.md).",
             "",
         ]
-    return [*lines, f"Mode: {'quick' if cfg.quick else 'full'}; sizes: `{json.dumps(asdict(cfg.sizes))}`.", ""]
+    return [*lines, f"Mode: {'quick' if cfg.quick else 'full'}; sizes: `{json.dumps(asdict(cfg.sizes))}`.", "",
+            *structure_lines(cfg)]  # fmt: skip
+
+
+def structure_lines(cfg: DemoConfig) -> list[str]:
+    """The two recordings and the one prompt, as in the transfer study (docs/study.md)."""
+    sizes, v = cfg.sizes, ALIGNMENT_VARIATION
+    corpus, demos = sum(corpus_episodes(sizes).values()), sum(recorded_episodes(sizes).values())
+    return [
+        f"Structure (as the transfer study, docs/study.md): the MLLM is aligned on a corpus of {corpus} scripted "
+        f"episodes of both tasks in varied scenes ({v.colours} cube colours, up to {v.distractors} distractor blocks, "
+        f"{'rephrased instructions, ' if v.rephrase else ''}{v.goals} goal places; reset seeds from "
+        f"{ALIGNMENT_SEED_BASE:,}), and the VLA heads are trained on {demos} demonstrations of the target tasks' own "
+        f"scene (seeds from {VLA_SEED_BASE:,}), none of which the corpus contains. Alignment and VLA see one prompt "
+        f"and image size (the aligned model's `roboalign_format.json`; state text in the prompt: "
+        f"{'yes' if ALIGN_WITH_STATE else 'no'}). The VLA demonstrations are fewer than in the earlier demo, which "
+        "aligned and trained the heads on one recording of 300 reach_and_close and 30 pick_and_place episodes.",
+        "",
+    ]
 
 
 def format_report(

@@ -185,7 +185,7 @@ def test_completion_caps_hold_the_longest_target_completion(demo_dir):
     model = demo_dir / "align_sft" / "model"
     tokenizer, vocabulary = AutoTokenizer.from_pretrained(model), ActionVocabulary.from_pretrained(model)
     samples = load_samples(
-        AlignDataConfig(repo_ids=["local/so101_scripted"], roots=[str(demo_dir / "dataset")], chunk_size=16),
+        AlignDataConfig(repo_ids=["local/so101_alignment"], roots=[str(demo_dir / "alignment_corpus")], chunk_size=16),
         FastTokenizer.from_pretrained(demo_dir / "fast_tokenizer"),
     )
     reasoning = {json.loads(line)["id"]: json.loads(line)["reasoning"] for line in (demo_dir / "reasoning.jsonl").open()}
@@ -196,12 +196,25 @@ def test_completion_caps_hold_the_longest_target_completion(demo_dir):
     assert f"Completion cap: {stage(demo_dir, 'score')['cap']} tokens" in (demo_dir / "report.md").read_text()
 
 
+def test_alignment_corpus_and_vla_demonstrations_are_separate_recordings(demo_dir):
+    from lerobot_roboalign.envs.variation import ALIGNMENT_SEED_BASE
+    from lerobot_roboalign.sim_demos import instructions
+
+    corpus, demos = stage(demo_dir, "record_corpus"), stage(demo_dir, "record")
+    for task in TASKS:
+        assert demos["tasks"][task]["instructions"] == instructions(task)  # the target tasks' own wording
+        assert corpus["tasks"][task]["instructions"] and not set(instructions(task)) & set(corpus["tasks"][task]["instructions"])
+    assert corpus["settings"]["variation"]["colours"] > 1 and corpus["settings"]["seed_base"] == ALIGNMENT_SEED_BASE
+    fmt = json.loads((demo_dir / "align_grpo" / "model" / "roboalign_format.json").read_text())
+    assert not fmt["include_state"]  # the VLA's prompt leaves {state} empty: one prompt for both
+
+
 def test_wall_times_plots_and_outputs(demo_dir):
     report = (demo_dir / "report.md").read_text()
     walls = report_rows(report, "## Wall time per stage")
     for name, (seconds,) in walls.items():
         assert seconds == f"{json.loads((demo_dir / 'stages' / f'{name}.json').read_text())['wall_s']:.0f}"
-    assert {"record", "sft", "grpo", "score", "probe", "cube_probe", *(f"vla_{k}" for k in VLA_ROWS),
+    assert {"record", "record_corpus", "sft", "grpo", "score", "probe", "cube_probe", *(f"vla_{k}" for k in VLA_ROWS),
             *(f"eval_{k}" for k in VLA_ROWS), *(f"eval_{k}_camera_off" for k in VLA_ROWS)} <= set(walls)
     for name in ("success.png", "success_vs_steps.png", "learning_curves.png"):
         assert (demo_dir / name).stat().st_size > 1000
