@@ -16,6 +16,7 @@ that and keeps the other results.
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -37,6 +38,7 @@ from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig  # noqa
 
 import lerobot_policy_roboalign  # noqa: E402,F401
 from lerobot_roboalign.configuration_roboalign import RoboAlignConfig  # noqa: E402
+from lerobot_roboalign.runner import run_lerobot, train_args  # noqa: E402
 from lerobot_roboalign.synthetic import write_synthetic_dataset  # noqa: E402
 from lerobot_roboalign.tiny_backbone import make_tiny_backbone  # noqa: E402
 
@@ -184,6 +186,7 @@ def feature_cache_throughput(workdir: Path, epochs: int = 5, batch_size: int = 8
     steps_per_s["cache_fill"] = len(batches) / fill
     on_disk = sum(p.stat().st_blocks * 512 for p in (workdir / "feature_cache").rglob("*.bin"))
     return {
+        "lerobot_train": lerobot_train_throughput(workdir, backbone, batch_size),
         "frames": dataset.meta.total_frames,
         "batch_size": batch_size,
         "steps_per_epoch": len(batches),
@@ -195,6 +198,32 @@ def feature_cache_throughput(workdir: Path, epochs: int = 5, batch_size: int = 8
         "load_average_before": load,
         "threads": torch.get_num_threads(),
     }
+
+
+LOG_TIMES = re.compile(r"updt_s:([\d.]+) data_s:([\d.]+)")
+
+
+def lerobot_train_throughput(workdir: Path, backbone: str, batch_size: int, epochs: int = 3) -> dict:
+    """The same through ``lerobot-train`` on a video dataset (64 frames), data loading included: steps/s of the
+    first epoch and of the later ones, from its per-epoch log lines (LeRobot's update and data-loading times)."""
+    dataset = write_synthetic_dataset(workdir / "video_dataset", num_episodes=2, episode_length=32, video=True)
+    steps_per_epoch = dataset.meta.total_frames // batch_size
+    rows = {}
+    for name, extra in (("no_cache", ()), ("cache", ("--policy.cache_features=true",
+                                                    f"--policy.feature_cache_dir={workdir / 'train_cache'}"))):
+        args = train_args(dataset.root, dataset.repo_id, backbone, workdir / f"train_{name}", epochs * steps_per_epoch,
+                          batch_size, extra=(*extra, f"--log_freq={steps_per_epoch}", "--policy.vlm_layer=4",
+                                             "--policy.head_hidden_size=128", "--policy.head_num_layers=4",
+                                             "--policy.image_resolution=[224,224]"))  # fmt: skip
+        times = [(float(update), float(data)) for update, data in LOG_TIMES.findall(run_lerobot("lerobot-train", args))]
+        rows[name] = {
+            "update_s": [update for update, _ in times],
+            "data_s": [data for _, data in times],
+            "first_epoch_steps_per_s": 1 / sum(times[0]),
+            "later_steps_per_s": statistics.mean(1 / sum(t) for t in times[1:]),
+        }
+    rows["warm_over_no_cache"] = rows["cache"]["later_steps_per_s"] / rows["no_cache"]["later_steps_per_s"]
+    return rows
 
 
 QWEN25_VL_7B = dict(
@@ -251,7 +280,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def cache_markdown(cache: dict) -> list[str]:
-    rate = cache["steps_per_s"]
+    rate, train = cache["steps_per_s"], cache["lerobot_train"]
     return [
         "",
         f"Feature cache (`--policy.cache_features`, frozen tiny backbone, {cache['frames']} frames, batch "
@@ -265,6 +294,16 @@ def cache_markdown(cache: dict) -> list[str]:
         f"| cache, warm | {rate['cache']:.2f} | {cache['warm_over_no_cache']:.2f}x |",
         "",
         f"Cache on disk: {cache['cache_mib_on_disk']:.1f} MiB.",
+        "",
+        f"Through `lerobot-train` on a video dataset ({len(train['cache']['update_s'])} epochs of 64 frames, data "
+        "loading included; its log's update + data-loading time per step):",
+        "",
+        "| lerobot-train | epoch 1 steps/s | later epochs steps/s | update s (later) | data s (later) |",
+        "|---|---|---|---|---|",
+        *[f"| {name.replace('_', ' ')} | {train[name]['first_epoch_steps_per_s']:.2f} | "
+          f"{train[name]['later_steps_per_s']:.2f} | {statistics.mean(train[name]['update_s'][1:]):.3f} | "
+          f"{statistics.mean(train[name]['data_s'][1:]):.3f} |" for name in ("no_cache", "cache")],
+        f"| cache / no cache | | {train['warm_over_no_cache']:.2f}x | | |",
     ]
 
 
