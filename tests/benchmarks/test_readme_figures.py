@@ -35,3 +35,16 @@ def test_rewrite_puts_the_figures_between_the_markers():
     readme = "".join(f"text\n<!-- figures:{name} -->\nold\n<!-- /figures:{name} -->\n" for name in blocks)
     rewritten = figures.rewrite(readme, blocks)
     assert figures.stale_blocks(rewritten, blocks) == [] and "old" not in rewritten
+
+
+def test_the_rtc_reading_names_the_columns_where_smolvla_rtc_does_better():
+    loops = copy.deepcopy(figures.load_results()["control_loop"])
+    for name, row in loops.items():
+        if name.startswith("smolvla_rtc_"):  # SmolVLA RTC worse than RoboAlign RTC everywhere
+            row.update({key: (0.0 if higher else 1e3) for _, key, _, higher in figures.RTC_COLUMNS})
+    assert figures.rtc_reading(loops).endswith("as good or better on every column.\n")
+    loops["smolvla_rtc_100ms"]["boundary_ratio"] = 0.5
+    ours = loops["roboalign_rtc_100ms"]["boundary_ratio"]
+    assert figures.rtc_reading(loops).endswith(
+        f"on every column but the boundary ratio at +100 ms ({ours:.2f} against 0.50).\n"
+    )
