@@ -6,7 +6,8 @@ from pathlib import Path
 import draccus
 
 TASKS = ("reach_and_close", "pick_and_place")
-REPO_ID = "local/so101_scripted"
+REPO_ID = "local/so101_scripted"  # the VLA demonstrations
+CORPUS_REPO_ID = "local/so101_alignment"  # the alignment corpus
 CUBE_PROBE_SEED_OFFSET = 10_000  # the cube probe's first frames: past the evaluation's seeds, before recording's
 
 # Departures from the paper's recipe, each because the backbone is a random 1M-parameter model, not a pretrained 7B

@@ -14,6 +14,7 @@ from . import stages as stage
 from .config import (
     ALIGN_STATE_NAMES,
     ALIGN_WITH_STATE,
+    CORPUS_REPO_ID,
     CUBE_PROBE_SEED_OFFSET,
     FAST_SCALE,
     FREEZE_VISION,
@@ -55,9 +56,6 @@ def checkpoint_steps(sizes: DemoSizes) -> list[int]:
     lerobot-train saves (every ``vla_save_every``)."""
     every = min(sizes.vla_save_every, sizes.vla_steps) if sizes.eval_every_checkpoint else sizes.vla_steps
     return sorted({*range(every, sizes.vla_steps, every), sizes.vla_steps}, reverse=True)  # the row's result first
-
-
-CORPUS_REPO_ID = "local/so101_alignment"
 
 
 def align_data(cfg: DemoConfig, root: str = "alignment_corpus", repo_id: str = CORPUS_REPO_ID) -> AlignData:

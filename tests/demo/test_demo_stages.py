@@ -2,7 +2,7 @@
 
 import json
 
-from lerobot_roboalign.demo import QUICK, DemoConfig, DemoSizes, Stages, report_header
+from lerobot_roboalign.demo import QUICK, TASKS, DemoConfig, DemoSizes, Stages, report_header
 
 
 def test_finished_stage_is_reused_only_with_the_same_settings(tmp_path):
@@ -86,3 +86,36 @@ def test_alignment_arguments_name_the_state_entries_only_with_the_state_in_the_p
     without = AlignData(tmp_path / "corpus", include_state=False, state_names=("ee_x",))
     assert not any(arg.startswith("--dataset.state_names") for arg in without.args("train"))
     assert without.config(split="heldout").state_names == []  # AlignDataConfig would refuse names without state
+
+
+def test_alignment_reads_the_varied_corpus_and_the_heads_the_vla_demonstrations(tmp_path, monkeypatch):
+    """The demo's wiring, with every stage replaced by a recorder: which recording each stage is given."""
+    from lerobot_roboalign.demo import pipeline, stages
+    from lerobot_roboalign.envs.variation import ALIGNMENT_VARIATION
+
+    calls: dict[str, list] = {}
+
+    def fake(name: str, result: dict):
+        return lambda *args, **kwargs: calls.setdefault(name, []).append((args, kwargs)) or result
+
+    counts = {task: {"n_episodes": 1, "successes": 0, "episodes": [False], "seeds": [1000]} for task in TASKS}
+    for name, result in {
+        "record_demos": {}, "make_backbone": {"path": "base"}, "fit_tokenizer": {"path": "fast"},
+        "write_reasoning": {"path": "reasoning"}, "align_sft": {"path": "sft", "metrics": "none.csv"},
+        "align_grpo": {"path": "grpo", "metrics": "none.csv"}, "train_vla": {"loss": []}, "eval_vla": counts,
+        "eval_expert": counts, "score_alignment": {}, "probe_actions": {}, "probe_cube": {},
+    }.items():  # fmt: skip
+        monkeypatch.setattr(stages, name, fake(name, result))
+    for name in ("plot_success", "plot_success_curves", "plot_curves", "format_report"):
+        monkeypatch.setattr(pipeline, name, lambda *args, **kwargs: "")
+    out = tmp_path / "demo"
+    pipeline.run(DemoConfig(output_dir=out, quick=True, cpu_threads=0))
+
+    (vla_demos, _), (corpus, corpus_options) = calls["record_demos"]
+    assert vla_demos[0] == out / "dataset" and corpus[0] == out / "alignment_corpus"
+    assert corpus_options == {"variation": ALIGNMENT_VARIATION}  # seeds from the corpus's own block
+    for name in ("fit_tokenizer", "write_reasoning", "align_sft", "align_grpo", "score_alignment"):
+        (data, *_), _ = calls[name][0]
+        assert data.root == out / "alignment_corpus" and not data.include_state, name
+    assert sorted(args[0] for args, _ in calls["train_vla"]) == [out / "dataset"] * 3
+    assert calls["probe_actions"][0][0][0].root == out / "dataset"  # what the head reads
