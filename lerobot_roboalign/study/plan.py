@@ -88,7 +88,7 @@ def alignment_stages(cfg: StudyConfig) -> list[PlannedStage]:
         plan.append(PlannedStage("vqa_data", "vqa_data", (), {"scenes": s.vqa_episodes, "image": s.image_size,
                                  "seeds": cfg.seeds("vqa")}, s.vqa_episodes, ("vqa",)))  # fmt: skip
     if cfg.base == "vqa":
-        plan.append(PlannedStage("vqa_base", "vqa_base", ("backbone", "vqa_data"), {"steps": s.vqa_base_steps},
+        plan.append(PlannedStage("vqa_base", "vqa_base", ("backbone", "vqa_data", "tokenizer"), {"steps": s.vqa_base_steps},
                                  s.vqa_base_steps * s.sft_batch_size, ("vqa_base",)))  # fmt: skip
     sft = {"steps": s.sft_steps, "batch": s.sft_batch_size, "vqa_ratio": s.vqa_ratio, "state": cfg.state_text,
            "holdout": s.holdout_every, "seed": cfg.seed}  # fmt: skip

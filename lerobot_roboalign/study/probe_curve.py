@@ -2,10 +2,10 @@
 row's frozen features, fitted on 10, 20, 50 and 100 demonstrations per task, scored on held-out target episodes.
 
 Features: the image tokens of the layer the head reads (probe.layer_features: the VLA's prompt, image size and
-final norm), mean-pooled, beside the task's one-hot (the head knows the instruction; image tokens come before it
-in the prompt, so they cannot carry it). Targets: the action chunk normalised to [-1, 1] per dimension by the
+final norm), mean-pooled, beside the instruction's one-hot (the head knows the instruction; image tokens come
+before it in the prompt, so they cannot carry it). Targets: the action chunk normalised to [-1, 1] per dimension by the
 1st/99th percentiles of the largest fitting set (FAST's normalisation). The input-blind baseline predicts each
-task's mean chunk over the same demonstrations.
+instruction's mean chunk over the same demonstrations (pick_and_place's names its goal).
 """
 
 from pathlib import Path
@@ -56,7 +56,9 @@ def curve(features: np.ndarray, actions: np.ndarray, tasks: np.ndarray, episodes
     for n in demos:
         fit = ~test & (rank < n)
         if features is None:
-            means = {task: actions[fit & (tasks == task)].mean(0) for task in np.unique(tasks)}
+            # an instruction no fitting episode has (a goal drawn only in held-out ones): the mean of all of them
+            means = {task: actions[fit & (tasks == task)].mean(0) if (fit & (tasks == task)).any()
+                     else actions[fit].mean(0) for task in np.unique(tasks)}  # fmt: skip
             prediction = np.stack([means[task] for task in tasks[test]])
         else:
             x = np.concatenate([features, onehot], axis=1)
@@ -67,29 +69,30 @@ def curve(features: np.ndarray, actions: np.ndarray, tasks: np.ndarray, episodes
 
 
 def probe_frames(root: Path, repo_id: str, sizes: StudySizes) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Evenly spaced frames of each probe episode, decoded, and per frame: task, episode, the episode's rank in
-    its task and whether it is held out (each task's episodes past the largest fitting set)."""
+    """Evenly spaced frames of each probe episode, decoded, and per frame: its instruction, episode, the episode's
+    rank among its task's and whether it is held out (each task's episodes past the largest fitting set)."""
+    import json
+
     from ..align.data import AlignDataConfig, load_samples
 
+    recorded = json.loads((root / "recording_summary.json").read_text())["tasks"]
+    task_of = {text: task for task, entry in recorded.items() for text in entry["instructions"]}
     data = AlignDataConfig(repo_ids=[repo_id], roots=[str(root)], chunk_size=sizes.chunk_size,
                            image_size=sizes.image_size)  # fmt: skip
     samples = load_samples(data)
     episodes = np.array([samples.value(i, "episode_index") for i in range(len(samples))])
-    chosen, rank_of, task_of = [], {}, {}
+    chosen, rank, instructions, seen = [], [], [], dict.fromkeys(recorded, 0)
     for episode in np.unique(episodes):
         frames = np.flatnonzero(episodes == episode)
-        task = samples.value(int(frames[0]), "task")
-        rank_of[episode] = sum(t == task for t in task_of.values())
-        task_of[episode] = task
-        spaced = np.linspace(0, len(frames) - 1, min(len(frames), sizes.probe_frames_per_episode)).round()
-        chosen += [int(frames[int(i)]) for i in np.unique(spaced)]
+        instruction = samples.value(int(frames[0]), "task")
+        spaced = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), sizes.probe_frames_per_episode)).round())
+        chosen += [int(frames[int(i)]) for i in spaced]
+        rank += [seen[task_of[instruction]]] * len(spaced)
+        instructions += [instruction] * len(spaced)
+        seen[task_of[instruction]] += 1
     selected = samples.select(chosen)
     rows = [dict(selected[i]) for i in range(len(selected))]
-    labels = {
-        "tasks": np.array([task_of[e] for e in episodes[chosen]]),
-        "episodes": episodes[chosen],
-        "rank": np.array([rank_of[e] for e in episodes[chosen]]),
-    }
+    labels = {"tasks": np.array(instructions), "episodes": episodes[chosen], "rank": np.array(rank)}
     labels["test"] = labels["rank"] >= max(sizes.probe_demos)
     return rows, labels
 

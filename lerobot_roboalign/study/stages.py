@@ -189,11 +189,31 @@ def probe_curve(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
 
 
 def vqa_data(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
-    raise NotImplementedError("scene questions: waiting for `roboalign sim vqa`")
+    """Scene questions about varied simulated frames, answered from the simulator's state (`sim vqa`)."""
+    from ..scene_vqa import VQA_FILE, SceneVQAConfig, write_scene_vqa
+
+    seed_base, seed = stage.settings["seeds"]
+    root, size = cfg.output_dir / stage.outputs[0], stage.settings["image"]
+    summary = write_scene_vqa(SceneVQAConfig(root=root, episodes=stage.settings["scenes"], seed=seed,
+                                             seed_base=seed_base, image_height=size, image_width=size))  # fmt: skip
+    return {"path": str(root / VQA_FILE), "records": summary["records"], "classes": summary["classes"]}
 
 
 def vqa_base(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
-    raise NotImplementedError("VQA base: waiting for the VQA-only SFT")
+    """The stand-in for a general MLLM: the random backbone trained on the scene questions alone (no actions);
+    it gets the alignment's action vocabulary, untrained, so that SFT continues from it."""
+    from ..demo.stages import roboalign, training_args
+
+    s, output = cfg.sizes, cfg.output_dir / stage.outputs[0]
+    roboalign([
+        "align", "sft", "--vqa.only=true",
+        f"--vqa.path={inputs['vqa_data']['path']}",
+        f"--model.path={inputs['backbone']['path']}",
+        f"--model.fast_tokenizer={inputs['tokenizer']['path']}",
+        *image_args(cfg),
+        *training_args(output, stage.settings["steps"], s.sft_batch_size, cfg.seed),
+    ])  # fmt: skip
+    return {"path": str(output / "model"), "metrics": str(output / "metrics.csv")}
 
 
 WORKS = {
