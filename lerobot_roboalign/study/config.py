@@ -22,7 +22,12 @@ BASES = ("random", "vqa")
 # demonstrations 1.1 x 10^7 (the same range, disjoint), the alignment corpus from 3 x 10^7, the scene questions from
 # 5 x 10^7. Pilots: all from 4 x 10^7, one block of 10^6 each.
 FINAL_SEEDS = {"vla": (10**7, 0), "probe": (10**7, 1), "alignment": (3 * 10**7, 0), "vqa": (5 * 10**7, 0)}
-PILOT_SEEDS = {"vla": (4 * 10**7, 0), "probe": (4 * 10**7, 1), "alignment": (4 * 10**7, 2), "vqa": (4 * 10**7, 3)}
+PILOT_SEEDS = {
+    "vla": (4 * 10**7, 0),
+    "probe": (4 * 10**7, 1),
+    "alignment": (4 * 10**7, 2),
+    "vqa": (4 * 10**7, 3),
+}
 EVAL_SEED, PILOT_EVAL_SEED = 20_000, 30_000
 
 
@@ -82,11 +87,17 @@ TINY = StudySizes(
 class StudyConfig:
     output_dir: Path = Path("outputs/study")
     sizes: StudySizes = field(default_factory=StudySizes)
-    tiny: bool = False  # every size at its smallest: checks that the chain runs, says nothing about the method
-    pilot: bool = False  # the pilots' seed ranges (recording 4x10^7 + i, evaluation 30000-30099): never pooled
+    tiny: bool = (
+        False  # every size at its smallest: checks that the chain runs, says nothing about the method
+    )
+    pilot: bool = (
+        False  # the pilots' seed ranges (recording 4x10^7 + i, evaluation 30000-30099): never pooled
+    )
     base: str = "vqa"  # random | vqa: the base backbone (pilot P2 decides)
     state_text: bool = False  # the robot state written into the prompt, alignment and VLA alike (pilot P1)
-    grpo_budget: float = 1.0  # GRPO steps and prompts, in multiples of the demo's 64 x 64 (pilot P3: 1, 4, 16)
+    grpo_budget: float = (
+        1.0  # GRPO steps and prompts, in multiples of the demo's 64 x 64 (pilot P3: 1, 4, 16)
+    )
     rows: list[str] = field(default_factory=lambda: list(ROWS))
     head_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     seed: int = 0  # backbone, alignment and data-sampling seed (head seeds are separate)
@@ -102,9 +113,13 @@ class StudyConfig:
         if unknown or not self.rows:
             raise ValueError(f"--rows={self.rows}: rows are among {', '.join(ROWS)} (at least one).")
         if not self.head_seeds or len(set(self.head_seeds)) != len(self.head_seeds):
-            raise ValueError(f"--head_seeds={self.head_seeds}: give one or more distinct seeds, e.g. [0,1,2,3].")
+            raise ValueError(
+                f"--head_seeds={self.head_seeds}: give one or more distinct seeds, e.g. [0,1,2,3]."
+            )
         if self.grpo_budget <= 0:
-            raise ValueError(f"--grpo_budget={self.grpo_budget}: a positive multiple of the demo's GRPO budget.")
+            raise ValueError(
+                f"--grpo_budget={self.grpo_budget}: a positive multiple of the demo's GRPO budget."
+            )
 
     def seeds(self, corpus: str) -> tuple[int, int]:
         """(seed_base, seed) of a corpus's recording: vla, probe, alignment or vqa."""
@@ -132,7 +147,9 @@ def parse_config(argv: list[str]) -> StudyConfig:
     argv = [f"{arg}=true" if arg in ("--tiny", "--pilot", "--state_text") else arg for arg in argv]
     try:
         cfg = draccus.parse(config_class=StudyConfig, args=argv)
-    except draccus.utils.ParsingError as error:  # our own checks' message, not draccus's "couldn't instantiate"
+    except (
+        draccus.utils.ParsingError
+    ) as error:  # our own checks' message, not draccus's "couldn't instantiate"
         raise error.__cause__ if isinstance(error.__cause__, ValueError) else error
     if cfg.tiny:
         given = {arg.removeprefix("--sizes.").split("=", 1)[0] for arg in argv if arg.startswith("--sizes.")}

@@ -38,7 +38,9 @@ def finished(output_dir: Path, plan: list[PlannedStage]) -> set[str]:
     return done
 
 
-def run_plan(cfg: StudyConfig, plan: list[PlannedStage], works: Mapping[str, Work]) -> tuple[dict[str, dict], object]:
+def run_plan(
+    cfg: StudyConfig, plan: list[PlannedStage], works: Mapping[str, Work]
+) -> tuple[dict[str, dict], object]:
     """Every stage's result (each once its inputs are done), and the ``Stages`` that ran them."""
     from ..demo.stages import Stages
 

@@ -92,17 +92,44 @@ def alignment_stages(cfg: StudyConfig) -> list[PlannedStage]:
                                  s.vqa_base_steps * s.sft_batch_size, ("vqa_base",)))  # fmt: skip
     sft = {"steps": s.sft_steps, "batch": s.sft_batch_size, "vqa_ratio": s.vqa_ratio, "state": cfg.state_text,
            "holdout": s.holdout_every, "seed": cfg.seed}  # fmt: skip
-    inputs = (row_backbone_stage(cfg, "base"), "tokenizer", "reason", *("vqa_data",) * uses_vqa, "record_alignment")
+    inputs = (
+        row_backbone_stage(cfg, "base"),
+        "tokenizer",
+        "reason",
+        *("vqa_data",) * uses_vqa,
+        "record_alignment",
+    )
     plan.append(PlannedStage("sft", "sft", inputs, sft, s.sft_steps * s.sft_batch_size, ("align_sft",)))
     completions = cfg.grpo_steps * s.grpo_generations * 2  # the demo's GRPO batch: 2 prompts x generations
     aligned = ("sft", "reason", "record_alignment")
     if {"roboalign", "matched_sft"} & set(cfg.rows):
         plan.append(PlannedStage("grpo", "grpo", aligned, grpo, completions, ("align_grpo",)))
-    if "matched_sft" in cfg.rows:  # the prompts GRPO drew (the same draw) and as many samples as its completions
-        plan.append(PlannedStage("matched_sft", "matched_sft", (*aligned, "tokenizer"), grpo, completions, ("align_matched_sft",)))
-    scored = ("sft", *(stage.name for stage in plan if stage.name in ("grpo", "matched_sft")))  # before/after GRPO
-    plan.append(PlannedStage("score", "score", (*scored, "tokenizer", "reason", "record_alignment", "record_vla"),
-                             {"frames": s.score_frames, "state": cfg.state_text}, s.score_frames * 2 * len(scored)))
+    if (
+        "matched_sft" in cfg.rows
+    ):  # the prompts GRPO drew (the same draw) and as many samples as its completions
+        plan.append(
+            PlannedStage(
+                "matched_sft",
+                "matched_sft",
+                (*aligned, "tokenizer"),
+                grpo,
+                completions,
+                ("align_matched_sft",),
+            )
+        )
+    scored = (
+        "sft",
+        *(stage.name for stage in plan if stage.name in ("grpo", "matched_sft")),
+    )  # before/after GRPO
+    plan.append(
+        PlannedStage(
+            "score",
+            "score",
+            (*scored, "tokenizer", "reason", "record_alignment", "record_vla"),
+            {"frames": s.score_frames, "state": cfg.state_text},
+            s.score_frames * 2 * len(scored),
+        )
+    )
     return plan
 
 
@@ -122,7 +149,9 @@ def head_stages(cfg: StudyConfig) -> list[PlannedStage]:
                                      {**head, "row": row, "seed": seed}, s.head_steps, (f"heads/{name}",)))  # fmt: skip
             plan.append(PlannedStage(f"eval_{name}", "eval", (f"head_{name}",), {**evaluation, "row": row},
                                      s.eval_episodes_per_task * len(TASKS), (f"evals/{name}",)))  # fmt: skip
-    probe_frames = len(TASKS) * (max(s.probe_demos) + s.probe_test_episodes_per_task) * s.probe_frames_per_episode
+    probe_frames = (
+        len(TASKS) * (max(s.probe_demos) + s.probe_test_episodes_per_task) * s.probe_frames_per_episode
+    )
     probe = {"demos": s.probe_demos, "frames_per_episode": s.probe_frames_per_episode, "rows": rows}
     plan.append(PlannedStage("probe_curve", "probe_curve", (*backbones, "record_probe"), probe,
                              probe_frames * len(rows)))  # fmt: skip
@@ -161,9 +190,13 @@ def calibrate(output_dir: Path, plan: list[PlannedStage], walls: dict[str, float
     return rates
 
 
-def estimate_lines(plan: list[PlannedStage], rates: dict[str, float], done: set[str], workers: int) -> list[str]:
+def estimate_lines(
+    plan: list[PlannedStage], rates: dict[str, float], done: set[str], workers: int
+) -> list[str]:
     """The expected time per stage, as printed at start (an estimate from the cost model, not a promise)."""
-    lines = ["roboalign study: expected time per stage (an estimate: start-up + units x measured seconds per unit)"]
+    lines = [
+        "roboalign study: expected time per stage (an estimate: start-up + units x measured seconds per unit)"
+    ]
     total = 0.0
     for stage in plan:
         seconds = 0.0 if stage.name in done else expected_seconds(stage, rates)

@@ -27,7 +27,10 @@ def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, 
 def scores(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """R^2 (around the held-out frames' mean) and mean absolute error per chunk entry."""
     total = ((target - target.mean(0)) ** 2).sum()
-    return {"r2": float(1 - ((target - prediction) ** 2).sum() / total), "l1": float(np.abs(target - prediction).mean())}
+    return {
+        "r2": float(1 - ((target - prediction) ** 2).sum() / total),
+        "l1": float(np.abs(target - prediction).mean()),
+    }
 
 
 def choose_alpha(x: np.ndarray, y: np.ndarray, episodes: np.ndarray) -> float:
@@ -39,7 +42,9 @@ def choose_alpha(x: np.ndarray, y: np.ndarray, episodes: np.ndarray) -> float:
     if len(unique) < 4:
         return RIDGE_ALPHAS[len(RIDGE_ALPHAS) // 2]
     valid = np.isin(episodes, unique[::4])
-    return max(RIDGE_ALPHAS, key=lambda a: scores(ridge_predict(x[~valid], y[~valid], x[valid], a), y[valid])["r2"])
+    return max(
+        RIDGE_ALPHAS, key=lambda a: scores(ridge_predict(x[~valid], y[~valid], x[valid], a), y[valid])["r2"]
+    )
 
 
 def normaliser(chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +90,9 @@ def probe_frames(root: Path, repo_id: str, sizes: StudySizes) -> tuple[list[dict
     for episode in np.unique(episodes):
         frames = np.flatnonzero(episodes == episode)
         instruction = samples.value(int(frames[0]), "task")
-        spaced = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), sizes.probe_frames_per_episode)).round())
+        spaced = np.unique(
+            np.linspace(0, len(frames) - 1, min(len(frames), sizes.probe_frames_per_episode)).round()
+        )
         chosen += [int(frames[int(i)]) for i in spaced]
         rank += [seen[task_of[instruction]]] * len(spaced)
         instructions += [instruction] * len(spaced)
@@ -120,6 +127,8 @@ def probe_curve(backbones: dict[str, str], root: Path, repo_id: str, sizes: Stud
     low, span = normaliser(chunks[~labels["test"]])
     actions = np.clip(2 * (chunks - low) / span - 1, -1, 1)
     common = (actions, labels["tasks"], labels["episodes"], labels["rank"], labels["test"], sizes.probe_demos)
-    rows = {row: curve(pooled_features(path, samples, TINY_VLM_LAYER), *common) for row, path in backbones.items()}
+    rows = {
+        row: curve(pooled_features(path, samples, TINY_VLM_LAYER), *common) for row, path in backbones.items()
+    }
     return {"demos": list(sizes.probe_demos), "rows": rows, "blind": curve(None, *common), "layer": TINY_VLM_LAYER,
             "n_test_frames": int(labels["test"].sum()), "n_frames": len(samples)}  # fmt: skip

@@ -39,7 +39,9 @@ def dataset_inputs(root: Path) -> tuple[list[str], int, int]:
     return list(meta.tasks.index), len(meta.camera_keys), meta.features["observation.state"]["shape"][0]
 
 
-def check_prompts(backbones: dict[str, str], tasks: list[str], cameras: int, state_size: int, image_size: int) -> dict:
+def check_prompts(
+    backbones: dict[str, str], tasks: list[str], cameras: int, state_size: int, image_size: int
+) -> dict:
     """Every row's VLA prompt and image size equal to its alignment's, and the same for every row, on each of the
     VLA dataset's instructions; a ValueError naming the row and both prompts otherwise."""
     import numpy as np

@@ -17,7 +17,9 @@ COMPARISONS = (("roboalign", "base"), ("roboalign", "matched_sft"), ("sft", "bas
 PRIMARY = COMPARISONS[0]
 
 
-def row_successes(cfg: StudyConfig, results: dict[str, dict]) -> tuple[dict[str, np.ndarray], np.ndarray, list]:
+def row_successes(
+    cfg: StudyConfig, results: dict[str, dict]
+) -> tuple[dict[str, np.ndarray], np.ndarray, list]:
     """Per row a (head seeds, episodes) success array, episodes in one order for every row (task, then seed),
     the episodes' tasks and their (task, seed) keys. Refuses rows evaluated on other seeds."""
     first = results[f"eval_{cfg.row_order()[0]}_s{cfg.head_seeds[0]}"]
@@ -26,7 +28,9 @@ def row_successes(cfg: StudyConfig, results: dict[str, dict]) -> tuple[dict[str,
     for row in cfg.row_order():
         evals = [results[f"eval_{row}_s{seed}"] for seed in cfg.head_seeds]
         if any(sorted(e[task]) != sorted(first[task]) for e in evals for task in TASKS):
-            raise ValueError(f"row {row} was evaluated on other seeds than the others: rerun its eval stages.")
+            raise ValueError(
+                f"row {row} was evaluated on other seeds than the others: rerun its eval stages."
+            )
         arrays[row] = np.array([[e[task][seed] for task, seed in keys] for e in evals], dtype=float)
     return arrays, np.array([task for task, _ in keys]), keys
 
@@ -62,15 +66,19 @@ def failing_link(scores: dict | None, probe: dict | None) -> str:
         return (f"alignment: {model}'s action-token prefix accuracy on held-out alignment frames is not above the "
                 "blind most-frequent sequence's (95% interval includes 0 or lies below)")  # fmt: skip
     if (versus_blind_low(scores["target"], model) or 0) <= 0:
-        return (f"transfer: {model} is above blind on held-out alignment frames but not on the target tasks' frames")
+        return f"transfer: {model} is above blind on held-out alignment frames but not on the target tasks' frames"
     if probe and {"roboalign", "base"} <= set(probe["rows"]):
         largest = max(probe["demos"])
         aligned, base = probe["rows"]["roboalign"][largest]["r2"], probe["rows"]["base"][largest]["r2"]
         if aligned <= base:
-            return (f"transfer to the features: aligned on target frames, yet the probe reads no more of the action "
-                    f"from RoboAlign's frozen features than from the base's (R^2 {aligned:.3f} vs {base:.3f})")
-        return (f"head: RoboAlign's features carry more of the action (probe R^2 {aligned:.3f} vs base {base:.3f}), "
-                "and the head trained on them does not turn it into more successes")
+            return (
+                f"transfer to the features: aligned on target frames, yet the probe reads no more of the action "
+                f"from RoboAlign's frozen features than from the base's (R^2 {aligned:.3f} vs {base:.3f})"
+            )
+        return (
+            f"head: RoboAlign's features carry more of the action (probe R^2 {aligned:.3f} vs base {base:.3f}), "
+            "and the head trained on them does not turn it into more successes"
+        )
     return "head (the probe did not run for both rows, so features could not be checked)"
 
 
@@ -102,7 +110,10 @@ def alignment_lines(scores: dict) -> list[str]:
                          f"{cell if versus else 'n/a'} |")  # fmt: skip
         d = score.get("grpo_minus_sft_action")
         if d:
-            lines += ["", f"GRPO - SFT prefix accuracy: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]."]
+            lines += [
+                "",
+                f"GRPO - SFT prefix accuracy: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}].",
+            ]
         lines.append("")
     return lines
 
@@ -120,8 +131,10 @@ def reward_line(results: dict) -> str:
     rows = [r for r in read_metrics(Path(results["grpo"]["metrics"])) if r.get("reward") not in (None, "")]
     if not rows:
         return "GRPO logged no reward."
-    return f"GRPO mean reward: {float(rows[0]['reward']):.3f} at step {rows[0]['step']}, " \
-           f"{float(rows[-1]['reward']):.3f} at step {rows[-1]['step']}."
+    return (
+        f"GRPO mean reward: {float(rows[0]['reward']):.3f} at step {rows[0]['step']}, "
+        f"{float(rows[-1]['reward']):.3f} at step {rows[-1]['step']}."
+    )
 
 
 def success_lines(stats: dict) -> list[str]:
@@ -131,7 +144,9 @@ def success_lines(stats: dict) -> list[str]:
         seeds = "; ".join(f"{s['successes']}/{s['n']} [{s['wilson'][0]:.2f}, {s['wilson'][1]:.2f}]"
                           for s in r["per_seed"])  # fmt: skip
         tasks = " | ".join(f"{r['per_task'][task]:.3f}" for task in TASKS)
-        lines.append(f"| {ROW_NAMES[row]} | {r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {tasks} | {seeds} |")
+        lines.append(
+            f"| {ROW_NAMES[row]} | {r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {tasks} | {seeds} |"
+        )
     lines += ["", "| comparison | difference [95%] | won / lost episodes | McNemar (exact, head-seed strata) | "
               "verdict |", "|---|---|---|---|---|"]  # fmt: skip
     for name, c in stats["comparisons"].items():
@@ -144,9 +159,13 @@ def success_lines(stats: dict) -> list[str]:
 
 def probe_lines(probe: dict) -> list[str]:
     demos = probe["demos"]
-    lines = [f"Ridge probe, held-out R^2 / L1 on {probe['n_test_frames']} target-task frames (layer {probe['layer']},"
-             " mean-pooled image tokens + task), per demonstrations per task:", "",
-             "| features | " + " | ".join(f"{n} demos" for n in demos) + " |", "|---|" + "---|" * len(demos)]
+    lines = [
+        f"Ridge probe, held-out R^2 / L1 on {probe['n_test_frames']} target-task frames (layer {probe['layer']},"
+        " mean-pooled image tokens + task), per demonstrations per task:",
+        "",
+        "| features | " + " | ".join(f"{n} demos" for n in demos) + " |",
+        "|---|" + "---|" * len(demos),
+    ]
     for name, by_n in {**probe["rows"], "blind (task mean chunk)": probe["blind"]}.items():
         cells = " | ".join(f"{by_n[n]['r2']:.3f} / {by_n[n]['l1']:.3f}" for n in demos)
         lines.append(f"| {ROW_NAMES.get(name, name)} | {cells} |")
@@ -168,7 +187,9 @@ def plot_success(output_dir: Path, stats: dict) -> str:
     names = list(stats["comparisons"])
     for i, name in enumerate(names):
         c = stats["comparisons"][name]
-        right.errorbar([c["mean"]], [i], xerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o", capsize=4)
+        right.errorbar(
+            [c["mean"]], [i], xerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], fmt="o", capsize=4
+        )
     right.axvline(0, color="grey", linewidth=1)
     right.set_yticks(range(len(names)), names)
     right.set_xlabel("paired success difference (95% interval)")
@@ -191,7 +212,9 @@ def plot_probe(output_dir: Path, probe: dict) -> str:
     return save_figure(output_dir, figure, "probe.png", dpi=120)
 
 
-def write_report(cfg: StudyConfig, plan: list[PlannedStage], results: dict, walls: dict, elapsed_s: float) -> Path:
+def write_report(
+    cfg: StudyConfig, plan: list[PlannedStage], results: dict, walls: dict, elapsed_s: float
+) -> Path:
     """report.md, results.json and the PNGs, in ``<output_dir>/study/``."""
     out = cfg.output_dir / "study"
     out.mkdir(parents=True, exist_ok=True)
@@ -199,16 +222,42 @@ def write_report(cfg: StudyConfig, plan: list[PlannedStage], results: dict, wall
     scores, probe = results.get("score"), results.get("probe_curve")
     probe = probe and {**probe, "rows": {row: {int(n): v for n, v in by_n.items()} for row, by_n in probe["rows"].items()},
                        "blind": {int(n): v for n, v in probe["blind"].items()}}  # fmt: skip
-    mode = "tiny (checks the chain; its numbers mean nothing)" if cfg.tiny else "pilot" if cfg.pilot else "final"
-    lines = ["# RoboAlign transfer study (docs/study.md)", "",
-             f"Mode: **{mode}**; base: {cfg.base}; state text in the prompt: {cfg.state_text}; GRPO budget: "
-             f"{cfg.grpo_budget}x; head seeds {cfg.head_seeds}; {stats['n_episodes']} evaluation episodes per head "
-             f"(seeds from {cfg.eval_seed}).", "", *decision_lines(stats, scores, probe), "",
-             "## Success per row and paired differences", "", *success_lines(stats), "", "![success](success.png)"]
+    mode = (
+        "tiny (checks the chain; its numbers mean nothing)" if cfg.tiny else "pilot" if cfg.pilot else "final"
+    )
+    lines = [
+        "# RoboAlign transfer study (docs/study.md)",
+        "",
+        f"Mode: **{mode}**; base: {cfg.base}; state text in the prompt: {cfg.state_text}; GRPO budget: "
+        f"{cfg.grpo_budget}x; head seeds {cfg.head_seeds}; {stats['n_episodes']} evaluation episodes per head "
+        f"(seeds from {cfg.eval_seed}).",
+        "",
+        *decision_lines(stats, scores, probe),
+        "",
+        "## Success per row and paired differences",
+        "",
+        *success_lines(stats),
+        "",
+        "![success](success.png)",
+    ]
     if scores:
-        lines += ["", "## Alignment before and after GRPO", "", reward_line(results), "", *alignment_lines(scores)]
+        lines += [
+            "",
+            "## Alignment before and after GRPO",
+            "",
+            reward_line(results),
+            "",
+            *alignment_lines(scores),
+        ]
     if probe:
-        lines += ["", "## Sample-efficiency probe", "", *probe_lines(probe), "", f"![probe]({plot_probe(out, probe)})"]
+        lines += [
+            "",
+            "## Sample-efficiency probe",
+            "",
+            *probe_lines(probe),
+            "",
+            f"![probe]({plot_probe(out, probe)})",
+        ]
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|",
               *(f"| {name} | {seconds:.0f} |" for name, seconds in walls.items()), "",
               f"Elapsed: {elapsed_s / 60:.1f} min for this invocation (reused stages count 0).", ""]  # fmt: skip

@@ -53,7 +53,9 @@ def record(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
     repo = TARGET_REPO if stage.name == "record_vla" else PROBE_REPO
     episodes = dict.fromkeys(TASKS, stage.settings["episodes"])
     root = cfg.output_dir / stage.outputs[0]
-    summary = record_demos(root, episodes, seed, stage.settings["image"], cfg.workers, repo, seed_base=seed_base)
+    summary = record_demos(
+        root, episodes, seed, stage.settings["image"], cfg.workers, repo, seed_base=seed_base
+    )
     return {"root": str(root), "repo_id": repo, "summary": summary}
 
 
@@ -94,7 +96,9 @@ def sft(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
 
     s = cfg.sizes
     base = inputs[row_backbone_stage(cfg, "base")]["path"]
-    vqa = (f"--vqa.path={inputs['vqa_data']['path']}", f"--vqa.ratio={s.vqa_ratio}") if s.vqa_ratio > 0 else ()
+    vqa = (
+        (f"--vqa.path={inputs['vqa_data']['path']}", f"--vqa.ratio={s.vqa_ratio}") if s.vqa_ratio > 0 else ()
+    )
     return align_sft(alignment_data(cfg), base, inputs["tokenizer"]["path"], inputs["reason"]["path"],
                      cfg.output_dir / "align_sft", s.sft_steps, cfg.seed, batch_size=s.sft_batch_size,
                      extra_args=(*image_args(cfg), *vqa))  # fmt: skip

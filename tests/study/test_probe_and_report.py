@@ -46,8 +46,14 @@ def scores(alignment_low: float, target_low: float) -> dict:
     def score(low):
         model = {"format": 1.0, "action": 0.5, "l1": 0.2}
         versus = {"action": {"mean": low + 0.05, "low": low, "high": low + 0.1}}
-        return {"n_frames": 8, "cap": 40, "longest_target": 24, "models": {"SFT + GRPO": model}, "baselines": {},
-                "versus_blind": {"SFT + GRPO": versus}}
+        return {
+            "n_frames": 8,
+            "cap": 40,
+            "longest_target": 24,
+            "models": {"SFT + GRPO": model},
+            "baselines": {},
+            "versus_blind": {"SFT + GRPO": versus},
+        }
 
     return {"alignment": score(alignment_low), "target": score(target_low)}
 
@@ -59,8 +65,12 @@ def test_report_decides_by_the_primary_interval_and_names_the_failing_link(tmp_p
     assert "roboalign - matched_sft" not in better["comparisons"]  # that row did not run
     same = eval_results(cfg, {"base": 0.5, "sft": 0.5, "roboalign": 0.5})
     same.update({k.replace("base", "roboalign"): v for k, v in same.items() if k.startswith("eval_base")})
-    report = write_report(cfg, [], {**same, "score": scores(0.1, -0.05)}, {"record_vla": 1.0}, 60.0).read_text()
-    assert "NO DIFFERENCE SHOWN" in report and "Failing link, from the measured quantities: transfer" in report
+    report = write_report(
+        cfg, [], {**same, "score": scores(0.1, -0.05)}, {"record_vla": 1.0}, 60.0
+    ).read_text()
+    assert (
+        "NO DIFFERENCE SHOWN" in report and "Failing link, from the measured quantities: transfer" in report
+    )
     assert (tmp_path / "study" / "success.png").is_file() and (tmp_path / "study" / "results.json").is_file()
     assert failing_link(scores(-0.01, 0.2), None).startswith("alignment")
     probe = {"demos": [10], "rows": {"roboalign": {10: {"r2": 0.6}}, "base": {10: {"r2": 0.4}}}}

@@ -24,4 +24,6 @@ def test_same_prompt_passes_and_state_text_is_refused(tiny_qwen25_backbone, tmp_
     with pytest.raises(ValueError, match="(?s)row sft: the VLA.s prompt differs.*--state_text=false"):
         check_prompts({"base": str(tiny_qwen25_backbone), "sft": with_state}, TASKS, 1, 14, 96)
     with pytest.raises(ValueError, match="aligned at 64px, the VLA sees 96px"):
-        check_prompts({"sft": aligned_copy(tiny_qwen25_backbone, tmp_path / "small", image_size=64)}, TASKS, 1, 14, 96)
+        check_prompts(
+            {"sft": aligned_copy(tiny_qwen25_backbone, tmp_path / "small", image_size=64)}, TASKS, 1, 14, 96
+        )

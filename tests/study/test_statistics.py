@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from lerobot_roboalign.demo.statistics import NO_DIFFERENCE, paired_difference, row_success, stratified_mcnemar
+from lerobot_roboalign.demo.statistics import (
+    NO_DIFFERENCE,
+    paired_difference,
+    row_success,
+    stratified_mcnemar,
+)
 
 STRATA = np.repeat(["reach_and_close", "pick_and_place"], 50)  # 2 tasks x 50 evaluation seeds
 

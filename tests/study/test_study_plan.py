@@ -6,12 +6,23 @@ import pytest
 
 from lerobot_roboalign.study.config import TINY, StudyConfig, parse_config
 from lerobot_roboalign.study.pipeline import run
-from lerobot_roboalign.study.plan import DEFAULT_RATES, OVERHEAD_S, calibrate, cost_rates, estimate_lines, stage_plan
+from lerobot_roboalign.study.plan import (
+    DEFAULT_RATES,
+    OVERHEAD_S,
+    calibrate,
+    cost_rates,
+    estimate_lines,
+    stage_plan,
+)
 
 
 def test_pilot_switches_every_seed_range_and_tiny_keeps_given_sizes():
     final, pilot = parse_config([]), parse_config(["--pilot", "--tiny", "--sizes.head_steps=7"])
-    assert (final.eval_seed, final.seeds("vla"), final.seeds("alignment")) == (20_000, (10**7, 0), (3 * 10**7, 0))
+    assert (final.eval_seed, final.seeds("vla"), final.seeds("alignment")) == (
+        20_000,
+        (10**7, 0),
+        (3 * 10**7, 0),
+    )
     assert pilot.eval_seed == 30_000
     pilot_seeds = [pilot.seeds(corpus) for corpus in ("vla", "probe", "alignment", "vqa")]
     assert {base for base, _ in pilot_seeds} == {4 * 10**7} and len(set(pilot_seeds)) == 4  # disjoint blocks
@@ -104,7 +115,9 @@ def test_an_interrupted_study_resumes_after_its_finished_stages(tmp_path, capsys
     changed.sizes.head_steps += 1
     fourth: list[str] = []
     run(changed, cheap_works(fourth), report=lambda *args: tmp_path)
-    assert sorted(fourth) == sorted(n for n in plan if n.startswith(("head_", "eval_")))  # only what depends on it
+    assert sorted(fourth) == sorted(
+        n for n in plan if n.startswith(("head_", "eval_"))
+    )  # only what depends on it
 
 
 def test_matched_sft_trains_on_grpo_prompts_for_as_many_samples(tmp_path, monkeypatch):
@@ -136,5 +149,7 @@ def test_matched_sft_trains_on_grpo_prompts_for_as_many_samples(tmp_path, monkey
     (grpo, grpo_data), (sft, sft_data) = flags(calls["grpo"]), flags(calls["sft"])
     assert grpo_data == sft_data and sft_data["dataset.num_samples"] == "128"
     grpo_completions = int(grpo["training.max_steps"]) * int(grpo["training.per_device_train_batch_size"])
-    assert int(sft["training.max_steps"]) * int(sft["training.per_device_train_batch_size"]) == grpo_completions
+    assert (
+        int(sft["training.max_steps"]) * int(sft["training.per_device_train_batch_size"]) == grpo_completions
+    )
     assert sft["model.path"] == "sft" and "vqa.path" not in sft  # continued from SFT, on GRPO's prompts only
