@@ -12,7 +12,6 @@ Each slot keeps a checksum of the frame's pixels and its task text: a frame that
 augmentation, or a changed dataset) is refused instead of trained on stale features.
 """
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -150,7 +149,7 @@ class FeatureCache:
         """The cache of ``fingerprint`` under ``root``, created (sparse files: disk fills as frames are written)."""
         directory = Path(root).expanduser() / fingerprint_key(fingerprint)
         directory.mkdir(parents=True, exist_ok=True)
-        with _locked(directory, fcntl.LOCK_EX):
+        with _locked(directory, exclusive=True):
             if not (directory / INFO_FILE).is_file():
                 storage = _storage(dtype)
                 for name, shape, kind in (("frames.bin", (num_frames,), RECORD),
@@ -183,13 +182,13 @@ class FeatureCache:
                 "train on the dataset given to lerobot-train (--dataset.repo_id/--dataset.root)."
             )
         checksums, hashes = pixel_checksums(images), np.array([task_hash(t) for t in tasks], dtype=np.uint64)
-        with _locked(self.directory, fcntl.LOCK_SH):
+        with _locked(self.directory, exclusive=False):
             stored = self.records[frames].copy()
             if (stored["length"] > 0).all():
                 self._check_inputs(frames, stored, checksums, hashes, tasks)
                 return self._read(frames, stored["length"], left_padded, images[0].device), True
         outputs = compute()
-        with _locked(self.directory, fcntl.LOCK_EX):
+        with _locked(self.directory, exclusive=True):
             stored = self.records[frames].copy()
             self._check_inputs(frames, stored, checksums, hashes, tasks)
             self._write(frames, stored["length"] == 0, outputs, checksums, hashes)
@@ -258,10 +257,13 @@ def slot_length(backbone: VLMBackbone, tasks: list[str], num_cameras: int) -> in
 
 
 @contextmanager
-def _locked(directory: Path, mode: int):
-    """Several lerobot-train runs (head seeds) may share one cache: writes exclusive, reads shared."""
+def _locked(directory: Path, exclusive: bool):
+    """Several lerobot-train runs (head seeds) may share one cache: writes exclusive, reads shared. POSIX file locks
+    (imported here: the policy itself must import where there are none)."""
+    import fcntl
+
     with open(directory / "lock", "a") as handle:
-        fcntl.flock(handle, mode)
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
             yield
         finally:
