@@ -18,11 +18,12 @@ Import-light at module level (stdlib and draccus), so ``--help`` is fast; MuJoCo
 """
 
 import json
+import math
 import os
 import random
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import draccus
@@ -48,6 +49,7 @@ IMAGE_DIR = "images"
 SIDE_MARGIN_M = 0.02  # |y| below this: the cube is too near the picture's centre line to ask left or right
 NEAR_FAR_SPLIT_M = 0.27  # x of the line between "near the camera" and "far from it" (mid sampling boxes)
 NEAR_FAR_MARGIN_M = 0.02
+BLOCK_MARGIN_M = 0.03  # a block's half diagonal, about: its centre this far inside the picture's edge
 OPEN_ABOVE, CLOSED_BELOW = 0.6, 0.3  # the jaw's opening (fraction of its joint range) that counts as open / closed
 COUNT_WORDS = ("one", "two", "three")
 QUESTIONS = {
@@ -70,7 +72,7 @@ class SceneVQAConfig:
     seed_base: int = VQA_SEED_BASE  # never the alignment corpus's or the VLA demonstrations' seeds
     image_height: int = 96
     image_width: int = 96
-    variation: SceneVariation = field(default_factory=lambda: ALIGNMENT_VARIATION)
+    variation: SceneVariation = field(default_factory=lambda: replace(ALIGNMENT_VARIATION))
 
 
 def check_seeds(seeds: range) -> None:
@@ -83,27 +85,47 @@ def check_seeds(seeds: range) -> None:
     })  # fmt: skip
 
 
+def in_view(env, point) -> bool:
+    """Whether a block centred at ``point`` lies wholly inside the front camera's picture (pinhole projection).
+
+    Not every block does: reach_and_close samples the cube up to x = 0.4 m, and past about 0.36 m it is below
+    the picture's lower edge.
+    """
+    model, data = env.sim.model, env.sim.data
+    camera = model.camera("front").id
+    local = data.cam_xmat[camera].reshape(3, 3).T @ (point - data.cam_xpos[camera])  # the camera looks along -z
+    depth = -local[2]
+    half_height = depth * math.tan(math.radians(model.cam_fovy[camera]) / 2)
+    height, width = env.image_hw
+    fits = abs(local[0]) + BLOCK_MARGIN_M < half_height * width / height and abs(local[1]) + BLOCK_MARGIN_M < half_height
+    return bool(depth > 0 and fits)
+
+
 def scene_facts(env) -> dict:
-    """What the questions ask, read from the simulator: the cube, the jaw, the blocks in the picture."""
+    """What the questions ask, read from the simulator: the cube, the jaw, the blocks and whether all are in view."""
     sim = env.sim
     joint = sim.model.joint("gripper")
     low, high = sim.model.jnt_range[joint.id]
     opening = (float(sim.data.qpos[joint.qposadr[0]]) - low) / (high - low)
     x, y, _ = env.block_pos
-    return {"colour": env.scene.colour, "others": list(env.scene.distractor_colours),
-            "x": float(x), "y": float(y), "opening": float(opening)}  # fmt: skip
+    blocks = [env.block_pos, *(xyz for _, xyz in env.distractors)]
+    return {"colour": env.scene.colour, "others": list(env.scene.distractor_colours), "x": float(x), "y": float(y),
+            "opening": float(opening), "in_view": all(in_view(env, xyz) for xyz in blocks)}  # fmt: skip
 
 
 def questions(facts: dict, rng: random.Random) -> list[tuple[str, str, str]]:
-    """(type, question, answer) of a frame, each only where its answer is unambiguous."""
+    """(type, question, answer) of a frame, each only where its answer is unambiguous (a block out of the picture:
+    only the gripper's)."""
     colour, others = facts["colour"], facts["others"]
     asked = []
+    if facts["opening"] > OPEN_ABOVE or facts["opening"] < CLOSED_BELOW:
+        asked.append(("gripper", "open" if facts["opening"] > OPEN_ABOVE else "closed"))
+    if not facts["in_view"]:
+        return [(kind, QUESTIONS[kind][0], answer) for kind, answer in asked]
     if abs(facts["y"]) >= SIDE_MARGIN_M:
         asked.append(("side", "right" if facts["y"] > 0 else "left"))
     if abs(facts["x"] - NEAR_FAR_SPLIT_M) >= NEAR_FAR_MARGIN_M:
         asked.append(("distance", "near" if facts["x"] > NEAR_FAR_SPLIT_M else "far"))
-    if facts["opening"] > OPEN_ABOVE or facts["opening"] < CLOSED_BELOW:
-        asked.append(("gripper", "open" if facts["opening"] > OPEN_ABOVE else "closed"))
     if not others:
         asked.append(("colour", colour))
     shown = [colour, *others]
@@ -195,6 +217,54 @@ def write_scene_vqa(cfg: SceneVQAConfig) -> dict:
     (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     os.replace(staging, cfg.root)
     return summary
+
+
+def read_records(root: Path) -> list[dict]:
+    return json.loads((Path(root) / VQA_FILE).read_text())
+
+
+def majority_accuracy(train: list[dict], test: list[dict]) -> float:
+    """Accuracy on ``test`` of answering each question type with its most frequent answer in ``train`` (blind)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for item in train:
+        counts[item["type"]][item["conversations"][-1]["value"]] += 1
+    guesses = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
+    return sum(guesses.get(item["type"]) == item["conversations"][-1]["value"] for item in test) / len(test)
+
+
+def answer_accuracy(model_path: str | Path, records: list[dict], image_root: Path) -> float:
+    """Share of ``records`` whose true answer the model finds likeliest among the question's ``options``
+    (scored, not generated: a short answer's format cannot decide it)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from lerobot_roboalign.align.vqa import image_paths, llava_turns, open_images
+
+    model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
+    processor = AutoProcessor.from_pretrained(model_path)
+    correct = 0
+    with torch.no_grad():
+        for item in records:
+            prompt, completion = llava_turns(item)
+            images = open_images(image_paths(item, Path(image_root)))
+            scores = [answer_log_likelihood(model, processor, prompt, option, images) for option in item["options"]]
+            correct += item["options"][scores.index(max(scores))] == completion[0]["content"]
+    return correct / len(records)
+
+
+def answer_log_likelihood(model, processor, prompt: list[dict], answer: str, images: list) -> float:
+    """log p(answer turn | prompt, images) under the model, as SFT's completion-only loss counts it."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    def tokens(messages: list[dict], **kwargs):
+        conversation = prepare_multimodal_messages(messages, images=images)
+        return processor.apply_chat_template(conversation, tokenize=True, return_dict=True, return_tensors="pt",
+                                             **kwargs)  # fmt: skip
+
+    start = tokens(prompt, add_generation_prompt=True)["input_ids"].shape[1]
+    inputs = tokens([*prompt, {"role": "assistant", "content": answer}])
+    logits = model(**inputs).logits[0, start - 1 : -1].log_softmax(-1)
+    return float(logits.gather(-1, inputs["input_ids"][0, start:, None]).sum())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -93,15 +93,17 @@ def check_images(table: Dataset, path: Path) -> None:
         )
 
 
-def vqa_references(cfg: VQAConfig, count: int, seed: int) -> Dataset:
-    """``count`` LLaVA conversations (drawn without replacement, cycling if the file is smaller) as SFT row
-    references (``ROW_FEATURES``), memory-mapped from datasets' cache; each drawn record is converted once."""
+def vqa_references(cfg: VQAConfig, count: int | None, seed: int) -> Dataset:
+    """``count`` LLaVA conversations (drawn without replacement, cycling if the file is smaller; None: every record
+    once, shuffled) as SFT row references (``ROW_FEATURES``), memory-mapped from datasets' cache; each drawn record
+    is converted once."""
     if cfg.path is None or count == 0:
         return Dataset.from_dict({name: [] for name in ROW_FEATURES}, features=ROW_FEATURES)
     path = Path(cfg.path)
     total = sum(1 for _ in iter_records(path))
     if total == 0:
         raise ValueError(f"{path} holds no VQA records; drop --vqa.path or give a file with some.")
+    count = total if count is None else count
     chosen = np.random.default_rng(seed).permutation(total)[np.arange(count) % total]
     wanted = np.zeros(total, dtype=bool)
     wanted[chosen] = True

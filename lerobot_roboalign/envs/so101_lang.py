@@ -57,7 +57,7 @@ GOAL_PLACES: dict[str, tuple[float, float]] = dict(list(PLACES.items())[:2])
 _BLOCK_BOUNDS = np.asarray([[0.15, -0.1], [0.3, 0.1]])  # the package's block sampling box
 _MIN_GOAL_DISTANCE = 0.08  # the package's minimum block-goal distance
 # Distractor blocks stand on the table in this box (x, y), apart from the cube, the goal and each other.
-_DISTRACTOR_BOUNDS = np.asarray([[0.12, -0.14], [0.36, 0.14]])
+_DISTRACTOR_BOUNDS = np.asarray([[0.12, -0.14], [0.32, 0.14]])  # past x = 0.36 m a block leaves the picture
 _DISTRACTOR_CLEARANCE = 0.07
 
 
@@ -186,6 +186,10 @@ class SO101LangEnv(gym.Env):
                 xy = np.asarray([rng.uniform(low, high) for low, high in _DISTRACTOR_BOUNDS.T])
             taken.append(xy)
             self.distractors.append((colour, np.asarray([*xy, self.sim._block_z])))
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self._image_hw
 
     @property
     def block_pos(self) -> np.ndarray:
