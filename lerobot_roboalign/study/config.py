@@ -103,6 +103,9 @@ class StudyConfig:
     seed: int = 0  # backbone, alignment and data-sampling seed (head seeds are separate)
     cpu_threads: int = 1  # per process; 2 threads per process ran 19x slower on a loaded 2-core machine
     workers: int = 2  # stages at once (heads and evaluations beside each other and the alignment)
+    # Run only this stage and the stages it needs, then stop without a report: the pilots P1 and P3 need only
+    # `score` (alignment before/after GRPO), e.g. --only=score --grpo_budget=4.
+    only: str | None = None
 
     def __post_init__(self) -> None:
         if self.tiny and self.sizes == StudySizes():

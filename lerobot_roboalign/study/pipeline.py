@@ -78,6 +78,9 @@ def run(cfg: StudyConfig, works: Mapping[str, Work] | None = None, report: Calla
     results, stages = run_plan(cfg, plan, works)
     walls = stages.wall_times()
     calibrate(cfg.output_dir, plan, walls)
+    if cfg.only is not None:  # a pilot's partial run: its result is the stage's record
+        print(json.dumps(results[cfg.only], indent=2, default=str)[:4000], flush=True)
+        return cfg.output_dir / "stages" / f"{cfg.only}.json"
     if report is None:
         from .report import write_report as report
     return report(cfg, plan, results, walls, time.perf_counter() - start)

@@ -31,12 +31,13 @@ DEFAULT_RATES = {
     "eval": 1.2,  # per episode
     "probe_curve": 0.007,  # per frame and backbone
 }
-# Seconds a stage takes whatever its size (process start-up, imports, model loading), measured in a --tiny run on
-# 2 loaded CPU cores (docs: /tmp/coord/G_ready); the rates above apply to the units beyond it.
+# Seconds a stage takes whatever its size (process start-up, imports, model loading), measured in a --tiny run
+# (2 episodes per task, 4 training steps) with 2 stages at once on 2 CPU cores shared with other work, 2026-12-07;
+# the rates above apply to the units beyond it. vqa_data and vqa_base: not measured yet (guesses).
 OVERHEAD_S = {
-    "record": 30.0, "record_alignment": 30.0, "backbone": 5.0, "tokenizer": 15.0, "reason": 15.0, "sft": 40.0,
-    "grpo": 45.0, "matched_sft": 40.0, "score": 30.0, "prompt_check": 10.0, "head": 40.0, "eval": 30.0,
-    "probe_curve": 20.0, "vqa_data": 20.0, "vqa_base": 40.0,
+    "record": 120.0, "record_alignment": 60.0, "backbone": 2.0, "tokenizer": 1.0, "reason": 1.0, "sft": 9.0,
+    "grpo": 20.0, "matched_sft": 10.0, "score": 24.0, "prompt_check": 1.0, "head": 55.0, "eval": 70.0,
+    "probe_curve": 4.0, "vqa_data": 20.0, "vqa_base": 9.0,
 }  # fmt: skip
 FRAMES_PER_EPISODE = {"reach_and_close": 9, "pick_and_place": 48}
 COST_MODEL_FILE = "cost_model.json"
@@ -159,8 +160,23 @@ def head_stages(cfg: StudyConfig) -> list[PlannedStage]:
 
 
 def stage_plan(cfg: StudyConfig) -> list[PlannedStage]:
-    """Every stage in an order where each comes after its inputs."""
-    return alignment_stages(cfg) + head_stages(cfg)
+    """Every stage in an order where each comes after its inputs (with ``--only``: that stage's inputs and it)."""
+    plan = alignment_stages(cfg) + head_stages(cfg)
+    return plan if cfg.only is None else needed_for(plan, cfg.only)
+
+
+def needed_for(plan: list[PlannedStage], target: str) -> list[PlannedStage]:
+    """The stages ``target`` reads, directly or not, and ``target``, in plan order."""
+    by_name = {stage.name: stage for stage in plan}
+    if target not in by_name:
+        raise ValueError(f"--only={target}: no such stage in this plan; choose one of {', '.join(by_name)}.")
+    needed, pending = set(), [target]
+    while pending:
+        name = pending.pop()
+        if name not in needed:
+            needed.add(name)
+            pending += by_name[name].after
+    return [stage for stage in plan if stage.name in needed]
 
 
 def cost_rates(output_dir: Path) -> dict[str, float]:

@@ -87,10 +87,15 @@ def decision_lines(stats: dict, scores: dict | None, probe: dict | None) -> list
     primary = stats["comparisons"].get(key)
     if primary is None:
         return ["The primary endpoint (RoboAlign - base) was not run: both rows are needed."]
-    verdict = primary["verdict"]
+    from ..demo.statistics import NO_DIFFERENCE, decision
+
+    verdict = decision(primary["low"], primary["high"])
+    same = " (the two rows won exactly the same episodes: no difference shown)" * (
+        primary["verdict"] == NO_DIFFERENCE
+    )
     lines = [f"**Primary endpoint, RoboAlign - base: {primary['mean']:+.3f} [{primary['low']:+.3f}, "
-             f"{primary['high']:+.3f}] -> the claim is {verdict.upper()}** (pre-registered rule: supported if the "
-             "95% interval lies above 0, contradicted if below, not shown otherwise)."]  # fmt: skip
+             f"{primary['high']:+.3f}] -> the claim is {verdict.upper()}**{same} (pre-registered rule: supported "
+             "if the 95% interval lies above 0, contradicted if below, not shown otherwise)."]  # fmt: skip
     if verdict != "supported":
         lines.append(f"Failing link, from the measured quantities: {failing_link(scores, probe)}.")
     return lines
@@ -104,10 +109,9 @@ def alignment_lines(scores: dict) -> list[str]:
                   f"{score['longest_target']}):", "", "| model | format | prefix accuracy | decoded L1 | "
                   "prefix accuracy - blind [95%] |", "|---|---|---|---|---|"]  # fmt: skip
         for name, m in {**score["models"], **score["baselines"]}.items():
-            versus = score["versus_blind"].get(name)
-            cell = f"{versus['action']['mean']:+.3f} [{versus['action']['low']:+.3f}, {versus['action']['high']:+.3f}]"
+            versus = score["versus_blind"].get(name)  # none for the baselines themselves
             lines.append(f"| {name} | {number(m.get('format'))} | {number(m['action'])} | {number(m['l1'])} | "
-                         f"{cell if versus else 'n/a'} |")  # fmt: skip
+                         f"{interval(versus['action']) if versus else 'n/a'} |")  # fmt: skip
         d = score.get("grpo_minus_sft_action")
         if d:
             lines += [
@@ -116,6 +120,10 @@ def alignment_lines(scores: dict) -> list[str]:
             ]
         lines.append("")
     return lines
+
+
+def interval(d: dict) -> str:
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
 def number(value) -> str:
@@ -161,12 +169,12 @@ def probe_lines(probe: dict) -> list[str]:
     demos = probe["demos"]
     lines = [
         f"Ridge probe, held-out R^2 / L1 on {probe['n_test_frames']} target-task frames (layer {probe['layer']},"
-        " mean-pooled image tokens + task), per demonstrations per task:",
+        " mean-pooled image tokens + instruction), per demonstrations per task:",
         "",
         "| features | " + " | ".join(f"{n} demos" for n in demos) + " |",
         "|---|" + "---|" * len(demos),
     ]
-    for name, by_n in {**probe["rows"], "blind (task mean chunk)": probe["blind"]}.items():
+    for name, by_n in {**probe["rows"], "blind (instruction's mean chunk)": probe["blind"]}.items():
         cells = " | ".join(f"{by_n[n]['r2']:.3f} / {by_n[n]['l1']:.3f}" for n in demos)
         lines.append(f"| {ROW_NAMES.get(name, name)} | {cells} |")
     return lines

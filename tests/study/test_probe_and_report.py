@@ -51,7 +51,7 @@ def scores(alignment_low: float, target_low: float) -> dict:
             "cap": 40,
             "longest_target": 24,
             "models": {"SFT + GRPO": model},
-            "baselines": {},
+            "baselines": {"mean chunk per task (blind)": {"action": 0.2, "l1": 0.4}},
             "versus_blind": {"SFT + GRPO": versus},
         }
 
@@ -69,7 +69,8 @@ def test_report_decides_by_the_primary_interval_and_names_the_failing_link(tmp_p
         cfg, [], {**same, "score": scores(0.1, -0.05)}, {"record_vla": 1.0}, 60.0
     ).read_text()
     assert (
-        "NO DIFFERENCE SHOWN" in report and "Failing link, from the measured quantities: transfer" in report
+        "the claim is NOT SHOWN** (the two rows won exactly the same episodes: no difference shown)" in report
+        and "Failing link, from the measured quantities: transfer" in report
     )
     assert (tmp_path / "study" / "success.png").is_file() and (tmp_path / "study" / "results.json").is_file()
     assert failing_link(scores(-0.01, 0.2), None).startswith("alignment")

@@ -55,6 +55,14 @@ def test_plan_covers_rows_and_head_seeds_after_their_inputs():
     assert [s.name for s in stage_plan(StudyConfig(rows=["base", "sft"]))].count("grpo") == 0
 
 
+def test_only_runs_a_stage_and_its_inputs():
+    names = [stage.name for stage in stage_plan(StudyConfig(base="random", only="score"))]
+    assert names[-1] == "score" and {"grpo", "matched_sft", "record_vla"} <= set(names)
+    assert not any(name.startswith(("head_", "eval_", "probe")) for name in names)
+    with pytest.raises(ValueError, match="--only=scores: no such stage"):
+        stage_plan(StudyConfig(only="scores"))
+
+
 def test_grpo_budget_multiplies_steps_and_prompts():
     plan = {s.name: s for s in stage_plan(StudyConfig(grpo_budget=4))}
     assert plan["grpo"].settings["steps"] == 256 and plan["grpo"].settings["samples"] == 256
