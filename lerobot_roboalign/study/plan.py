@@ -100,37 +100,22 @@ def alignment_stages(cfg: StudyConfig) -> list[PlannedStage]:
         *("vqa_data",) * uses_vqa,
         "record_alignment",
     )
+    if cfg.row_order() == ["base"]:  # the base row alone (pilot P2): nothing to align
+        return plan
     plan.append(PlannedStage("sft", "sft", inputs, sft, s.sft_steps * s.sft_batch_size, ("align_sft",)))
     completions = cfg.grpo_steps * s.grpo_generations * 2  # the demo's GRPO batch: 2 prompts x generations
     aligned = ("sft", "reason", "record_alignment")
     if {"roboalign", "matched_sft"} & set(cfg.rows):
         plan.append(PlannedStage("grpo", "grpo", aligned, grpo, completions, ("align_grpo",)))
-    if (
-        "matched_sft" in cfg.rows
-    ):  # the prompts GRPO drew (the same draw) and as many samples as its completions
-        plan.append(
-            PlannedStage(
-                "matched_sft",
-                "matched_sft",
-                (*aligned, "tokenizer"),
-                grpo,
-                completions,
-                ("align_matched_sft",),
-            )
-        )
+    if "matched_sft" in cfg.rows:  # the prompts GRPO drew (the same draw), as many samples as its completions
+        plan.append(PlannedStage("matched_sft", "matched_sft", (*aligned, "tokenizer"), grpo, completions,
+                                 ("align_matched_sft",)))  # fmt: skip
     scored = (
         "sft",
         *(stage.name for stage in plan if stage.name in ("grpo", "matched_sft")),
     )  # before/after GRPO
-    plan.append(
-        PlannedStage(
-            "score",
-            "score",
-            (*scored, "tokenizer", "reason", "record_alignment", "record_vla"),
-            {"frames": s.score_frames, "state": cfg.state_text},
-            s.score_frames * 2 * len(scored),
-        )
-    )
+    plan.append(PlannedStage("score", "score", (*scored, "tokenizer", "reason", "record_alignment", "record_vla"),
+                             {"frames": s.score_frames, "state": cfg.state_text}, s.score_frames * 2 * len(scored)))  # fmt: skip
     return plan
 
 
