@@ -165,6 +165,13 @@ class VQAConfig:
     path: Path | None = None
     image_root: Path | None = None  # image paths in the JSON are relative to this (default: the JSON's folder)
     ratio: float = 0.0  # VQA samples per action sample
+    # The "VQA base" (docs/study.md): train on this file alone, every record once an epoch, with no action samples
+    # (no --dataset.*). The backbone still gets the action vocabulary (untrained rows) of --model.fast_tokenizer.
+    only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.only and self.path is None:
+            raise ValueError("--vqa.only=true trains on VQA records alone: give them with --vqa.path=FILE.json.")
 
 
 @dataclass

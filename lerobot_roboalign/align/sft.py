@@ -61,14 +61,33 @@ def refuse_other_fast_tokenizer(cfg: ModelConfig, source: str) -> None:
 
 
 def samples_with_tokens(cfg: AlignSFTConfig, source: str) -> tuple[list[dict], FastTokenizer]:
-    """Samples with FAST tokens, from the given (or ``source``'s) tokenizer or one fitted on the sampled chunks."""
+    """Samples with FAST tokens, from the given (or ``source``'s) tokenizer or one fitted on the sampled chunks
+    (none under ``--vqa.only``: the tokenizer is then only the vocabulary the backbone keeps for alignment)."""
     fast = load_fast_tokenizer(replace(cfg.model, path=source))
+    if cfg.vqa.only:
+        return no_action_samples(cfg, fast), fast
     samples = load_samples(cfg.dataset, fast)
     if fast is None:
         logger.info("No FAST tokenizer given: fitting one (vocab %d) on %d chunks.", cfg.fast_vocab_size, len(samples))
         fast = FastTokenizer.fit(np.stack([s["actions"] for s in samples]), vocab_size=cfg.fast_vocab_size)
         attach_fast_tokens(samples, fast)
     return samples, fast
+
+
+def no_action_samples(cfg: AlignSFTConfig, fast: FastTokenizer | None) -> AlignSamples:
+    """A VQA-only run's (empty) action samples, once its options are checked."""
+    if cfg.dataset.repo_ids:
+        raise ValueError(
+            "--vqa.only=true trains on the VQA file alone, but --dataset.repo_ids is given. Fix: drop --dataset.* "
+            "(or --vqa.only to mix VQA into action samples with --vqa.ratio)."
+        )
+    if fast is None:
+        raise ValueError(
+            "--vqa.only=true still gives the backbone the action vocabulary the alignment after it trains: pass "
+            "--model.fast_tokenizer=DIR (`roboalign tokenizer fit` on the alignment corpus)."
+        )
+    empty = np.zeros(0, dtype=np.int64)
+    return AlignSamples([], empty, empty, cfg.dataset.image_size, fast)
 
 
 def reasoning_texts(samples: list[dict], path: Path | None) -> list[str]:
@@ -87,8 +106,10 @@ def reasoning_texts(samples: list[dict], path: Path | None) -> list[str]:
 
 def build_dataset(cfg: AlignSFTConfig, samples: AlignSamples, vocabulary: ActionVocabulary) -> Dataset:
     """Action then VQA rows as references (images decode in the data loader), shuffled."""
-    vqa = vqa_references(cfg.vqa, round(cfg.vqa.ratio * len(samples)), cfg.dataset.seed)
-    return sft_dataset(samples, reasoning_texts(samples, cfg.reasoning), vocabulary, vqa).shuffle(seed=cfg.dataset.seed)
+    count = None if cfg.vqa.only else round(cfg.vqa.ratio * len(samples))
+    vqa = vqa_references(cfg.vqa, count, cfg.dataset.seed)
+    reasoning = reasoning_texts(samples, cfg.reasoning) if len(samples) else []
+    return sft_dataset(samples, reasoning, vocabulary, vqa).shuffle(seed=cfg.dataset.seed)
 
 
 def train(cfg: AlignSFTConfig) -> Path:
