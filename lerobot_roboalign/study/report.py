@@ -106,12 +106,15 @@ def alignment_lines(scores: dict) -> list[str]:
     for where, label in (("alignment", "held-out alignment frames"), ("target", "target-task frames")):
         score = scores[where]
         lines += [f"On {score['n_frames']} {label} (completion cap {score['cap']}, longest target "
-                  f"{score['longest_target']}):", "", "| model | format | prefix accuracy | decoded L1 | "
-                  "prefix accuracy - blind [95%] |", "|---|---|---|---|---|"]  # fmt: skip
+                  f"{score['longest_target']}):", "", "| model | format | prefix accuracy | greedy reward | "
+                  "decoded L1 | prefix accuracy - blind [95%] |", "|---|---|---|---|---|---|"]  # fmt: skip
         for name, m in {**score["models"], **score["baselines"]}.items():
             versus = score["versus_blind"].get(name)  # none for the baselines themselves
-            lines.append(f"| {name} | {number(m.get('format'))} | {number(m['action'])} | {number(m['l1'])} | "
-                         f"{interval(versus['action']) if versus else 'n/a'} |")  # fmt: skip
+            reward = (
+                None if m.get("format") is None else (m["format"] + m["action"]) / 2
+            )  # GRPO's reward, greedy
+            lines.append(f"| {name} | {number(m.get('format'))} | {number(m['action'])} | {number(reward)} | "
+                         f"{number(m['l1'])} | {interval(versus['action']) if versus else 'n/a'} |")  # fmt: skip
         d = score.get("grpo_minus_sft_action")
         if d:
             lines += [
@@ -220,6 +223,18 @@ def plot_probe(output_dir: Path, probe: dict) -> str:
     return save_figure(output_dir, figure, "probe.png", dpi=120)
 
 
+def plot_learning(output_dir: Path, cfg: StudyConfig, results: dict) -> str:
+    """SFT loss, GRPO reward and the first head seed's flow-matching loss per row (the demo's plot)."""
+    from ..demo.plots import plot_curves, read_metrics
+
+    metrics = {
+        name: read_metrics(Path(results[name]["metrics"])) if name in results else []
+        for name in ("sft", "grpo")
+    }
+    losses = {ROW_NAMES[row]: results[f"head_{row}_s{cfg.head_seeds[0]}"]["loss"] for row in cfg.row_order()}
+    return plot_curves(output_dir, metrics["sft"], metrics["grpo"], losses, cfg.sizes.head_steps)
+
+
 def write_report(
     cfg: StudyConfig, plan: list[PlannedStage], results: dict, walls: dict, elapsed_s: float
 ) -> Path:
@@ -256,6 +271,7 @@ def write_report(
             reward_line(results),
             "",
             *alignment_lines(scores),
+            f"![learning curves]({plot_learning(out, cfg, results)})",
         ]
     if probe:
         lines += [

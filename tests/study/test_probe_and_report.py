@@ -65,14 +65,18 @@ def test_report_decides_by_the_primary_interval_and_names_the_failing_link(tmp_p
     assert "roboalign - matched_sft" not in better["comparisons"]  # that row did not run
     same = eval_results(cfg, {"base": 0.5, "sft": 0.5, "roboalign": 0.5})
     same.update({k.replace("base", "roboalign"): v for k, v in same.items() if k.startswith("eval_base")})
-    report = write_report(
-        cfg, [], {**same, "score": scores(0.1, -0.05)}, {"record_vla": 1.0}, 60.0
-    ).read_text()
+    heads = {f"head_{row}_s0": {"loss": [1.0, 0.5]} for row in cfg.rows}
+    report = write_report(cfg, [], {**same, **heads, "score": scores(0.1, -0.05)}, {"record_vla": 1.0}, 60.0)
+    report = report.read_text()
+    assert (
+        "| SFT + GRPO | 1.000 | 0.500 | 0.750 | 0.200 | +0.150 [+0.100, +0.200] |" in report
+    )  # greedy reward
     assert (
         "the claim is NOT SHOWN** (the two rows won exactly the same episodes: no difference shown)" in report
         and "Failing link, from the measured quantities: transfer" in report
     )
-    assert (tmp_path / "study" / "success.png").is_file() and (tmp_path / "study" / "results.json").is_file()
+    for name in ("success.png", "learning_curves.png", "results.json"):
+        assert (tmp_path / "study" / name).is_file()
     assert failing_link(scores(-0.01, 0.2), None).startswith("alignment")
     probe = {"demos": [10], "rows": {"roboalign": {10: {"r2": 0.6}}, "base": {10: {"r2": 0.4}}}}
     assert failing_link(scores(0.1, 0.1), probe).startswith("head")
