@@ -145,17 +145,20 @@ def head_stages(cfg: StudyConfig) -> list[PlannedStage]:
 
 
 def stage_plan(cfg: StudyConfig) -> list[PlannedStage]:
-    """Every stage in an order where each comes after its inputs (with ``--only``: that stage's inputs and it)."""
+    """The stages the results need (evaluations, scores, probe; with ``--only``: that stage), each after its
+    inputs; a stage nothing reads is left out (the base row alone on the random base records no alignment corpus)."""
     plan = alignment_stages(cfg) + head_stages(cfg)
-    return plan if cfg.only is None else needed_for(plan, cfg.only)
+    names = {stage.name for stage in plan}
+    if cfg.only is not None and cfg.only not in names:
+        raise ValueError(f"--only={cfg.only}: no such stage in this plan; choose one of {', '.join(sorted(names))}.")
+    results = [cfg.only] if cfg.only else [s.name for s in plan if s.kind in ("eval", "score", "probe_curve")]
+    return needed_for(plan, results)
 
 
-def needed_for(plan: list[PlannedStage], target: str) -> list[PlannedStage]:
-    """The stages ``target`` reads, directly or not, and ``target``, in plan order."""
+def needed_for(plan: list[PlannedStage], targets: list[str]) -> list[PlannedStage]:
+    """The ``targets`` and the stages they read, directly or not, in plan order."""
     by_name = {stage.name: stage for stage in plan}
-    if target not in by_name:
-        raise ValueError(f"--only={target}: no such stage in this plan; choose one of {', '.join(by_name)}.")
-    needed, pending = set(), [target]
+    needed, pending = set(), list(targets)
     while pending:
         name = pending.pop()
         if name not in needed:
