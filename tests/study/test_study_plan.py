@@ -56,7 +56,9 @@ def test_plan_covers_rows_and_head_seeds_after_their_inputs():
     base_only = [s.name for s in stage_plan(StudyConfig(base="random", rows=["base"], head_seeds=[0, 1]))]
     assert "eval_base_s1" in base_only  # pilot P2: nothing to align, no alignment corpus on the random base
     assert not {"sft", "score", "record_alignment", "tokenizer", "vqa_data"} & set(base_only)
-    assert {"record_alignment", "tokenizer"} <= {s.name for s in stage_plan(StudyConfig(rows=["base"]))}  # VQA base
+    assert {"record_alignment", "tokenizer"} <= {
+        s.name for s in stage_plan(StudyConfig(rows=["base"]))
+    }  # VQA base
 
 
 def test_only_runs_a_stage_and_its_inputs():
