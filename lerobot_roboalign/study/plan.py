@@ -27,7 +27,8 @@ DEFAULT_RATES = {
     "matched_sft": 0.046,  # per sample
     "score": 0.03,  # per frame and model
     "prompt_check": 1.0,
-    "head": 0.09,  # per lerobot-train step (without the feature cache)
+    "head": 0.032,  # per lerobot-train step: the demo's 0.09 without the feature cache, 2.84x faster with it
+    # (benchmarks/results/policy.md, lerobot-train end to end)
     "eval": 1.2,  # per episode
     "probe_curve": 0.007,  # per frame and backbone
 }
@@ -150,7 +151,9 @@ def stage_plan(cfg: StudyConfig) -> list[PlannedStage]:
     plan = alignment_stages(cfg) + head_stages(cfg)
     names = {stage.name for stage in plan}
     if cfg.only is not None and cfg.only not in names:
-        raise ValueError(f"--only={cfg.only}: no such stage in this plan; choose one of {', '.join(sorted(names))}.")
+        raise ValueError(
+            f"--only={cfg.only}: no such stage in this plan; choose one of {', '.join(sorted(names))}."
+        )
     results = [cfg.only] if cfg.only else [s.name for s in plan if s.kind in ("eval", "score", "probe_curve")]
     return needed_for(plan, results)
 

@@ -122,9 +122,18 @@ def matched_sft(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
 
     settings = stage.settings
     batch = settings["generations"] * 2  # align_grpo's per-step completions
-    return align_sft(alignment_data(cfg), inputs["sft"]["path"], inputs["tokenizer"]["path"], inputs["reason"]["path"],
-                     cfg.output_dir / "align_matched_sft", settings["steps"], cfg.seed, batch_size=batch,
-                     extra_args=(*image_args(cfg), f"--dataset.num_samples={settings['samples']}"))  # fmt: skip
+    data, paths = alignment_data(cfg), (inputs["sft"]["path"], inputs["tokenizer"]["path"], inputs["reason"]["path"])
+    result = align_sft(data, *paths, cfg.output_dir / "align_matched_sft", settings["steps"], cfg.seed,
+                       batch_size=batch, extra_args=(*image_args(cfg), f"--dataset.num_samples={settings['samples']}"))  # fmt: skip
+    return {**result, "prompts": drawn_prompts(cfg, settings["samples"])}
+
+
+def drawn_prompts(cfg: StudyConfig, samples: int) -> list[str]:
+    """The ids of the training frames GRPO and the matched SFT draw (recorded, so the match can be checked)."""
+    from ..align.data import load_samples
+
+    drawn = load_samples(alignment_data(cfg).config(split="train", num_samples=samples))
+    return [drawn.value(i, "id") for i in range(len(drawn))]
 
 
 def aligned_backbones(cfg: StudyConfig, inputs: dict) -> dict[str, str]:

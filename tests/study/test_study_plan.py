@@ -149,6 +149,7 @@ def test_matched_sft_trains_on_grpo_prompts_for_as_many_samples(tmp_path, monkey
         (tmp_path / output / "completion_cap.json").write_text('{"cap": 40, "longest_target": 24}')
 
     monkeypatch.setattr(demo_stages, "roboalign", fake_roboalign)
+    monkeypatch.setattr(stages, "drawn_prompts", lambda cfg, samples: [f"frame {i}" for i in range(samples)])
     monkeypatch.chdir(tmp_path)
     cfg = StudyConfig(output_dir=tmp_path / "out", grpo_budget=2)
     plan = {stage.name: stage for stage in stage_plan(cfg)}
