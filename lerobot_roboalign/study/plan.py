@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import TASKS, StudyConfig
+from .config import TASKS, VQA_BASE_ARGS, StudyConfig
 
 # Seconds per unit of each kind of stage, measured in the demo's default run on 2 CPU cores (docs/demo/report.md:
 # record 59 s for ~4140 frames, SFT 518 s for 1400 x 8 samples, GRPO 57 s for 64 x 8 completions, a head 404 s for
@@ -90,7 +90,7 @@ def alignment_stages(cfg: StudyConfig) -> list[PlannedStage]:
         plan.append(PlannedStage("vqa_data", "vqa_data", (), {"scenes": s.vqa_episodes, "image": s.image_size,
                                  "seeds": cfg.seeds("vqa")}, s.vqa_episodes, ("vqa",)))  # fmt: skip
     if cfg.base == "vqa":
-        plan.append(PlannedStage("vqa_base", "vqa_base", ("backbone", "vqa_data", "tokenizer"), {"steps": s.vqa_base_steps},
+        plan.append(PlannedStage("vqa_base", "vqa_base", ("backbone", "vqa_data", "tokenizer"), {"steps": s.vqa_base_steps, "args": list(VQA_BASE_ARGS)},
                                  s.vqa_base_steps * s.sft_batch_size, ("vqa_base",)))  # fmt: skip
     sft = {"steps": s.sft_steps, "batch": s.sft_batch_size, "vqa_ratio": s.vqa_ratio, "state": cfg.state_text,
            "holdout": s.holdout_every, "seed": cfg.seed}  # fmt: skip

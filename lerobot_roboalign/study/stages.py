@@ -225,6 +225,7 @@ def vqa_base(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
         f"--model.fast_tokenizer={inputs['tokenizer']['path']}",
         *image_args(cfg),
         *training_args(output, stage.settings["steps"], s.sft_batch_size, cfg.seed),
+        *stage.settings["args"],
     ])  # fmt: skip
     return {"path": str(output / "model"), "metrics": str(output / "metrics.csv")}
 

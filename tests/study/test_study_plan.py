@@ -168,3 +168,20 @@ def test_matched_sft_trains_on_grpo_prompts_for_as_many_samples(tmp_path, monkey
         int(sft["training.max_steps"]) * int(sft["training.per_device_train_batch_size"]) == grpo_completions
     )
     assert sft["model.path"] == "sft" and "vqa.path" not in sft  # continued from SFT, on GRPO's prompts only
+
+
+def test_vqa_base_trains_with_the_measured_optimiser(monkeypatch, tmp_path):
+    """The VQA base runs align sft on the questions alone at lr 5e-4 with the vision tower trained, the measured
+    settings in a 200-scene measurement: 2e-3 learned only the answer priors (docs/study.md, Changes)."""
+    from lerobot_roboalign.demo import stages as demo_stages
+    from lerobot_roboalign.study import stages
+
+    calls = []
+    monkeypatch.setattr(demo_stages, "roboalign", calls.append)
+    cfg = StudyConfig(output_dir=tmp_path / "out", base="vqa")
+    plan = {stage.name: stage for stage in stage_plan(cfg)}
+    inputs = {"vqa_data": {"path": "q.json"}, "backbone": {"path": "b"}, "tokenizer": {"path": "fast"}}
+    stages.vqa_base(cfg, plan["vqa_base"], inputs)
+    flags = dict(a.removeprefix("--").split("=", 1) for a in calls[0] if a.startswith("--"))
+    assert flags["vqa.only"] == "true" and flags["training.learning_rate"] == "5e-4"
+    assert flags["model.freeze_vision"] == "false" and flags["training.max_steps"] == "600"
