@@ -23,19 +23,18 @@ import os
 import random
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import draccus
 
 from lerobot_roboalign.envs.variation import (
     ALIGNMENT_SEED_BASE,
-    ALIGNMENT_VARIATION,
     CUBE_COLOURS,
     SEED_BLOCK,
     VLA_SEED_BASE,
     VQA_SEED_BASE,
-    SceneVariation,
+    AlignmentVariation,
     check_disjoint_seed_ranges,
     check_seed_range,
     seed_range,
@@ -72,7 +71,7 @@ class SceneVQAConfig:
     seed_base: int = VQA_SEED_BASE  # never the alignment corpus's or the VLA demonstrations' seeds
     image_height: int = 96
     image_width: int = 96
-    variation: SceneVariation = field(default_factory=lambda: replace(ALIGNMENT_VARIATION))
+    variation: AlignmentVariation = field(default_factory=AlignmentVariation)
 
 
 def check_seeds(seeds: range) -> None:

@@ -7,7 +7,7 @@ not shift another's draw. Stdlib only: recording configs import it without MuJoC
 """
 
 import random
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 # RGBA of the cube. The first is the package's own block colour (the target tasks' cube).
 CUBE_COLOURS: dict[str, tuple[float, float, float, float]] = {
@@ -61,7 +61,7 @@ class SceneVariation:
 
     @property
     def enabled(self) -> bool:
-        return self != SceneVariation()
+        return astuple(self) != astuple(SceneVariation())  # by value: AlignmentVariation is a subclass
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,18 @@ def phrase(task: str, canonical: str, draw: SceneDraw) -> str:
     return template.format(colour=draw.colour, place=draw.place)
 
 
-ALIGNMENT_VARIATION = SceneVariation(colours=4, distractors=2, rephrase=True, goals=4)
+@dataclass
+class AlignmentVariation(SceneVariation):
+    """``--variation.*`` of a command whose default is the alignment corpus's scenes (``sim vqa``): a subclass, not a
+    default instance, because draccus rebuilds a section from its class's defaults as soon as one field is given."""
+
+    colours: int = 4
+    distractors: int = 2
+    rephrase: bool = True
+    goals: int = 4
+
+
+ALIGNMENT_VARIATION = AlignmentVariation()
 
 # Reset seeds of the study's corpora (docs/study.md): each owns a block of 10^7 seeds, all far above the evaluation
 # seeds (lerobot-eval's 1000 up, the study's 20000-20099 and 30000-30099).
