@@ -95,16 +95,22 @@ def score_backbone(model_path: str, samples: list[dict], max_new_tokens: int) ->
     )
 
 
+POOLED = "\x00all training frames"  # the key of the instruction-blind fallback (no real task text has NUL)
+
+
 def blind_baselines(train: list[dict], heldout: list[dict], fast: FastTokenizer) -> dict[str, dict]:
-    """Per task, from the training frames: the most frequent FAST sequence and the mean chunk."""
-    by_task: dict[str, list[dict]] = {}
+    """Per task, from the training frames: the most frequent FAST sequence and the mean chunk. A held-out
+    instruction no training frame has (a varied corpus's rarer phrasings) gets the baseline of all training frames,
+    so that every frame is compared, not only those whose instruction was drawn for training."""
+    by_task: dict[str, list[dict]] = {POOLED: train}
     for sample in train:
         by_task.setdefault(sample["task"], []).append(sample)
     mode = {task: list(Counter(tuple(s["fast_tokens"]) for s in rows).most_common(1)[0][0]) for task, rows in by_task.items()}
     mean = {task: np.mean([s["actions"] for s in rows], axis=0) for task, rows in by_task.items()}
-    mode_tokens = [mode.get(s["task"], []) for s in heldout]
+    keys = [s["task"] if s["task"] in by_task else POOLED for s in heldout]
+    mode_tokens = [mode[key] for key in keys]
     mode_l1 = decoded_l1(fast, mode_tokens, heldout)
-    mean_l1 = [chunk_l1(fast, mean[s["task"]], s["actions"]) if s["task"] in mean else None for s in heldout]
+    mean_l1 = [chunk_l1(fast, mean[key], s["actions"]) for key, s in zip(keys, heldout, strict=True)]
     return {
         "most frequent FAST sequence per task (blind)": summarise(
             [prefix_match_reward(t, s["fast_tokens"]) for t, s in zip(mode_tokens, heldout, strict=True)],
