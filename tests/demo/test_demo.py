@@ -172,6 +172,9 @@ def test_alignment_table_comes_from_the_score_stage_on_heldout_episodes(demo_dir
     d = scores["grpo_minus_sft_action"]
     assert f"{d['mean']:+.3f} (95% bootstrap interval [{d['low']:+.3f}, {d['high']:+.3f}])" in report
     assert not set(scores["heldout_episodes"]) & set(scores["train_episodes"])  # truly held out
+    for s in scores["baselines"].values():  # every held-out frame compared, its phrasing seen in training or not
+        assert None not in s["per_frame_l1"]
+    assert "nan" not in report
 
 
 def test_completion_caps_hold_the_longest_target_completion(demo_dir):
