@@ -125,14 +125,17 @@ def head_stages(cfg: StudyConfig) -> list[PlannedStage]:
     s = cfg.sizes
     rows = cfg.row_order()
     backbones = tuple(row_backbone_stage(cfg, row) for row in rows)
-    plan = [PlannedStage("prompt_check", "prompt_check", (*backbones, "record_vla"), {"rows": rows})]
+    # Each row's prompts are checked against its own alignment and the first row's, so that a row's heads start as
+    # soon as its backbone is ready (the base row's beside the alignment) and every row still reads one prompt.
+    plan = [PlannedStage(f"prompt_check_{row}", "prompt_check", tuple(dict.fromkeys((backbones[0], backbone,
+            "record_vla"))), {"rows": list(dict.fromkeys((rows[0], row)))}) for row, backbone in zip(rows, backbones)]  # fmt: skip
     head = {"steps": s.head_steps, "batch": s.head_batch_size, "hidden": s.head_hidden_size, "layers": s.head_layers,
             "chunk": s.chunk_size, "n_action_steps": s.n_action_steps}  # fmt: skip
     evaluation = {"episodes": s.eval_episodes_per_task, "seed": cfg.eval_seed, "image": s.image_size}
     for row, backbone in zip(rows, backbones, strict=True):
         for seed in cfg.head_seeds:
             name = f"{row}_s{seed}"
-            plan.append(PlannedStage(f"head_{name}", "head", (backbone, "record_vla", "prompt_check"),
+            plan.append(PlannedStage(f"head_{name}", "head", (backbone, "record_vla", f"prompt_check_{row}"),
                                      {**head, "row": row, "seed": seed}, s.head_steps, (f"heads/{name}",)))  # fmt: skip
             plan.append(PlannedStage(f"eval_{name}", "eval", (f"head_{name}",), {**evaluation, "row": row},
                                      s.eval_episodes_per_task * len(TASKS), (f"evals/{name}",)))  # fmt: skip

@@ -49,7 +49,16 @@ def test_plan_covers_rows_and_head_seeds_after_their_inputs():
     assert sum(stage.kind == "eval" for stage in plan) == 4 * 4  # 4 rows x 4 head seeds
     assert "vqa_base" not in names and "vqa_base" in [s.name for s in stage_plan(StudyConfig(base="vqa"))]
     head = next(stage for stage in plan if stage.name == "head_matched_sft_s3")
-    assert head.after[0] == "matched_sft" and "prompt_check" in head.after
+    assert head.after[0] == "matched_sft" and "prompt_check_matched_sft" in head.after
+    check = next(stage for stage in plan if stage.name == "prompt_check_matched_sft")
+    assert check.settings["rows"] == ["base", "matched_sft"]  # against its own alignment and the first row's
+    by_name = {stage.name: stage for stage in plan}
+    ancestors, todo = set(), ["head_base_s0"]
+    while todo:
+        for name in set(by_name[todo.pop()].after) - ancestors:
+            ancestors.add(name)
+            todo.append(name)
+    assert ancestors.isdisjoint({"sft", "grpo", "matched_sft"})  # base heads run beside the alignment
     grpo, matched = (next(s for s in plan if s.name == n) for n in ("grpo", "matched_sft"))
     assert grpo.settings == matched.settings and grpo.units == matched.units  # same prompts, as many samples
     assert [s.name for s in stage_plan(StudyConfig(rows=["base", "sft"]))].count("grpo") == 0
@@ -111,14 +120,14 @@ def test_an_interrupted_study_resumes_after_its_finished_stages(tmp_path, capsys
     first: list[str] = []
     with pytest.raises(Interrupted):
         run(cfg, cheap_works(first, fail="sft"), report=lambda *args: tmp_path)
-    assert "sft" in first and not any(name.startswith("head_") for name in first)
+    assert "sft" in first and not any(name.startswith("head_sft") for name in first)  # its inputs failed
     second: list[str] = []
     reports = []
     run(cfg, cheap_works(second), report=lambda cfg, plan, results, walls, elapsed: reports.append(results))
     finished_first = set(first) - {"sft"}
     assert not finished_first & set(second)  # nothing finished before the interruption runs again
     assert set(second) == set(plan) - finished_first
-    assert reports[0]["head_sft_s1"]["inputs"] == ["prompt_check", "record_vla", "sft"]
+    assert reports[0]["head_sft_s1"]["inputs"] == ["prompt_check_sft", "record_vla", "sft"]
     assert "done, reused" in capsys.readouterr().out
     third: list[str] = []
     run(cfg, cheap_works(third), report=lambda *args: tmp_path)
