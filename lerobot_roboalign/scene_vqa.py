@@ -224,16 +224,28 @@ def read_records(root: Path) -> list[dict]:
 
 def majority_accuracy(train: list[dict], test: list[dict]) -> float:
     """Accuracy on ``test`` of answering each question type with its most frequent answer in ``train`` (blind)."""
+    correct = majority_correct(train, test)
+    return sum(correct) / len(correct)
+
+
+def majority_correct(train: list[dict], test: list[dict]) -> list[bool]:
+    """Per ``test`` record, whether its type's most frequent answer in ``train`` is right (image-blind)."""
     counts: dict[str, Counter] = defaultdict(Counter)
     for item in train:
         counts[item["type"]][item["conversations"][-1]["value"]] += 1
     guesses = {kind: counter.most_common(1)[0][0] for kind, counter in counts.items()}
-    return sum(guesses.get(item["type"]) == item["conversations"][-1]["value"] for item in test) / len(test)
+    return [guesses.get(item["type"]) == item["conversations"][-1]["value"] for item in test]
 
 
 def answer_accuracy(model_path: str | Path, records: list[dict], image_root: Path) -> float:
-    """Share of ``records`` whose true answer the model finds likeliest among the question's ``options``
-    (scored, not generated: a short answer's format cannot decide it)."""
+    """Share of ``records`` whose true answer the model finds likeliest among the question's ``options``."""
+    correct = answers_correct(model_path, records, image_root)
+    return sum(correct) / len(correct)
+
+
+def answers_correct(model_path: str | Path, records: list[dict], image_root: Path) -> list[bool]:
+    """Per record, whether the model finds its true answer likeliest among the question's ``options`` (scored,
+    not generated: a short answer's format cannot decide it)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -241,14 +253,14 @@ def answer_accuracy(model_path: str | Path, records: list[dict], image_root: Pat
 
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = AutoProcessor.from_pretrained(model_path)
-    correct = 0
+    correct = []
     with torch.no_grad():
         for item in records:
             prompt, completion = llava_turns(item)
             images = open_images(image_paths(item, Path(image_root)))
             scores = [answer_log_likelihood(model, processor, prompt, option, images) for option in item["options"]]
-            correct += item["options"][scores.index(max(scores))] == completion[0]["content"]
-    return correct / len(records)
+            correct.append(item["options"][scores.index(max(scores))] == completion[0]["content"])
+    return correct
 
 
 def answer_log_likelihood(model, processor, prompt: list[dict], answer: str, images: list) -> float:

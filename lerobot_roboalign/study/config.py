@@ -20,13 +20,20 @@ BASES = ("random", "vqa")
 # Reset seeds of each recording: `sim record --seed_base=B --seed=K` records from B + K x 10^6 up
 # (envs/variation.py). Finals: the VLA demonstrations from 10^7 (the demo's range), the probe's extra target-task
 # demonstrations 1.1 x 10^7 (the same range, disjoint), the alignment corpus from 3 x 10^7, the scene questions from
-# 5 x 10^7. Pilots: all from 4 x 10^7, one block of 10^6 each.
-FINAL_SEEDS = {"vla": (10**7, 0), "probe": (10**7, 1), "alignment": (3 * 10**7, 0), "vqa": (5 * 10**7, 0)}
+# 5 x 10^7 and their held-out scenes from 5.1 x 10^7. Pilots: all from 4 x 10^7, one block of 10^6 each.
+FINAL_SEEDS = {
+    "vla": (10**7, 0),
+    "probe": (10**7, 1),
+    "alignment": (3 * 10**7, 0),
+    "vqa": (5 * 10**7, 0),
+    "vqa_heldout": (5 * 10**7, 1),
+}
 PILOT_SEEDS = {
     "vla": (4 * 10**7, 0),
     "probe": (4 * 10**7, 1),
     "alignment": (4 * 10**7, 2),
     "vqa": (4 * 10**7, 3),
+    "vqa_heldout": (4 * 10**7, 4),
 }
 EVAL_SEED, PILOT_EVAL_SEED = 20_000, 30_000
 
@@ -48,6 +55,7 @@ class StudySizes:
     probe_test_episodes_per_task: int = 20  # held-out target-task episodes the probe is scored on
     probe_frames_per_episode: int = 4  # evenly spaced frames of each probe episode (features cost per frame)
     vqa_episodes: int = 400  # simulated scenes the scene questions are asked about
+    vqa_heldout_episodes: int = 100  # other scenes, whose questions score every backbone (no model trains on them)
     vqa_ratio: float = 0.5  # VQA samples per action sample in the alignment SFT
     vqa_base_steps: int = 600
     image_size: int = 96
@@ -74,6 +82,7 @@ TINY = StudySizes(
     probe_test_episodes_per_task=1,
     probe_frames_per_episode=2,
     vqa_episodes=8,
+    vqa_heldout_episodes=4,
     vqa_base_steps=4,
     sft_steps=4,
     sft_batch_size=2,
@@ -131,7 +140,7 @@ class StudyConfig:
             )
 
     def seeds(self, corpus: str) -> tuple[int, int]:
-        """(seed_base, seed) of a corpus's recording: vla, probe, alignment or vqa."""
+        """(seed_base, seed) of a corpus's recording: vla, probe, alignment, vqa or vqa_heldout."""
         return (PILOT_SEEDS if self.pilot else FINAL_SEEDS)[corpus]
 
     @property

@@ -7,15 +7,21 @@ comes after), injected so that the orchestration can be tested with cheap stand-
 """
 
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 from .config import StudyConfig
 from .plan import PlannedStage, calibrate, cost_rates, estimate_lines, stage_plan
 
 Work = Callable[[StudyConfig, PlannedStage, dict[str, dict]], dict]
+# Stages that train in this process (TRL, transformers' Trainer, accelerate): their state is process-wide, so two at
+# once in two threads break each other (GRPO died beside the matched SFT). They take turns; heads and evaluations
+# are lerobot-train/lerobot-eval processes and run beside them.
+IN_PROCESS_TRAINING = frozenset({"vqa_base", "sft", "grpo", "matched_sft"})
 
 
 def fingerprints(plan: list[PlannedStage]) -> dict[str, str]:
@@ -50,11 +56,14 @@ def run_plan(
     stages = Stages(cfg.output_dir, cfg.workers, label="roboalign study")
     futures: dict[str, Future] = {}
 
+    trainer = threading.Lock()
+
     def one(stage: PlannedStage) -> dict:
         inputs = {name: futures[name].result() for name in stage.after}  # raises if an input failed
         outputs = tuple(cfg.output_dir / path for path in stage.outputs)
-        return stages.run(stage.name, lambda: works[stage.kind](cfg, stage, inputs), stage.settings, stage.after,
-                          outputs)  # fmt: skip
+        with trainer if stage.kind in IN_PROCESS_TRAINING else nullcontext():
+            return stages.run(stage.name, lambda: works[stage.kind](cfg, stage, inputs), stage.settings, stage.after,
+                              outputs)  # fmt: skip
 
     # One thread per stage, submitted in plan order: a stage waits only on stages submitted before it.
     with ThreadPoolExecutor(max_workers=len(plan)) as pool:

@@ -31,6 +31,7 @@ DEFAULT_RATES = {
     # (benchmarks/results/policy.md, lerobot-train end to end)
     "eval": 1.2,  # per episode
     "probe_curve": 0.007,  # per frame and backbone
+    "vqa_score": 0.05,  # per held-out scene and backbone (a guess: not measured yet)
 }
 # Seconds a stage takes whatever its size (process start-up, imports, model loading), measured in a --tiny run
 # (2 episodes per task, 4 training steps) with 2 stages at once on 2 CPU cores shared with other work, 2026-12-07;
@@ -38,7 +39,7 @@ DEFAULT_RATES = {
 OVERHEAD_S = {
     "record": 120.0, "record_alignment": 60.0, "backbone": 2.0, "tokenizer": 1.0, "reason": 1.0, "sft": 9.0,
     "grpo": 20.0, "matched_sft": 10.0, "score": 24.0, "prompt_check": 1.0, "head": 55.0, "eval": 70.0,
-    "probe_curve": 4.0, "vqa_data": 20.0, "vqa_base": 9.0,
+    "probe_curve": 4.0, "vqa_data": 20.0, "vqa_base": 9.0, "vqa_score": 10.0,
 }  # fmt: skip
 FRAMES_PER_EPISODE = {"reach_and_close": 9, "pick_and_place": 48}
 COST_MODEL_FILE = "cost_model.json"
@@ -139,6 +140,11 @@ def head_stages(cfg: StudyConfig) -> list[PlannedStage]:
                                      {**head, "row": row, "seed": seed}, s.head_steps, (f"heads/{name}",)))  # fmt: skip
             plan.append(PlannedStage(f"eval_{name}", "eval", (f"head_{name}",), {**evaluation, "row": row},
                                      s.eval_episodes_per_task * len(TASKS), (f"evals/{name}",)))  # fmt: skip
+    if cfg.base == "vqa":  # the base was taught scene questions: does it answer new ones, and does alignment keep it?
+        plan.append(PlannedStage("vqa_heldout", "vqa_data", (), {"scenes": s.vqa_heldout_episodes, "image":
+                                 s.image_size, "seeds": cfg.seeds("vqa_heldout")}, s.vqa_heldout_episodes, ("vqa_heldout",)))
+        plan.append(PlannedStage("vqa_score", "vqa_score", ("backbone", *dict.fromkeys(backbones), "vqa_data",
+                                 "vqa_heldout"), {"rows": rows}, s.vqa_heldout_episodes * (len(rows) + 1)))  # fmt: skip
     probe_frames = (
         len(TASKS) * (max(s.probe_demos) + s.probe_test_episodes_per_task) * s.probe_frames_per_episode
     )
@@ -157,7 +163,7 @@ def stage_plan(cfg: StudyConfig) -> list[PlannedStage]:
         raise ValueError(
             f"--only={cfg.only}: no such stage in this plan; choose one of {', '.join(sorted(names))}."
         )
-    results = [cfg.only] if cfg.only else [s.name for s in plan if s.kind in ("eval", "score", "probe_curve")]
+    results = [cfg.only] if cfg.only else [s.name for s in plan if s.kind in ("eval", "score", "probe_curve", "vqa_score")]
     return needed_for(plan, results)
 
 

@@ -183,6 +183,28 @@ def probe_lines(probe: dict) -> list[str]:
     return lines
 
 
+def vqa_lines(vqa: dict, seed: int) -> list[str]:
+    """Held-out scene-question accuracy per backbone with its Wilson interval, per question type, and the paired
+    difference to the image-blind majority answer (bootstrap over questions, stratified by type)."""
+    from ..demo.statistics import paired_difference, wilson_interval
+
+    types = np.array(vqa["types"])
+    kinds = sorted(set(vqa["types"]))
+    blind = np.array([vqa["correct"]["blind majority"]], dtype=float)
+    lines = [f"{len(types)} held-out scene questions (scenes no model trained on), answers ranked "
+             "by likelihood:", "", "| backbone | accuracy [Wilson 95%] | " + " | ".join(kinds) +
+             " | minus blind majority [95%] |", "|---|---|" + "---|" * len(kinds) + "---|"]  # fmt: skip
+    for name, correct in vqa["correct"].items():
+        array = np.array(correct, dtype=float)
+        low, high = wilson_interval(int(array.sum()), array.size)
+        per_type = " | ".join(f"{array[types == kind].mean():.2f}" for kind in kinds)
+        versus = ("n/a" if name == "blind majority" else
+                  interval(paired_difference(blind, array[None], types, seed=seed)))  # fmt: skip
+        lines.append(f"| {ROW_NAMES.get(name, name)} | {array.mean():.3f} [{low:.3f}, {high:.3f}] | {per_type} | "
+                     f"{versus} |")  # fmt: skip
+    return lines
+
+
 def plot_success(output_dir: Path, stats: dict) -> str:
     from ..demo.plots import save_figure, subplots
 
@@ -282,13 +304,16 @@ def write_report(
             "",
             f"![probe]({plot_probe(out, probe)})",
         ]
+    if results.get("vqa_score"):
+        lines += ["", "## Scene questions: what the base knows, and what alignment kept", "",
+                  *vqa_lines(results["vqa_score"], cfg.seed)]  # fmt: skip
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|",
               *(f"| {name} | {seconds:.0f} |" for name, seconds in walls.items()), "",
               f"Elapsed: {elapsed_s / 60:.1f} min for this invocation (reused stages count 0).", ""]  # fmt: skip
     plot_success(out, stats)
     (out / "report.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(
-        {"config": repr(cfg), "statistics": stats, "scores": scores, "probe": probe, "walls": walls,
+        {"config": repr(cfg), "statistics": stats, "scores": scores, "probe": probe, "vqa": results.get("vqa_score"), "walls": walls,
          "plan": [stage.name for stage in plan]}, indent=2, default=str))  # fmt: skip
     print("\n".join(lines), flush=True)
     return out / "report.md"

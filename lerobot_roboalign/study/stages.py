@@ -230,12 +230,28 @@ def vqa_base(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
     return {"path": str(output / "model"), "metrics": str(output / "metrics.csv")}
 
 
+def vqa_score(cfg: StudyConfig, stage: PlannedStage, inputs: dict) -> dict:
+    """Accuracy on held-out scene questions of the random backbone and of each row's, beside the image-blind
+    majority answer per question type: whether the base reads the scene at all, and whether alignment kept it."""
+    from ..scene_vqa import answers_correct, majority_correct, read_records
+
+    train = read_records(Path(inputs["vqa_data"]["path"]).parent)
+    root = Path(inputs["vqa_heldout"]["path"]).parent
+    test = read_records(root)
+    models = {"random backbone": inputs["backbone"]["path"]}
+    models |= {row: inputs[row_backbone_stage(cfg, row)]["path"] for row in stage.settings["rows"]}
+    correct = {name: answers_correct(path, test, root) for name, path in models.items()}
+    correct["blind majority"] = majority_correct(train, test)
+    return {"types": [item["type"] for item in test], "correct": correct}
+
+
 WORKS = {
     "record": record,
     "record_alignment": record_alignment,
     "vqa_data": vqa_data,
     "backbone": backbone,
     "vqa_base": vqa_base,
+    "vqa_score": vqa_score,
     "tokenizer": tokenizer,
     "reason": reason,
     "sft": sft,

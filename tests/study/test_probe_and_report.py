@@ -4,7 +4,8 @@ import numpy as np
 
 from lerobot_roboalign.study.config import StudyConfig
 from lerobot_roboalign.study.probe_curve import curve
-from lerobot_roboalign.study.report import failing_link, statistics, write_report
+from lerobot_roboalign.scene_vqa import majority_correct
+from lerobot_roboalign.study.report import failing_link, statistics, vqa_lines, write_report
 
 
 def probe_inputs(noise: float, seed: int = 0):
@@ -80,3 +81,26 @@ def test_report_decides_by_the_primary_interval_and_names_the_failing_link(tmp_p
     assert failing_link(scores(-0.01, 0.2), None).startswith("alignment")
     probe = {"demos": [10], "rows": {"roboalign": {10: {"r2": 0.6}}, "base": {10: {"r2": 0.4}}}}
     assert failing_link(scores(0.1, 0.1), probe).startswith("head")
+
+
+def test_scene_question_table_puts_a_reading_backbone_above_the_blind_majority():
+    types = ["side"] * 40 + ["gripper"] * 40
+    truth = np.random.default_rng(0).random(80) < 0.5
+    vqa = {"types": types, "correct": {"random backbone": list(truth), "base": [True] * 80,
+                                       "blind majority": list(truth)}}  # fmt: skip
+    lines = {line.split(" | ")[0]: line for line in vqa_lines(vqa, seed=0)}
+    reading, chance = lines["| base"], lines["| random backbone"]
+    assert "| 1.000 [0.954, 1.000] | 1.00 | 1.00 |" in reading
+    low = float(reading.rsplit("[", 1)[1].split(",")[0])
+    assert low > 0  # always right vs the majority's coin flips
+    assert "+0.000 [+0.000, +0.000]" in chance  # the same answers as the blind majority: no difference
+    assert lines["| blind majority"].endswith("| n/a |")
+
+
+def test_majority_answer_comes_from_training_questions_per_type():
+    def item(kind, answer):
+        return {"type": kind, "conversations": [{"value": "q"}, {"value": answer}]}
+
+    train = [item("side", "left")] * 3 + [item("side", "right"), item("gripper", "open")]
+    test = [item("side", "left"), item("side", "right"), item("gripper", "closed"), item("count", "one")]
+    assert majority_correct(train, test) == [True, False, False, False]  # an unseen type gets no guess

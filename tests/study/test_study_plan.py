@@ -1,6 +1,8 @@
 """`roboalign study`: its config, its stage plan and the resumability of the orchestration (cheap stand-ins)."""
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -47,7 +49,11 @@ def test_plan_covers_rows_and_head_seeds_after_their_inputs():
     for i, stage in enumerate(plan):
         assert set(stage.after) <= set(names[:i]), stage.name
     assert sum(stage.kind == "eval" for stage in plan) == 4 * 4  # 4 rows x 4 head seeds
-    assert "vqa_base" not in names and "vqa_base" in [s.name for s in stage_plan(StudyConfig(base="vqa"))]
+    assert "vqa_base" not in names and "vqa_score" not in names
+    vqa_plan = {s.name: s for s in stage_plan(StudyConfig(base="vqa"))}
+    assert {"vqa_base", "vqa_heldout"} <= set(vqa_plan)  # held-out questions score every row's backbone
+    assert {"backbone", "vqa_base", "sft", "grpo", "matched_sft", "vqa_heldout"} <= set(vqa_plan["vqa_score"].after)
+    assert vqa_plan["vqa_heldout"].settings["seeds"] != vqa_plan["vqa_data"].settings["seeds"]
     head = next(stage for stage in plan if stage.name == "head_matched_sft_s3")
     assert head.after[0] == "matched_sft" and "prompt_check_matched_sft" in head.after
     check = next(stage for stage in plan if stage.name == "prompt_check_matched_sft")
@@ -194,3 +200,24 @@ def test_vqa_base_trains_with_the_measured_optimiser(monkeypatch, tmp_path):
     flags = dict(a.removeprefix("--").split("=", 1) for a in calls[0] if a.startswith("--"))
     assert flags["vqa.only"] == "true" and flags["training.learning_rate"] == "5e-4"
     assert flags["model.freeze_vision"] == "false" and flags["training.max_steps"] == "600"
+
+
+def test_stages_that_train_in_process_take_turns_while_heads_run_beside_them(tmp_path):
+    """GRPO and the matched SFT both follow SFT; run in two threads of one process they broke each other (TRL and
+    accelerate keep process-wide state). With two workers, heads still overlap them."""
+    running, overlaps, lock = set(), [], threading.Lock()
+    training = {"vqa_base", "sft", "grpo", "matched_sft"}
+
+    def work(cfg, stage, inputs):
+        with lock:
+            running.add(stage.name)
+            overlaps.append(set(running))
+        time.sleep(0.3 if stage.kind in training else 0.01)
+        with lock:
+            running.discard(stage.name)
+        return {}
+
+    cfg = StudyConfig(output_dir=tmp_path, tiny=True, base="vqa", workers=2)
+    run(cfg, {kind: work for kind in DEFAULT_RATES}, report=lambda *args: tmp_path)
+    assert all(len(names & training) <= 1 for names in overlaps)
+    assert any(names & training and any(n.startswith("head_base") for n in names) for names in overlaps)
