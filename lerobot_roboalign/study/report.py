@@ -106,15 +106,16 @@ def alignment_lines(scores: dict) -> list[str]:
     for where, label in (("alignment", "held-out alignment frames"), ("target", "target-task frames")):
         score = scores[where]
         lines += [f"On {score['n_frames']} {label} (completion cap {score['cap']}, longest target "
-                  f"{score['longest_target']}):", "", "| model | format | prefix accuracy | greedy reward | "
-                  "decoded L1 | prefix accuracy - blind [95%] |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  f"{score['longest_target']}):", "", "| model | format | decoded | at cap | prefix accuracy | "
+                  "greedy reward | decoded L1 | prefix accuracy - blind [95%] |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, m in {**score["models"], **score["baselines"]}.items():
             versus = score["versus_blind"].get(name)  # none for the baselines themselves
             reward = (
                 None if m.get("format") is None else (m["format"] + m["action"]) / 2
             )  # GRPO's reward, greedy
-            lines.append(f"| {name} | {number(m.get('format'))} | {number(m['action'])} | {number(reward)} | "
-                         f"{number(m['l1'])} | {interval(versus['action']) if versus else 'n/a'} |")  # fmt: skip
+            lines.append(f"| {name} | {number(m.get('format'))} | {number(m.get('decode_rate'))} | "
+                         f"{m.get('hit_cap', 'n/a')} | {number(m['action'])} | {number(reward)} | {number(m['l1'])} | "
+                         f"{interval(versus['action']) if versus else 'n/a'} |")  # fmt: skip
         d = score.get("grpo_minus_sft_action")
         if d:
             lines += [

@@ -45,7 +45,7 @@ def eval_results(cfg: StudyConfig, rates: dict[str, float]) -> dict:
 
 def scores(alignment_low: float, target_low: float) -> dict:
     def score(low):
-        model = {"format": 1.0, "action": 0.5, "l1": 0.2}
+        model = {"format": 1.0, "action": 0.5, "l1": 0.2, "decode_rate": 0.25, "hit_cap": 1}
         versus = {"action": {"mean": low + 0.05, "low": low, "high": low + 0.1}}
         return {
             "n_frames": 8,
@@ -70,7 +70,7 @@ def test_report_decides_by_the_primary_interval_and_names_the_failing_link(tmp_p
     report = write_report(cfg, [], {**same, **heads, "score": scores(0.1, -0.05)}, {"record_vla": 1.0}, 60.0)
     report = report.read_text()
     assert (
-        "| SFT + GRPO | 1.000 | 0.500 | 0.750 | 0.200 | +0.150 [+0.100, +0.200] |" in report
+        "| SFT + GRPO | 1.000 | 0.250 | 1 | 0.500 | 0.750 | 0.200 | +0.150 [+0.100, +0.200] |" in report
     )  # greedy reward
     assert (
         "the claim is NOT SHOWN** (the two rows won exactly the same episodes: no difference shown)" in report
