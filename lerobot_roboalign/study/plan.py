@@ -42,6 +42,7 @@ OVERHEAD_S = {
     "probe_curve": 4.0, "vqa_data": 20.0, "vqa_base": 9.0, "vqa_score": 10.0,
 }  # fmt: skip
 FRAMES_PER_EPISODE = {"reach_and_close": 9, "pick_and_place": 48}
+RESULT_KINDS = ("eval", "score", "probe_curve", "vqa_score")  # what the report reads; the plan keeps their inputs
 COST_MODEL_FILE = "cost_model.json"
 
 
@@ -163,7 +164,7 @@ def stage_plan(cfg: StudyConfig) -> list[PlannedStage]:
         raise ValueError(
             f"--only={cfg.only}: no such stage in this plan; choose one of {', '.join(sorted(names))}."
         )
-    results = [cfg.only] if cfg.only else [s.name for s in plan if s.kind in ("eval", "score", "probe_curve", "vqa_score")]
+    results = [cfg.only] if cfg.only else [s.name for s in plan if s.kind in RESULT_KINDS]
     return needed_for(plan, results)
 
 

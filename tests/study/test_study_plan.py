@@ -14,6 +14,7 @@ from lerobot_roboalign.study.plan import (
     calibrate,
     cost_rates,
     estimate_lines,
+    needed_for,
     stage_plan,
 )
 
@@ -58,12 +59,7 @@ def test_plan_covers_rows_and_head_seeds_after_their_inputs():
     assert head.after[0] == "matched_sft" and "prompt_check_matched_sft" in head.after
     check = next(stage for stage in plan if stage.name == "prompt_check_matched_sft")
     assert check.settings["rows"] == ["base", "matched_sft"]  # against its own alignment and the first row's
-    by_name = {stage.name: stage for stage in plan}
-    ancestors, todo = set(), ["head_base_s0"]
-    while todo:
-        for name in set(by_name[todo.pop()].after) - ancestors:
-            ancestors.add(name)
-            todo.append(name)
+    ancestors = {stage.name for stage in needed_for(plan, ["head_base_s0"])}
     assert ancestors.isdisjoint({"sft", "grpo", "matched_sft"})  # base heads run beside the alignment
     grpo, matched = (next(s for s in plan if s.name == n) for n in ("grpo", "matched_sft"))
     assert grpo.settings == matched.settings and grpo.units == matched.units  # same prompts, as many samples
